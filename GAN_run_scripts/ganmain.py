@@ -1,0 +1,67 @@
+"""Train a DCGAN (Radford et al. 2015).
+
+    python -m GAN_run_scripts.ganmain                  # shapes, 32x32, CPU in a few minutes
+    python -m GAN_run_scripts.ganmain --DATASET=digits --EPOCHS=40
+    python -m GAN_run_scripts.ganmain --RESUME=latest --EPOCHS=20   # continue a run
+
+Writes to saved_plots/gan/<run>/: progression.png (fixed latents across epochs), losses.png,
+samples.png, config.json, metrics.jsonl; weights to saved_models/gan/<run>/latest.pt.
+"""
+import torch
+
+from train.gan import build_gan, sample, train_gan
+from utils.config import resolve_constants
+from utils.errors import UserError, run_cli
+from utils.plots import save_grid
+from utils.session import create_run, datasets, resume, start
+
+# data
+DATASET = "shapes"  # shapes, digits (embedded); cifar10, mnist, fashionmnist, celeba, ... (online)
+DATA_ROOT = "data"  # where torchvision datasets are downloaded
+IMAGE_SIZE = 32  # pixels; 4 * 2^k (16, 32, 64, ...)
+N_TRAIN = None  # cap on training images (None: the whole split; shapes has 20,000)
+FLIP = False  # random horizontal flips
+
+# model
+LATENT_DIM = 100  # size of z
+WIDTH = 64  # channels of the generator's last and the discriminator's first layer
+
+# training
+EPOCHS = 6  # passes over the training set
+BATCH_SIZE = 64  # images per step
+LR = 2e-4  # Adam learning rate for both networks (Radford et al.)
+BETAS = (0.5, 0.999)  # Adam betas (Radford et al.: beta1 0.5)
+SEED = 0  # seeds python, numpy and torch
+DEVICE = "auto"  # auto (CUDA if available), cpu, cuda
+PRECISION = "auto"  # auto (bf16 autocast where the hardware is fast at it), bf16, fp32
+CHANNELS_LAST = True  # NHWC memory layout: faster convolutions here in fp32 and bf16
+RESUME = None  # None for a new run; "latest" or a run name to continue it
+
+# outputs
+SAVE_ROOT = "."  # saved_plots/ and saved_models/ are created here
+CHECKPOINT_EVERY = 2  # epochs between checkpoints (and always at the end)
+N_FIXED = 64  # fixed latents for the final sample grid
+PROGRESSION_ROWS = 8  # how many of them the progression figure follows across epochs
+
+
+def main(argv=None) -> None:
+    c = resolve_constants(globals(), argv)
+    run, state, c = resume(c, "gan")
+    if c.IMAGE_SIZE < 8 or c.IMAGE_SIZE & (c.IMAGE_SIZE - 1):
+        raise UserError(f"IMAGE_SIZE={c.IMAGE_SIZE}: a DCGAN needs a power of two >= 8")
+    device, amp_dtype = start(c)
+    train, test = datasets(c)
+    s = build_gan(c.LATENT_DIM, c.IMAGE_SIZE, train.shape[0], c.WIDTH, c.LR, c.BETAS, device,
+                  amp_dtype, c.CHANNELS_LAST)
+    run = run or create_run(c, "gan", f"z{c.LATENT_DIM}")
+    fixed_z = state["fixed_z"] if state else torch.randn(c.N_FIXED, c.LATENT_DIM)
+    train_gan(s, train, test, run, epochs=c.EPOCHS, batch_size=c.BATCH_SIZE,
+              fixed_z=fixed_z.to(device), config=vars(c), checkpoint_every=c.CHECKPOINT_EVERY,
+              progression_rows=c.PROGRESSION_ROWS, flip=c.FLIP, state=state)
+    save_grid(sample(s.generator, fixed_z.to(device), amp_dtype), run.plots / "samples.png",
+              nrow=8, title=f"DCGAN samples after {c.EPOCHS} epochs")
+    print(f"done: figures in {run.plots}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

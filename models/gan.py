@@ -1,0 +1,81 @@
+"""DCGAN generator and discriminator (Radford et al. 2015) and the GAN losses."""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def _levels(image_size: int) -> int:
+    """Number of stride-2 stages between 4x4 and image_size (which must be 4 * 2^k, k >= 1)."""
+    k = math.log2(image_size / 4) if image_size >= 8 else 0
+    if k < 1 or k != int(k):
+        raise ValueError(f"DCGAN image size must be 4 * 2^k (8, 16, 32, 64, ...), got {image_size}")
+    return int(k)
+
+
+def dcgan_init(module: nn.Module) -> None:
+    """Radford et al. 2015: conv weights N(0, 0.02); BatchNorm weight N(1, 0.02), bias 0."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+class Generator(nn.Module):
+    """z (B, latent_dim) -> image (B, C, S, S) in [-1, 1]: transposed convs, BatchNorm, ReLU, tanh."""
+
+    def __init__(self, latent_dim: int = 100, image_size: int = 32, channels: int = 3,
+                 width: int = 64):
+        super().__init__()
+        levels = _levels(image_size)
+        self.latent_dim = latent_dim
+        widths = [width * 2 ** i for i in reversed(range(levels))]  # e.g. 256, 128, 64
+        layers = [nn.ConvTranspose2d(latent_dim, widths[0], 4, 1, 0, bias=False),  # 1 -> 4
+                  nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)]
+        for c_in, c_out in zip(widths, widths[1:]):
+            layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False),
+                       nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+        layers += [nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1, bias=False), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+        self.apply(dcgan_init)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z[:, :, None, None])
+
+
+class Discriminator(nn.Module):
+    """image (B, C, S, S) -> logits (B,): strided convs, LeakyReLU 0.2, no BatchNorm at the input."""
+
+    def __init__(self, image_size: int = 32, channels: int = 3, width: int = 64):
+        super().__init__()
+        levels = _levels(image_size)
+        widths = [width * 2 ** i for i in range(levels)]  # e.g. 64, 128, 256
+        layers = [nn.Conv2d(channels, widths[0], 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
+        for c_in, c_out in zip(widths, widths[1:]):
+            layers += [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out),
+                       nn.LeakyReLU(0.2, inplace=True)]
+        layers += [nn.Conv2d(widths[-1], 1, 4, 1, 0)]  # 4x4 -> 1x1
+        self.net = nn.Sequential(*layers)
+        self.apply(dcgan_init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).flatten()
+
+
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """-log D(x) - log(1 - D(G(z))), averaged (Goodfellow et al. 2014), from logits."""
+    real = F.binary_cross_entropy_with_logits(real_logits.float(), torch.ones_like(real_logits,
+                                              dtype=torch.float32))
+    fake = F.binary_cross_entropy_with_logits(fake_logits.float(), torch.zeros_like(fake_logits,
+                                              dtype=torch.float32))
+    return real + fake
+
+
+def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """Non-saturating generator loss -log D(G(z)) (Goodfellow et al. 2014, section 3)."""
+    return F.binary_cross_entropy_with_logits(fake_logits.float(), torch.ones_like(
+        fake_logits, dtype=torch.float32))

@@ -1,0 +1,123 @@
+"""What every training loop shares: loss meters with a NaN guard, the epoch driver, checkpoints."""
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+from tqdm.auto import tqdm
+
+from utils.device import rng_state, set_rng_state
+from utils.errors import UserError
+from utils.runs import MetricsLog, Run, load_state, save_checkpoint
+
+SYNC_EVERY = 10  # steps between host syncs: progress-bar losses and the NaN/inf check
+
+
+class NonFiniteLoss(Exception):
+    """A loss became NaN or inf."""
+
+
+class LossMeter:
+    """Sums losses on the device; syncs with the host only every SYNC_EVERY steps.
+
+    At each sync the buffered per-step losses are checked, so a NaN or inf is reported with the
+    exact step at which it first appeared.
+    """
+
+    def __init__(self, every: int = SYNC_EVERY):
+        self.every, self.sums, self.count, self._pending = every, {}, 0, []
+
+    def update(self, step: int, losses: dict[str, torch.Tensor]) -> dict[str, float] | None:
+        """Add one step's scalar losses; returns the latest values when it synced, else None."""
+        values = torch.stack([v.detach().float() for v in losses.values()])
+        for name, value in zip(losses, values):
+            self.sums[name] = self.sums.get(name, 0.0) + value
+        self.count += 1
+        self._pending.append((step, list(losses), values))
+        return self.sync() if len(self._pending) >= self.every else None
+
+    def sync(self) -> dict[str, float]:
+        """Check the buffered steps for NaN/inf (one host transfer) and return the latest losses."""
+        if not self._pending:
+            return {}
+        stacked = torch.stack([v for _, _, v in self._pending]).cpu()
+        bad = ~torch.isfinite(stacked)
+        if bad.any():
+            row = int(bad.any(dim=1).nonzero()[0])
+            step, names, _ = self._pending[row]
+            which = [n for n, b in zip(names, bad[row]) if b]
+            raise NonFiniteLoss(f"loss {', '.join(which)} became {stacked[row][bad[row]][0]} "
+                                f"at step {step}")
+        latest = dict(zip(self._pending[-1][1], stacked[-1].tolist()))
+        self._pending.clear()
+        return latest
+
+    def means(self) -> dict[str, float]:
+        """Epoch means (syncs)."""
+        self.sync()
+        return {name: float(total) / max(self.count, 1) for name, total in self.sums.items()}
+
+
+def batch_bar(batches: Iterable, total: int, epoch: int, epochs: int):
+    """tqdm bar over one epoch's batches."""
+    return tqdm(batches, total=total, desc=f"epoch {epoch}/{epochs}", leave=False,
+                dynamic_ncols=True, mininterval=1.0)
+
+
+def run_epochs(run: Run, start_epoch: int, epochs: int, checkpoint_every: int,
+               train_epoch: Callable[[int], dict], save: Callable[[int], None]) -> None:
+    """Call train_epoch for each remaining epoch, log its record, checkpoint every N epochs.
+
+    Ctrl-C saves a checkpoint of the current weights (the interrupted epoch reruns on resume);
+    a NaN/inf loss stops without saving, so the last good checkpoint stays as it was.
+    """
+    log = MetricsLog(run.metrics_path)
+    log.truncate(start_epoch)  # epochs logged after the checkpoint being resumed are redone
+    done = start_epoch
+    bar = tqdm(range(start_epoch + 1, epochs + 1), desc=run.name, initial=start_epoch,
+               total=epochs, unit="epoch", dynamic_ncols=True)
+    try:
+        for epoch in bar:
+            started = time.perf_counter()
+            record = train_epoch(epoch)
+            record = {"epoch": epoch, **record, "seconds": time.perf_counter() - started}
+            log.append(record)
+            done = epoch
+            bar.set_postfix({k: f"{v:.3g}" for k, v in record.items()
+                             if k.startswith("train_") and isinstance(v, float)}, refresh=False)
+            if epoch % checkpoint_every == 0 or epoch == epochs:
+                save(epoch)
+    except KeyboardInterrupt:
+        save(done)
+        raise UserError(f"interrupted; checkpoint saved to {run.checkpoint} "
+                        f"(resume with --RESUME={run.name})") from None
+    except NonFiniteLoss as err:
+        kept = f"the last good checkpoint {run.checkpoint} is kept" if run.checkpoint.is_file() \
+            else "no checkpoint had been written yet"
+        raise UserError(f"training stopped: {err} (epoch {done + 1}); {kept}") from None
+    finally:
+        bar.close()
+
+
+def training_state(modules: dict, epoch: int, step: int, config: dict, **extra) -> dict:
+    """A checkpoint: state_dicts of every module/optimizer/scheduler, counters, RNG, config."""
+    state = {name: obj.state_dict() for name, obj in modules.items() if obj is not None}
+    return {**state, "epoch": epoch, "step": step, "rng": rng_state(), "config": config, **extra}
+
+
+def restore_training_state(modules: dict, state: dict) -> tuple[int, int]:
+    """Load every module's state_dict and the RNG; returns (epoch, step) to continue from."""
+    for name, obj in modules.items():
+        if obj is not None:
+            if name not in state:
+                raise UserError(f"checkpoint has no '{name}' state; it was written by another "
+                                f"kind of run")
+            load_state(obj, state[name], name)
+    set_rng_state(state["rng"])
+    return state["epoch"], state["step"]
+
+
+def save_training_state(path: Path, modules: dict, epoch: int, step: int, config: dict,
+                        **extra) -> None:
+    """training_state() written atomically."""
+    save_checkpoint(training_state(modules, epoch, step, config, **extra), path)

@@ -1,0 +1,120 @@
+"""Run-script constants as the interface: command-line overrides, --help, config.json."""
+import ast
+import difflib
+import inspect
+import json
+import re
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Sequence
+
+from utils.errors import UserError
+
+_CONSTANT_LINE = re.compile(r"^([A-Z][A-Z0-9_]*)\s*=\s*(.*?)(?:\s*#\s*(.*))?$")
+_LITERAL_TYPES = (bool, int, float, str, tuple, list, type(None))
+
+
+def constants_of(namespace: dict) -> dict:
+    """The UPPER_CASE constants of a module namespace, in definition order."""
+    return {name: value for name, value in namespace.items()
+            if name.isupper() and not name.startswith("_") and isinstance(value, _LITERAL_TYPES)}
+
+
+def _comments(namespace: dict) -> dict:
+    """Trailing comments of `NAME = value  # comment` lines in the module's source."""
+    module = sys.modules.get(namespace.get("__name__", ""))
+    try:
+        source = inspect.getsource(module) if module is not None else ""
+    except (OSError, TypeError):
+        source = ""
+    found = {}
+    for line in source.splitlines():
+        match = _CONSTANT_LINE.match(line)
+        if match and match.group(3):
+            found[match.group(1)] = match.group(3).strip()
+    return found
+
+
+def _parse_value(name: str, text: str, default: Any) -> Any:
+    """Parse one override as a Python literal, checked against the default's type."""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text  # bare strings: --DATASET=digits
+    if default is None:
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(default, str):
+        return text if not isinstance(value, str) else value
+    elif isinstance(default, (tuple, list)):
+        if isinstance(value, (tuple, list)):
+            return type(default)(value)
+    raise UserError(f"--{name} expects a {type(default).__name__} like {default!r}, got {text!r}")
+
+
+def _split_args(argv: Sequence[str]) -> list[tuple[str, str]]:
+    """Turn ['--A=1', '--B', '2'] into [('A', '1'), ('B', '2')]."""
+    pairs, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise UserError(f"unexpected argument {arg!r}; overrides look like --EPOCHS=3")
+        if "=" in arg:
+            name, text = arg[2:].split("=", 1)
+        elif i + 1 < len(argv):
+            name, text = arg[2:], argv[i + 1]
+            i += 1
+        else:
+            raise UserError(f"{arg} needs a value, e.g. {arg}=3")
+        pairs.append((name, text))
+        i += 1
+    return pairs
+
+
+def help_text(namespace: dict) -> str:
+    """Every constant with its default and trailing comment."""
+    doc = (namespace.get("__doc__") or "").strip()
+    comments = _comments(namespace)
+    lines = [doc, "", "Constants (override with --NAME=value):"] if doc else ["Constants:"]
+    for name, value in constants_of(namespace).items():
+        lines.append(f"  --{name}={value!r}" + (f"  # {comments[name]}" if name in comments else ""))
+    return "\n".join(lines)
+
+
+def resolve_constants(namespace: dict, argv: Sequence[str] | None = None) -> SimpleNamespace:
+    """The module's constants with command-line overrides applied (the module is not modified)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--help" in argv or "-h" in argv:
+        print(help_text(namespace))
+        raise SystemExit(0)
+    values = constants_of(namespace)
+    for name, text in _split_args(argv):
+        if name not in values:
+            close = difflib.get_close_matches(name, list(values), n=1)
+            hint = f"; did you mean --{close[0]}?" if close else ""
+            raise UserError(f"unknown constant --{name}{hint} (--help lists them)")
+        values[name] = _parse_value(name, text, values[name])
+    return SimpleNamespace(**values)
+
+
+def save_config(config: SimpleNamespace | dict, path: Path) -> None:
+    """Write the resolved constants as JSON."""
+    data = vars(config) if isinstance(config, SimpleNamespace) else config
+    Path(path).write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
+    """Raise a one-line UserError when a constant is not one of its allowed values."""
+    if value not in choices:
+        raise UserError(f"{name}={value!r} is not one of {', '.join(map(repr, choices))}")

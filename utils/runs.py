@@ -1,0 +1,155 @@
+"""Run folders, atomic checkpoints, resume, and the per-epoch metrics log.
+
+A run `NNN-<family>-<dataset>-<tag>` has figures, config.json and metrics.jsonl under
+`<SAVE_ROOT>/saved_plots/<family>/<run>/` and checkpoints under `<SAVE_ROOT>/saved_models/...`.
+"""
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from utils.errors import UserError
+
+CHECKPOINT = "latest.pt"
+_RUN_NAME = re.compile(r"^(\d{3,})-")
+
+
+@dataclass(frozen=True)
+class Run:
+    """Where one run's figures and weights live."""
+    family: str
+    name: str
+    plots: Path
+    models: Path
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.models / CHECKPOINT
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.plots / "metrics.jsonl"
+
+
+def _folders(save_root: str | Path, family: str) -> tuple[Path, Path]:
+    root = Path(save_root)
+    return root / "saved_plots" / family, root / "saved_models" / family
+
+
+def _run(save_root, family: str, name: str) -> Run:
+    plots, models = _folders(save_root, family)
+    return Run(family, name, plots / name, models / name)
+
+
+def _existing(save_root, family: str) -> list[str]:
+    names = set()
+    for folder in _folders(save_root, family):
+        if folder.is_dir():
+            names.update(p.name for p in folder.iterdir() if _RUN_NAME.match(p.name))
+    return sorted(names, key=lambda n: int(_RUN_NAME.match(n).group(1)))
+
+
+def new_run(save_root: str | Path, family: str, dataset: str, tag: str = "") -> Run:
+    """Create the next numbered run; never reuses or overwrites an existing one."""
+    existing = _existing(save_root, family)
+    number = int(_RUN_NAME.match(existing[-1]).group(1)) + 1 if existing else 1
+    while True:
+        name = "-".join(p for p in (f"{number:03d}", family, dataset, tag) if p)
+        run = _run(save_root, family, name)
+        try:
+            run.plots.mkdir(parents=True, exist_ok=False)
+            break
+        except FileExistsError:  # another process took this number first
+            number += 1
+    run.models.mkdir(parents=True, exist_ok=True)
+    return run
+
+
+def find_run(save_root: str | Path, family: str, which: str = "latest") -> Run:
+    """An existing run by name (or number prefix), or the newest one with a checkpoint."""
+    existing = _existing(save_root, family)
+    plots_root, _ = _folders(save_root, family)
+    if which == "latest":
+        with_weights = [n for n in existing if _run(save_root, family, n).checkpoint.is_file()]
+        if not with_weights:
+            raise UserError(f"no {family} run with a checkpoint under {Path(save_root).resolve()}"
+                            f"; train one first")
+        return _run(save_root, family, with_weights[-1])
+    matches = [n for n in existing if n == which or n.startswith(f"{which}-")]
+    if len(matches) != 1:
+        hint = ", ".join(existing[-5:]) or "none"
+        raise UserError(f"no single {family} run named {which!r} in {plots_root} "
+                        f"(recent: {hint})")
+    return _run(save_root, family, matches[0])
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    """Write state to a temporary file in the same folder, then rename it over path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict:
+    """Load a checkpoint of plain types with weights_only=True; any failure is one clear line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - unpickling raises many kinds on a corrupt file
+        raise UserError(f"checkpoint {path} is corrupt or not a checkpoint of this project "
+                        f"({type(err).__name__})") from err
+    if not isinstance(state, dict) or "config" not in state:
+        raise UserError(f"checkpoint {path} is not a checkpoint of this project")
+    return state
+
+
+def load_state(module: torch.nn.Module | Any, state: dict, what: str) -> None:
+    """load_state_dict with a one-line error when the checkpoint does not fit the object."""
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise UserError(f"checkpoint does not match the {what} built from the constants "
+                        f"({first}); use the constants the run was trained with") from err
+
+
+class MetricsLog:
+    """Append-only metrics.jsonl: one JSON object per epoch."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def read(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def append(self, record: dict) -> None:
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def truncate(self, epochs_done: int) -> None:
+        """Drop records past the checkpoint being resumed, so a resumed run logs each epoch once."""
+        keep = [r for r in self.read() if r.get("epoch", 0) <= epochs_done]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+
+
+def find_resume(save_root, family: str, which: str) -> tuple[Run, dict]:
+    """The run RESUME names and its checkpoint."""
+    run = find_run(save_root, family, which)
+    return run, load_checkpoint(run.checkpoint)
