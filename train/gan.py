@@ -1,6 +1,7 @@
 """The DCGAN training loop: alternating D and G Adam steps, per-epoch eval, progression frames."""
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -27,6 +28,7 @@ class GANSetup:
     device: torch.device
     amp_dtype: torch.dtype | None = None
     channels_last: bool = False
+    model_args: dict | None = None  # what build_gan needs to rebuild the networks
 
     @property
     def modules(self) -> dict:
@@ -44,9 +46,10 @@ def build_gan(latent_dim: int, image_size: int, channels: int, width: int, lr: f
     memory = torch.channels_last if channels_last else torch.contiguous_format
     g = Generator(latent_dim, image_size, channels, width).to(device, memory_format=memory)
     d = Discriminator(image_size, channels, width).to(device, memory_format=memory)
+    args = dict(latent_dim=latent_dim, image_size=image_size, channels=channels, width=width)
     return GANSetup(g, d, torch.optim.Adam(g.parameters(), lr, betas=betas),
                     torch.optim.Adam(d.parameters(), lr, betas=betas), device, amp_dtype,
-                    channels_last)
+                    channels_last, args)
 
 
 def gan_step(s: GANSetup, real: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -142,8 +145,9 @@ def train_gan(s: GANSetup, train_data: ImageData, test_data: ImageData, run: Run
         bar = batch_bar(iterate_batches(train_data, batch_size, s.device, flip=flip), n_batches,
                         epoch, epochs)
         for real, _ in bar:
+            losses = gan_step(s, real)
             step += 1
-            latest = meter.update(step, gan_step(s, real))
+            latest = meter.update(step, losses)
             if latest:
                 bar.set_postfix({k: f"{v:.3f}" for k, v in latest.items()}, refresh=False)
         train = meter.means()
@@ -153,21 +157,22 @@ def train_gan(s: GANSetup, train_data: ImageData, test_data: ImageData, run: Run
         record = {"epoch": epoch, "step": step, **{f"train_{k}": v for k, v in train.items()},
                   **{f"test_{k}": v for k, v in evaluate_gan(s, test_x).items()},
                   "img_per_s": speed}
-        write_figures(run, frames, [*MetricsLog(run.metrics_path).read(), record])
+        write_figures(run.plots, frames, [*MetricsLog(run.metrics_path).read(), record], run.name)
         return record
 
     def save(epoch: int) -> None:
         save_training_state(run.checkpoint, s.modules, epoch, step, config,
-                            fixed_z=fixed_z.cpu(), frames=torch.stack(frames[:epoch])
+                            model_args=s.model_args, fixed_z=fixed_z.cpu(), frames=torch.stack(frames[:epoch])
                             if frames[:epoch] else torch.zeros(0, dtype=torch.uint8))
 
     run_epochs(run, epoch0, epochs, checkpoint_every, train_epoch, save)
     return frames
 
 
-def write_figures(run: Run, frames: list[torch.Tensor], records: list[dict]) -> None:
+def write_figures(folder: Path, frames: list[torch.Tensor], records: list[dict], name: str
+                  ) -> None:
     """The progression grid (fixed latents across epochs) and the loss curves."""
-    epochs = [r["epoch"] for r in records]
-    save_progression(frames, epochs, run.plots / "progression.png",
-                     title="Generator on fixed latents across training")
-    save_curves(records, LOSS_PANELS, run.plots / "losses.png", title=f"DCGAN {run.name}")
+    if frames:
+        save_progression(frames, [r["epoch"] for r in records], folder / "progression.png",
+                         title="Generator on fixed latents across training")
+    save_curves(records, LOSS_PANELS, folder / "losses.png", title=f"DCGAN {name}")

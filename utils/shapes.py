@@ -76,7 +76,7 @@ def _coverage(factors: dict, start: int, stop: int, size: int) -> torch.Tensor:
     period = torch.tensor([2 * math.pi / _SYMMETRY[s] for s in SHAPE_NAMES])[shape]
     theta = (get["rotation"] * period)[:, None, None]
     dx = gx[None] - get["pos_x"][:, None, None]
-    dy = -(gy[None] - get["pos_y"][:, None, None])  # y up, so positive pos_y is higher
+    dy = -(gy[None] + get["pos_y"][:, None, None])  # y points up: positive pos_y is higher
     cos, sin = torch.cos(theta), torch.sin(theta)
     r = get["scale"][:, None, None]
     u, v = (cos * dx + sin * dy) / r, (-sin * dx + cos * dy) / r  # shape's own frame

@@ -1,0 +1,139 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import GAN_run_scripts.evalGan as eval_gan
+import GAN_run_scripts.ganmain as ganmain
+import train.gan as train_gan_module
+from models.gan import Discriminator, Generator, discriminator_loss, generator_loss
+from train.gan import build_gan, gan_step
+from utils.data import iterate_batches, load_dataset, to_float
+from utils.errors import UserError
+from utils.runs import find_run, load_checkpoint
+
+
+def test_losses_at_zero_logits_equal_log_2():
+    zeros = torch.zeros(7)
+    assert generator_loss(zeros).item() == pytest.approx(math.log(2))
+    assert discriminator_loss(zeros, zeros).item() == pytest.approx(2 * math.log(2))
+
+
+def test_losses_match_their_formulas():
+    real, fake = torch.randn(50, dtype=torch.float64), torch.randn(50, dtype=torch.float64)
+    d = -(torch.log(torch.sigmoid(real)).mean() + torch.log(1 - torch.sigmoid(fake)).mean())
+    g = -torch.log(torch.sigmoid(fake)).mean()  # non-saturating: -log D(G(z))
+    assert discriminator_loss(real, fake).item() == pytest.approx(d.item(), rel=1e-5)
+    assert generator_loss(fake).item() == pytest.approx(g.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("size", [8, 16, 32, 64])
+def test_architecture_follows_image_size(size):
+    g, d = Generator(10, size, 3, 8), Discriminator(size, 3, 8)
+    x = g(torch.randn(5, 10))
+    assert x.shape == (5, 3, size, size) and x.abs().max() <= 1
+    assert d(x).shape == (5,)
+    assert not isinstance(d.net[1], torch.nn.BatchNorm2d)  # no BatchNorm on the input layer
+    conv = d.net[0].weight
+    assert conv.std().item() == pytest.approx(0.02, rel=0.15)
+    with pytest.raises(ValueError):
+        Generator(10, 24, 3, 8)
+
+
+def test_short_training_moves_samples_towards_the_data():
+    """Shapes images are mostly black: pixel mean about -0.9. An untrained generator outputs
+    grey noise (mean about 0); 64 adversarial steps must close most of that gap, which only
+    the discriminator's signal can teach it (G never sees the data directly)."""
+    torch.manual_seed(0)
+    data = load_dataset("shapes", image_size=8, n=1024)
+    real_mean = to_float(data.images).mean()
+    s = build_gan(16, 8, 3, 16, 5e-4, (0.5, 0.999), torch.device("cpu"))
+
+    def gap() -> float:
+        with torch.no_grad():
+            return abs(s.generator(torch.randn(512, 16)).mean() - real_mean).item()
+
+    gap0 = gap()
+    for _ in range(4):
+        for x, _ in iterate_batches(data, 64, torch.device("cpu")):
+            gan_step(s, x)
+    assert gap0 > 0.7
+    assert gap() < gap0 / 2
+
+
+def generator_weights(root):
+    state = load_checkpoint(find_run(root, "gan", "latest").checkpoint)
+    return state["generator"], state["opt_g"]
+
+
+def test_resume_continues_exactly(tmp_path, tiny_gan):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    ganmain.main([*tiny_gan, "--SAVE_ROOT", str(straight), "--EPOCHS=2"])
+    ganmain.main([*tiny_gan, "--SAVE_ROOT", str(split), "--EPOCHS=1"])
+    ganmain.main(["--SAVE_ROOT", str(split), "--EPOCHS=2", "--RESUME=latest"])
+    (g_a, opt_a), (g_b, opt_b) = generator_weights(straight), generator_weights(split)
+    for key in g_a:
+        assert torch.equal(g_a[key], g_b[key]), key
+    assert opt_a["state"][0]["step"] == opt_b["state"][0]["step"]
+    run = find_run(split, "gan", "latest")
+    epochs = [r["epoch"] for r in train_gan_module.MetricsLog(run.metrics_path).read()]
+    assert epochs == [1, 2]
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path, tiny_gan, monkeypatch):
+    ganmain.main(tiny_gan)
+    checkpoint = find_run(tmp_path, "gan", "latest").checkpoint
+    before = checkpoint.read_bytes()
+    real_step, calls = train_gan_module.gan_step, []
+
+    def poisoned(s, real):
+        out = real_step(s, real)
+        calls.append(1)
+        if len(calls) == 3:
+            out["d_loss"] = out["d_loss"] * float("nan")
+        return out
+    monkeypatch.setattr(train_gan_module, "gan_step", poisoned)
+    with pytest.raises(UserError, match=r"d_loss became nan at step 7 .*last good checkpoint"):
+        ganmain.main(["--SAVE_ROOT", str(tmp_path), "--EPOCHS=3", "--RESUME=latest"])
+    assert checkpoint.read_bytes() == before
+
+
+def test_ctrl_c_saves_a_checkpoint(tmp_path, tiny_gan, monkeypatch):
+    real_step, calls = train_gan_module.gan_step, []
+
+    def interrupted(s, real):
+        calls.append(1)
+        if len(calls) == 6:  # in epoch 2 (4 steps per epoch)
+            raise KeyboardInterrupt
+        return real_step(s, real)
+    monkeypatch.setattr(train_gan_module, "gan_step", interrupted)
+    with pytest.raises(UserError, match="interrupted; checkpoint saved"):
+        ganmain.main([*tiny_gan, "--EPOCHS=3", "--CHECKPOINT_EVERY=10"])
+    state = load_checkpoint(find_run(tmp_path, "gan", "latest").checkpoint)
+    assert state["epoch"] == 1 and state["step"] == 5 and len(state["frames"]) == 1
+
+
+def test_ganmain_and_evalgan_write_their_outputs(tmp_path, tiny_gan):
+    ganmain.main([*tiny_gan, "--EPOCHS=2"])
+    run = find_run(tmp_path, "gan", "latest")
+    for name in ("progression.png", "losses.png", "samples.png", "config.json",
+                 "metrics.jsonl"):
+        assert (run.plots / name).is_file(), name
+    eval_gan.main(["--SAVE_ROOT", str(tmp_path), "--N_SAMPLES=30", "--GRID_SIZE=4",
+                   "--N_PAIRS=2", "--STEPS=5"])
+    for name in ("samples_grid.png", "interpolations.png", "progression.png", "losses.png"):
+        assert (run.plots / "eval" / name).is_file(), name
+    with np.load(run.plots / "eval" / "samples.npz") as samples:
+        assert samples["images"].shape == (30, 16, 16, 3)
+        assert samples["images"].dtype == np.uint8 and "labels" not in samples
+
+
+def test_bad_constants_and_missing_runs_are_user_errors(tmp_path, tiny_gan):
+    with pytest.raises(UserError, match="power of two"):
+        ganmain.main([*tiny_gan, "--IMAGE_SIZE=24"])
+    with pytest.raises(UserError, match="unknown dataset"):
+        ganmain.main([*tiny_gan, "--DATASET=shapez"])
+    with pytest.raises(UserError, match="no gan run"):
+        eval_gan.main(["--SAVE_ROOT", str(tmp_path / "empty")])
+    assert not (tmp_path / "saved_plots").exists()  # failed starts leave no run folders

@@ -1,0 +1,84 @@
+import pytest
+import torch
+
+from utils.errors import UserError
+from utils.runs import (MetricsLog, find_run, load_checkpoint, load_state, new_run,
+                        save_checkpoint)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    state = {"model": model.state_dict(), "epoch": 4, "config": {"LR": 0.1}, "rng":
+             {"python": [3, [1, 2], None]}}
+    save_checkpoint(state, tmp_path / "a" / "latest.pt")
+    loaded = load_checkpoint(tmp_path / "a" / "latest.pt")
+    assert loaded["epoch"] == 4 and loaded["config"] == {"LR": 0.1}
+    assert torch.equal(loaded["model"]["weight"], model.weight)
+
+
+def test_failed_write_leaves_the_old_checkpoint_and_no_temp_file(tmp_path, monkeypatch):
+    path = tmp_path / "latest.pt"
+    save_checkpoint({"epoch": 1, "config": {}}, path)
+    before = path.read_bytes()
+
+    def crash(obj, handle):
+        handle.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"epoch": 2, "config": {}}, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"]
+
+
+def test_missing_corrupt_and_foreign_checkpoints_are_one_line_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.pt")
+    (tmp_path / "bad.pt").write_bytes(b"not a zip file")
+    with pytest.raises(UserError, match="corrupt"):
+        load_checkpoint(tmp_path / "bad.pt")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(UserError, match="not a checkpoint of this project"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    torch.save({"config": {}, "model": torch.nn.Linear(1, 1)}, tmp_path / "pickle.pt")
+    with pytest.raises(UserError, match="corrupt"):
+        load_checkpoint(tmp_path / "pickle.pt")  # weights_only=True rejects whole modules
+
+
+def test_mismatched_state_is_a_clear_error():
+    with pytest.raises(UserError, match="does not match the model"):
+        load_state(torch.nn.Linear(3, 2), torch.nn.Linear(4, 2).state_dict(), "model")
+
+
+def test_new_runs_are_numbered_and_never_reuse_a_folder(tmp_path):
+    a = new_run(tmp_path, "gan", "shapes", "z100")
+    b = new_run(tmp_path, "gan", "shapes", "z100")
+    assert a.name == "001-gan-shapes-z100" and b.name == "002-gan-shapes-z100"
+    assert a.plots.is_dir() and a.models.is_dir()
+    (a.plots / "keep.txt").write_text("x")
+    c = new_run(tmp_path, "gan", "digits", "")
+    assert c.name == "003-gan-digits" and (a.plots / "keep.txt").read_text() == "x"
+
+
+def test_find_run_by_name_number_and_latest_with_checkpoint(tmp_path):
+    a = new_run(tmp_path, "vae", "shapes", "x")
+    new_run(tmp_path, "vae", "shapes", "y")  # no checkpoint: not "latest"
+    save_checkpoint({"epoch": 1, "config": {}}, a.checkpoint)
+    assert find_run(tmp_path, "vae", "latest") == a
+    assert find_run(tmp_path, "vae", "002").name == "002-vae-shapes-y"
+    assert find_run(tmp_path, "vae", "001-vae-shapes-x") == a
+    with pytest.raises(UserError, match="no single vae run"):
+        find_run(tmp_path, "vae", "009")
+    with pytest.raises(UserError, match="no gan run"):
+        find_run(tmp_path, "gan", "latest")
+
+
+def test_metrics_log_truncates_to_the_resumed_epoch(tmp_path):
+    log = MetricsLog(tmp_path / "m.jsonl")
+    for epoch in (1, 2, 3):
+        log.append({"epoch": epoch, "loss": 1.0 / epoch})
+    log.truncate(2)
+    assert [r["epoch"] for r in log.read()] == [1, 2]

@@ -1,0 +1,40 @@
+"""Sample files for external evaluation and latent interpolation."""
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def save_samples_npz(images: torch.Tensor, path: Path, labels: torch.Tensor | None = None) -> Path:
+    """samples.npz: `images` uint8 (N, H, W, C), and `labels` int64 (N,) for conditional models."""
+    if images.dtype != torch.uint8:
+        raise TypeError("save_samples_npz expects uint8 images")
+    arrays = {"images": images.permute(0, 2, 3, 1).contiguous().cpu().numpy()}
+    if labels is not None:
+        arrays["labels"] = labels.cpu().numpy().astype(np.int64)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+def load_samples_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Read samples.npz back as uint8 (N, C, H, W) and labels (or None)."""
+    with np.load(path, allow_pickle=False) as data:
+        images = torch.from_numpy(data["images"]).permute(0, 3, 1, 2).contiguous()
+        labels = torch.from_numpy(data["labels"]) if "labels" in data else None
+    return images, labels
+
+
+def slerp(z0: torch.Tensor, z1: torch.Tensor, steps: int) -> torch.Tensor:
+    """Spherical interpolation between rows of z0 and z1: (P, D) -> (P, steps, D).
+
+    Gaussian latents concentrate near a sphere; a straight line passes through its low-norm
+    interior, which the generator rarely saw (White 2016, "Sampling Generative Networks").
+    """
+    t = torch.linspace(0, 1, steps, device=z0.device)[None, :, None]  # (1, S, 1)
+    a, b = z0[:, None], z1[:, None]  # (P, 1, D)
+    cos = (torch.nn.functional.normalize(a, dim=-1) * torch.nn.functional.normalize(b, dim=-1)
+           ).sum(-1, keepdim=True).clamp(-1 + 1e-7, 1 - 1e-7)
+    omega = torch.arccos(cos)
+    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
