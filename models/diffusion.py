@@ -1,0 +1,185 @@
+"""Gaussian diffusion maths: noise schedules, q_sample, eps/x0/v conversions, DDPM and DDIM steps.
+
+Notation follows Ho et al. 2020: alpha_bar[t] = prod_{s<=t} (1 - beta[s]), index t = 0..T-1.
+The samplers built on these steps live in models/samplers.py (re-exported here).
+"""
+import math
+
+import torch
+
+PREDICTION_TYPES = ("epsilon", "x0", "v")
+
+
+class NoiseSchedule:
+    """betas and alphas_cumprod (float64, length T) for the 'linear' or 'cosine' schedule."""
+
+    def __init__(self, kind: str = "linear", timesteps: int = 1000, betas: torch.Tensor = None):
+        if betas is None:
+            betas = make_betas(kind, timesteps)
+        self.kind, self.timesteps = kind, len(betas)
+        self.betas = betas.double()
+        self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)
+        self.alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64),
+                                              self.alphas_cumprod[:-1]])
+        # Posterior q(x_{t-1} | x_t, x0) variance, beta-tilde (Ho et al. 2020, eq. 7)
+        self.posterior_variance = (self.betas * (1 - self.alphas_cumprod_prev)
+                                   / (1 - self.alphas_cumprod))
+
+    def log_snr(self) -> torch.Tensor:
+        """log(alpha_bar / (1 - alpha_bar)) per timestep."""
+        return torch.log(self.alphas_cumprod) - torch.log1p(-self.alphas_cumprod)
+
+    def respace(self, timesteps: torch.Tensor) -> "NoiseSchedule":
+        """The schedule seen by a sampler visiting only `timesteps` (ascending original indices).
+
+        Keeps alpha_bar at those steps: beta'_k = 1 - alpha_bar[t_k] / alpha_bar[t_{k-1}]
+        (Nichol & Dhariwal 2021, section 4). Index k of the result is original step t_k.
+        """
+        abar = self.alphas_cumprod[timesteps]
+        prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
+        return NoiseSchedule(self.kind, betas=1 - abar / prev)
+
+
+def make_betas(kind: str, timesteps: int) -> torch.Tensor:
+    """Linear: Ho et al. 2020; cosine: Nichol & Dhariwal 2021, eq. 17, betas clipped at 0.999."""
+    if timesteps < 1:
+        raise ValueError(f"timesteps must be >= 1, got {timesteps}")
+    if kind == "linear":
+        # Ho et al. use 1e-4..0.02 for T = 1000. For other T the endpoints scale by 1000 / T, so
+        # the total noise added (sum of betas) stays about the same (Nichol & Dhariwal 2021).
+        scale = 1000 / timesteps
+        return torch.linspace(scale * 1e-4, min(scale * 0.02, 0.999), timesteps,
+                              dtype=torch.float64)
+    if kind == "cosine":
+        s = 0.008
+        u = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
+        f = torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2
+        return torch.clamp(1 - f[1:] / f[:-1], max=0.999)
+    raise ValueError(f"unknown schedule {kind!r}; use 'linear' or 'cosine'")
+
+
+def _at(values: torch.Tensor, t, like: torch.Tensor) -> torch.Tensor:
+    """values[t] shaped to broadcast against `like` (B, ...), in like's dtype and device."""
+    t = torch.as_tensor(t, device=values.device).long()
+    out = values[t].to(device=like.device, dtype=like.dtype)
+    return out.reshape(-1, *([1] * (like.dim() - 1))) if out.dim() else out
+
+
+def q_sample(schedule: NoiseSchedule, x0: torch.Tensor, t, noise: torch.Tensor) -> torch.Tensor:
+    """x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps (Ho et al. 2020, eq. 4)."""
+    abar = _at(schedule.alphas_cumprod.to(x0.device), t, x0)
+    return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+
+
+def eps_to_x0(schedule, x_t, t, eps):
+    abar = _at(schedule.alphas_cumprod, t, x_t)
+    return (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()
+
+
+def x0_to_eps(schedule, x_t, t, x0):
+    abar = _at(schedule.alphas_cumprod, t, x_t)
+    return (x_t - abar.sqrt() * x0) / (1 - abar).sqrt()
+
+
+def v_target(schedule, x0, t, eps):
+    """v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0 (Salimans & Ho 2022, section 4)."""
+    abar = _at(schedule.alphas_cumprod, t, x0)
+    return abar.sqrt() * eps - (1 - abar).sqrt() * x0
+
+
+def v_to_x0(schedule, x_t, t, v):
+    abar = _at(schedule.alphas_cumprod, t, x_t)
+    return abar.sqrt() * x_t - (1 - abar).sqrt() * v
+
+
+def v_to_eps(schedule, x_t, t, v):
+    abar = _at(schedule.alphas_cumprod, t, x_t)
+    return (1 - abar).sqrt() * x_t + abar.sqrt() * v
+
+
+def training_target(schedule, x0, t, eps, prediction_type: str) -> torch.Tensor:
+    """What the network learns to output for the chosen parameterisation."""
+    if prediction_type == "epsilon":
+        return eps
+    if prediction_type == "x0":
+        return x0
+    if prediction_type == "v":
+        return v_target(schedule, x0, t, eps)
+    raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+
+
+def predict_x0_eps(schedule, model_output, t, x_t, prediction_type: str, clip_x0: bool = False):
+    """(x0, eps) implied by a model output; with clip_x0, x0 is clipped to [-1, 1] and eps
+    recomputed from it so the two stay consistent."""
+    if prediction_type == "epsilon":
+        eps = model_output
+        x0 = eps_to_x0(schedule, x_t, t, eps)
+    elif prediction_type == "x0":
+        x0 = model_output
+        eps = x0_to_eps(schedule, x_t, t, x0)
+    elif prediction_type == "v":
+        x0 = v_to_x0(schedule, x_t, t, model_output)
+        eps = v_to_eps(schedule, x_t, t, model_output)
+    else:
+        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}")
+    if clip_x0:
+        x0 = x0.clamp(-1, 1)
+        eps = x0_to_eps(schedule, x_t, t, x0)
+    return x0, eps
+
+
+def min_snr_weight(schedule, t, prediction_type: str, gamma: float = 5.0) -> torch.Tensor:
+    """Min-SNR-gamma loss weight (Hang et al. 2023), expressed for the network's target."""
+    abar = schedule.alphas_cumprod[torch.as_tensor(t).long().cpu()]
+    snr = abar / (1 - abar)
+    clipped = torch.clamp(snr, max=gamma)
+    weight = {"epsilon": clipped / snr, "v": clipped / (snr + 1), "x0": clipped}[prediction_type]
+    return weight.float()
+
+
+def ddpm_step(schedule: NoiseSchedule, model_output, t: int, x_t, prediction_type="epsilon",
+              noise=None, clip_x0=False) -> torch.Tensor:
+    """One ancestral step x_t -> x_{t-1}: posterior mean and variance beta-tilde (Ho et al. eq. 7).
+
+    noise=None draws fresh noise; zeros give the posterior mean; t = 0 adds no noise.
+    """
+    x0, _ = predict_x0_eps(schedule, model_output, t, x_t, prediction_type, clip_x0)
+    abar, abar_prev = schedule.alphas_cumprod[t], schedule.alphas_cumprod_prev[t]
+    beta = schedule.betas[t]
+    coef_x0 = abar_prev.sqrt() * beta / (1 - abar)
+    coef_xt = (1 - beta).sqrt() * (1 - abar_prev) / (1 - abar)
+    mean = float(coef_x0) * x0 + float(coef_xt) * x_t
+    if int(t) == 0:
+        return mean
+    if noise is None:
+        noise = torch.randn_like(x_t)
+    return mean + float(schedule.posterior_variance[t].sqrt()) * noise
+
+
+def ddim_step(schedule: NoiseSchedule, model_output, t: int, t_prev: int, x_t, eta=0.0,
+              prediction_type="epsilon", noise=None, clip_x0=False) -> torch.Tensor:
+    """One DDIM step x_t -> x_{t_prev} (Song et al. 2021, eq. 12; sigma from eta, eq. 16).
+
+    t_prev = -1 is the clean end (alpha_bar = 1): the step returns the predicted x0.
+    """
+    x0, eps = predict_x0_eps(schedule, model_output, t, x_t, prediction_type, clip_x0)
+    abar = schedule.alphas_cumprod[t]
+    abar_prev = schedule.alphas_cumprod[t_prev] if t_prev >= 0 else torch.tensor(
+        1.0, dtype=torch.float64)
+    sigma = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)).sqrt()
+    direction = (1 - abar_prev - sigma ** 2).clamp(min=0).sqrt()
+    x_prev = float(abar_prev.sqrt()) * x0 + float(direction) * eps
+    if eta > 0 and t_prev >= 0:
+        if noise is None:
+            noise = torch.randn_like(x_t)
+        x_prev = x_prev + float(sigma) * noise
+    return x_prev
+
+
+from models.samplers import (classifier_free_guidance, ddim_sample, ddpm_sample,  # noqa: E402
+                             sample_timesteps, timestep_subset)
+
+__all__ = ["NoiseSchedule", "make_betas", "q_sample", "eps_to_x0", "x0_to_eps", "v_target",
+           "v_to_x0", "v_to_eps", "training_target", "predict_x0_eps", "min_snr_weight",
+           "ddpm_step", "ddim_step", "ddpm_sample", "ddim_sample", "timestep_subset",
+           "sample_timesteps", "classifier_free_guidance", "PREDICTION_TYPES"]
