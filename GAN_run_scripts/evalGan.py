@@ -11,7 +11,7 @@ import torch
 from train.gan import build_gan, sample, write_figures
 from utils.config import resolve_constants
 from utils.device import resolve_device, seed_everything
-from utils.errors import run_cli
+from utils.errors import UserError, run_cli
 from utils.plots import save_grid, save_labelled_grid
 from utils.runs import MetricsLog, find_run, load_checkpoint, load_state
 from utils.samples import save_samples_npz, slerp
@@ -30,6 +30,8 @@ def main(argv=None) -> None:
     c = resolve_constants(globals(), argv)
     run = find_run(c.SAVE_ROOT, "gan", c.RUN)
     state = load_checkpoint(run.checkpoint)
+    if "model_args" not in state:
+        raise UserError(f"{run.checkpoint} is not a GAN checkpoint (no model_args)")
     seed_everything(c.SEED)
     device = resolve_device(c.DEVICE)
     s = build_gan(**state["model_args"], lr=0.0, betas=(0.5, 0.999), device=device)
