@@ -10,7 +10,7 @@ samples.png, config.json, metrics.jsonl; weights to saved_models/gan/<run>/lates
 import torch
 
 from train.gan import build_gan, sample, train_gan
-from utils.config import resolve_constants
+from utils.config import check_positive, resolve_constants
 from utils.errors import UserError, run_cli
 from utils.plots import save_grid
 from utils.session import create_run, datasets, resume, start
@@ -47,6 +47,7 @@ PROGRESSION_ROWS = 8  # how many of them the progression figure follows across e
 def main(argv=None) -> None:
     c = resolve_constants(globals(), argv)
     run, state, c = resume(c, "gan")
+    check_positive(c, "BATCH_SIZE", "LR", "LATENT_DIM", "WIDTH", "CHECKPOINT_EVERY", "N_FIXED")
     if c.IMAGE_SIZE < 8 or c.IMAGE_SIZE & (c.IMAGE_SIZE - 1):
         raise UserError(f"IMAGE_SIZE={c.IMAGE_SIZE}: a DCGAN needs a power of two >= 8")
     device, amp_dtype = start(c)

@@ -132,6 +132,8 @@ def test_ganmain_and_evalgan_write_their_outputs(tmp_path, tiny_gan):
 def test_bad_constants_and_missing_runs_are_user_errors(tmp_path, tiny_gan):
     with pytest.raises(UserError, match="power of two"):
         ganmain.main([*tiny_gan, "--IMAGE_SIZE=24"])
+    with pytest.raises(UserError, match="BATCH_SIZE must be a positive number"):
+        ganmain.main([*tiny_gan, "--BATCH_SIZE=0"])
     with pytest.raises(UserError, match="unknown dataset"):
         ganmain.main([*tiny_gan, "--DATASET=shapez"])
     with pytest.raises(UserError, match="no gan run"):

@@ -118,3 +118,11 @@ def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
     """Raise a one-line UserError when a constant is not one of its allowed values."""
     if value not in choices:
         raise UserError(f"{name}={value!r} is not one of {', '.join(map(repr, choices))}")
+
+
+def check_positive(c: SimpleNamespace, *names: str) -> None:
+    """Raise a one-line UserError unless each named constant is a positive number."""
+    for name in names:
+        value = getattr(c, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            raise UserError(f"{name} must be a positive number, got {value!r}")
