@@ -43,3 +43,32 @@ def test_training_lowers_the_loss_and_updates_the_ema():
     assert last["quarter_counts"].sum().item() == 32
     ema_w = s.ema.module.conv_out.weight
     assert not torch.equal(ema_w, model.conv_out.weight) and ema_w.abs().sum() > 0
+
+
+TINY = ["--IMAGE_SIZE=16", "--N_TRAIN=64", "--BASE=16", "--CHANNEL_MULT=(1, 2)", "--BLOCKS=1",
+        "--ATTENTION=(8,)", "--BATCH_SIZE=32", "--SAMPLE_STEPS=3", "--PROGRESSION_ROWS=2",
+        "--WARMUP_STEPS=2", "--PRECISION=fp32", "--TIMESTEPS=50"]
+
+
+def test_diffusion_main_writes_outputs_and_resumes_exactly(tmp_path):
+    import Diffusion_run_scripts.DiffusionMain as main_script
+    from utils.runs import MetricsLog, find_run, load_checkpoint
+    straight, split = tmp_path / "a", tmp_path / "b"
+    main_script.main([*TINY, "--SAVE_ROOT", str(straight), "--EPOCHS=2"])
+    main_script.main([*TINY, "--SAVE_ROOT", str(split), "--EPOCHS=1"])
+    main_script.main(["--SAVE_ROOT", str(split), "--EPOCHS=2", "--RESUME=latest"])
+    run_a, run_b = find_run(straight, "diffusion"), find_run(split, "diffusion")
+    a, b = load_checkpoint(run_a.checkpoint), load_checkpoint(run_b.checkpoint)
+    for key in a["ema"]:
+        assert torch.equal(a["ema"][key], b["ema"][key]), key
+    assert [r["epoch"] for r in MetricsLog(run_b.metrics_path).read()] == [1, 2]
+    for name in ("progression.png", "losses.png", "forward_diffusion.png", "config.json"):
+        assert (run_a.plots / name).is_file(), name
+    assert a["frames"].shape == (2, 2, 3, 16, 16)
+
+
+def test_diffusion_main_rejects_bad_constants(tmp_path):
+    import Diffusion_run_scripts.DiffusionMain as main_script
+    from utils.errors import UserError
+    with pytest.raises(UserError, match="PREDICTION='eps' is not one of"):
+        main_script.main([*TINY, "--SAVE_ROOT", str(tmp_path), "--PREDICTION=eps"])

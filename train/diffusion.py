@@ -1,9 +1,8 @@
 """Diffusion training step (pixel DDPM and latent diffusion): loss on eps/x0/v, min-SNR weights,
 label dropout for classifier-free guidance, AdamW with warm-up, gradient clipping, EMA.
-
-The epoch loop and run scripts build on these (issue 4, in progress).
 """
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -12,7 +11,12 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from models.diffusion import (NoiseSchedule, min_snr_weight, q_sample, sample_timesteps,
                               training_target)
+from train.common import (LossMeter, batch_bar, restore_training_state, run_epochs,
+                          save_training_state)
+from utils.data import ImageData, batches_per_epoch, iterate_batches, to_uint8
 from utils.device import autocast
+from utils.plots import save_curves, save_progression
+from utils.runs import MetricsLog, Run
 
 QUARTERS = 4  # the loss is also logged per quarter of the timestep range
 
@@ -108,3 +112,94 @@ def diffusion_step(s: DiffusionSetup, x0: torch.Tensor, labels=None, clip: float
     sums = torch.zeros(QUARTERS, device=x0.device).index_add_(0, quarter, per_sample)
     counts = torch.bincount(quarter, minlength=QUARTERS).float()
     return {"loss": loss.detach(), "quarter_sums": sums, "quarter_counts": counts}
+
+
+@torch.no_grad()
+def ema_samples(s: DiffusionSetup, noise: torch.Tensor, sampler: str, steps: int,
+                labels=None) -> torch.Tensor:
+    """Samples from fixed noise with the EMA weights and a (fast) sampler, as uint8 on the CPU."""
+    from models.samplers import sample
+    net = s.ema.module
+    was_training = net.training
+    net.eval()
+
+    def model_fn(x, t, y):
+        with autocast(s.device, s.amp_dtype):
+            return net(x, t, y).float()
+    x = sample(model_fn, s.schedule, noise.clone(), sampler, steps, labels=labels,
+               prediction_type=s.prediction_type, clip_x0=True)
+    net.train(was_training)
+    return to_uint8(x).cpu()
+
+
+@torch.no_grad()
+def held_out_loss(s: DiffusionSetup, x0: torch.Tensor, batch_size: int = 128) -> float:
+    """Unweighted loss of the EMA model on held-out images (fixed RNG, so epochs compare)."""
+    rng_state = torch.get_rng_state()
+    torch.manual_seed(1234)
+    model, total = s.model, 0.0
+    s.model = s.ema.module
+    s.model.eval()
+    for start in range(0, len(x0), batch_size):
+        batch = x0[start:start + batch_size].to(s.device)
+        total += diffusion_loss(s, batch)[1].sum().item()
+    s.model.train()
+    s.model = model
+    torch.set_rng_state(rng_state)
+    return total / len(x0)
+
+
+def train_diffusion(s: DiffusionSetup, train_data: ImageData, test_data: ImageData, run: Run, *,
+                    epochs: int, batch_size: int, fixed_noise: torch.Tensor, config: dict,
+                    sampler: str = "ddim", sample_steps: int = 50, checkpoint_every: int = 1,
+                    progression_rows: int = 8, flip: bool = False, model_args: dict = None,
+                    state: dict | None = None) -> list[torch.Tensor]:
+    """Train for `epochs` total epochs (continuing `state`); returns per-epoch sample frames."""
+    epoch0, step = restore_training_state(s.modules, state) if state else (0, 0)
+    frames = list(state["frames"]) if state else []
+    train_data = train_data.to(s.device)
+    test_x, _ = test_data.first(512)
+    n_batches = batches_per_epoch(train_data, batch_size)
+
+    def train_epoch(epoch: int) -> dict:
+        nonlocal step
+        meter, started = LossMeter(), time.perf_counter()
+        sums = torch.zeros(QUARTERS, device=s.device)
+        counts = torch.zeros(QUARTERS, device=s.device)
+        bar = batch_bar(iterate_batches(train_data, batch_size, s.device, flip=flip), n_batches,
+                        epoch, epochs)
+        for x0, labels in bar:
+            out = diffusion_step(s, x0, labels)
+            step += 1
+            sums += out["quarter_sums"]
+            counts += out["quarter_counts"]
+            latest = meter.update(step, {"loss": out["loss"]})
+            if latest:
+                bar.set_postfix(loss=f"{latest['loss']:.4f}", refresh=False)
+        speed = meter.count * batch_size / (time.perf_counter() - started)
+        quarters = (sums / counts.clamp(min=1)).tolist()
+        frames.append(ema_samples(s, fixed_noise[:progression_rows], sampler, sample_steps))
+        record = {"epoch": epoch, "step": step, "train_loss": meter.means()["loss"],
+                  **{f"train_loss_q{i + 1}": q for i, q in enumerate(quarters)},
+                  "test_loss": held_out_loss(s, test_x), "lr": s.lr_sched.get_last_lr()[0],
+                  "img_per_s": speed}
+        records = [*MetricsLog(run.metrics_path).read(), record]
+        save_progression(frames, [r["epoch"] for r in records], run.plots / "progression.png",
+                         title=f"EMA samples from fixed noise ({sampler}, {sample_steps} steps)")
+        save_curves(records, LOSS_PANELS, run.plots / "losses.png", log_y=["loss"],
+                    title=f"diffusion {run.name}")
+        return record
+
+    def save(epoch: int) -> None:
+        save_training_state(run.checkpoint, s.modules, epoch, step, config,
+                            model_args=model_args or {}, fixed_noise=fixed_noise.cpu(),
+                            frames=torch.stack(frames[:epoch]) if frames[:epoch]
+                            else torch.zeros(0, dtype=torch.uint8))
+
+    run_epochs(run, epoch0, epochs, checkpoint_every, train_epoch, save)
+    return frames
+
+
+LOSS_PANELS = [("loss", ["train_loss", "test_loss"]),
+               ("loss per quarter of t", [f"train_loss_q{i + 1}" for i in range(QUARTERS)]),
+               ("learning rate", ["lr"])]

@@ -1,0 +1,104 @@
+"""Train a pixel-space DDPM (Ho et al. 2020) with a UNet denoiser.
+
+    python -m Diffusion_run_scripts.DiffusionMain
+    python -m Diffusion_run_scripts.DiffusionMain --SCHEDULE=linear --PREDICTION=v --EPOCHS=5
+    python -m Diffusion_run_scripts.DiffusionMain --RESUME=latest --EPOCHS=10
+
+Writes to saved_plots/diffusion/<run>/: progression.png (EMA samples from fixed noise, one column
+per epoch), losses.png (log scale, with the loss per quarter of the timestep range),
+forward_diffusion.png, config.json, metrics.jsonl; weights to saved_models/diffusion/<run>/.
+"""
+import torch
+
+from models.diffusion import PREDICTION_TYPES, NoiseSchedule, q_sample
+from models.unet import UNet
+from train.diffusion import build_diffusion, train_diffusion
+from utils.config import check_choice, check_positive, resolve_constants
+from utils.errors import run_cli
+from utils.plots import save_labelled_grid
+from utils.session import create_run, datasets, resume, start
+
+# data
+DATASET = "shapes"  # shapes, digits (embedded); cifar10, mnist, ... (online)
+DATA_ROOT = "data"  # where torchvision datasets are downloaded
+IMAGE_SIZE = 32  # pixels
+N_TRAIN = None  # cap on training images (None: the whole split)
+FLIP = False  # random horizontal flips
+
+# diffusion
+SCHEDULE = "cosine"  # linear (Ho et al. 2020) or cosine (Nichol & Dhariwal 2021)
+TIMESTEPS = 1000  # T
+PREDICTION = "epsilon"  # what the UNet predicts: epsilon, x0 or v
+MIN_SNR_GAMMA = 0.0  # min-SNR loss weighting gamma (Hang et al. 2023); 0 turns it off
+
+# model
+BASE = 64  # UNet channels at full resolution
+CHANNEL_MULT = (1, 2, 2)  # channel multiplier per resolution level
+BLOCKS = 2  # residual blocks per level
+ATTENTION = (16,)  # resolutions with self-attention
+HEADS = 4  # attention heads
+DROPOUT = 0.1  # dropout inside residual blocks
+
+# training
+EPOCHS = 2  # passes over the training set
+BATCH_SIZE = 64  # images per step
+LR = 2e-4  # AdamW peak learning rate
+LR_SCHEDULE = "constant"  # after warm-up: constant or cosine
+WARMUP_STEPS = 500  # linear LR warm-up steps
+EMA_DECAY = 0.999  # EMA of the weights, used for samples
+SEED = 0  # seeds python, numpy and torch
+DEVICE = "auto"  # auto, cpu, cuda
+PRECISION = "auto"  # auto (bf16 autocast where fast), bf16, fp32
+RESUME = None  # None for a new run; "latest" or a run name to continue it
+
+# outputs
+SAVE_ROOT = "."  # saved_plots/ and saved_models/ are created here
+CHECKPOINT_EVERY = 1  # epochs between checkpoints (and always at the end)
+SAMPLER = "ddim"  # sampler for the per-epoch samples: ddim or ddpm
+SAMPLE_STEPS = 50  # its number of steps
+PROGRESSION_ROWS = 8  # fixed noise images followed across epochs
+
+
+def main(argv=None) -> None:
+    c = resolve_constants(globals(), argv)
+    run, state, c = resume(c, "diffusion")
+    check_choice("SCHEDULE", c.SCHEDULE, ("linear", "cosine"))
+    check_choice("PREDICTION", c.PREDICTION, PREDICTION_TYPES)
+    check_choice("SAMPLER", c.SAMPLER, ("ddim", "ddpm"))
+    check_choice("LR_SCHEDULE", c.LR_SCHEDULE, ("constant", "cosine"))
+    check_positive(c, "BATCH_SIZE", "LR", "BASE", "TIMESTEPS", "SAMPLE_STEPS", "WARMUP_STEPS",
+                   "CHECKPOINT_EVERY", "PROGRESSION_ROWS")
+    device, amp_dtype = start(c)
+    train, test = datasets(c)
+    model_args = dict(in_channels=train.shape[0], image_size=c.IMAGE_SIZE, base=c.BASE,
+                      channel_mult=tuple(c.CHANNEL_MULT), blocks=c.BLOCKS,
+                      attention_resolutions=tuple(c.ATTENTION), heads=c.HEADS, dropout=c.DROPOUT)
+    schedule = NoiseSchedule(c.SCHEDULE, c.TIMESTEPS)
+    total_steps = c.EPOCHS * max(1, len(train) // c.BATCH_SIZE)
+    s = build_diffusion(UNet(**model_args), schedule, device, lr=c.LR,
+                        warmup_steps=c.WARMUP_STEPS, total_steps=total_steps,
+                        lr_schedule=c.LR_SCHEDULE, ema_decay=c.EMA_DECAY, amp_dtype=amp_dtype,
+                        prediction_type=c.PREDICTION, min_snr_gamma=c.MIN_SNR_GAMMA or None)
+    run = run or create_run(c, "diffusion", f"{c.SCHEDULE}-{c.PREDICTION}")
+    if state is None:
+        write_forward_strip(schedule, train.first(4)[0], run.plots / "forward_diffusion.png")
+    noise = state["fixed_noise"] if state else torch.randn(c.PROGRESSION_ROWS, *train.shape)
+    train_diffusion(s, train, test, run, epochs=c.EPOCHS, batch_size=c.BATCH_SIZE,
+                    fixed_noise=noise.to(device), config=vars(c), sampler=c.SAMPLER,
+                    sample_steps=c.SAMPLE_STEPS, checkpoint_every=c.CHECKPOINT_EVERY,
+                    progression_rows=c.PROGRESSION_ROWS, flip=c.FLIP, model_args=model_args,
+                    state=state)
+    print(f"done: figures in {run.plots}")
+
+
+def write_forward_strip(schedule: NoiseSchedule, x0: torch.Tensor, path, columns: int = 10):
+    """x0 noised to evenly spaced t with q_sample: one row per image."""
+    ts = torch.linspace(0, schedule.timesteps - 1, columns).round().long()
+    noise = torch.randn_like(x0)
+    rows = torch.stack([q_sample(schedule, x0, int(t), noise) for t in ts], dim=1)
+    save_labelled_grid(rows, path, col_labels=[f"t={int(t)}" for t in ts],
+                       title=f"Forward diffusion q(x_t | x0), {schedule.kind} schedule")
+
+
+if __name__ == "__main__":
+    run_cli(main)
