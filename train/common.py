@@ -121,3 +121,9 @@ def save_training_state(path: Path, modules: dict, epoch: int, step: int, config
                         **extra) -> None:
     """training_state() written atomically."""
     save_checkpoint(training_state(modules, epoch, step, config, **extra), path)
+
+
+def stack_frames(frames: list[torch.Tensor], epochs_done: int) -> torch.Tensor:
+    """The per-epoch sample frames of the completed epochs as one uint8 tensor for a checkpoint."""
+    done = frames[:epochs_done]
+    return torch.stack(done) if done else torch.zeros(0, dtype=torch.uint8)

@@ -12,7 +12,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from models.diffusion import (NoiseSchedule, min_snr_weight, q_sample, sample_timesteps,
                               training_target)
 from train.common import (LossMeter, batch_bar, restore_training_state, run_epochs,
-                          save_training_state)
+                          save_training_state, stack_frames)
 from utils.data import ImageData, batches_per_epoch, iterate_batches, to_uint8
 from utils.device import autocast
 from utils.plots import save_curves, save_progression
@@ -193,8 +193,7 @@ def train_diffusion(s: DiffusionSetup, train_data: ImageData, test_data: ImageDa
     def save(epoch: int) -> None:
         save_training_state(run.checkpoint, s.modules, epoch, step, config,
                             model_args=model_args or {}, fixed_noise=fixed_noise.cpu(),
-                            frames=torch.stack(frames[:epoch]) if frames[:epoch]
-                            else torch.zeros(0, dtype=torch.uint8))
+                            frames=stack_frames(frames, epoch))
 
     run_epochs(run, epoch0, epochs, checkpoint_every, train_epoch, save)
     return frames

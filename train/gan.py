@@ -7,7 +7,7 @@ import torch
 
 from models.gan import Discriminator, Generator, discriminator_loss, generator_loss
 from train.common import (LossMeter, batch_bar, restore_training_state, run_epochs,
-                          save_training_state)
+                          save_training_state, stack_frames)
 from utils.data import ImageData, batches_per_epoch, iterate_batches, to_uint8
 from utils.device import autocast
 from utils.plots import save_curves, save_progression
@@ -162,8 +162,8 @@ def train_gan(s: GANSetup, train_data: ImageData, test_data: ImageData, run: Run
 
     def save(epoch: int) -> None:
         save_training_state(run.checkpoint, s.modules, epoch, step, config,
-                            model_args=s.model_args, fixed_z=fixed_z.cpu(), frames=torch.stack(frames[:epoch])
-                            if frames[:epoch] else torch.zeros(0, dtype=torch.uint8))
+                            model_args=s.model_args, fixed_z=fixed_z.cpu(),
+                            frames=stack_frames(frames, epoch))
 
     run_epochs(run, epoch0, epochs, checkpoint_every, train_epoch, save)
     return frames
