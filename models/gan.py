@@ -26,7 +26,7 @@ def dcgan_init(module: nn.Module) -> None:
 
 
 class Generator(nn.Module):
-    """z (B, latent_dim) -> image (B, C, S, S) in [-1, 1]: transposed convs, BatchNorm, ReLU, tanh."""
+    """z (B, latent_dim) -> image (B, C, S, S) in [-1, 1]: transposed convs, BatchNorm, ReLU."""
 
     def __init__(self, latent_dim: int = 100, image_size: int = 32, channels: int = 3,
                  width: int = 64):
@@ -48,7 +48,7 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """image (B, C, S, S) -> logits (B,): strided convs, LeakyReLU 0.2, no BatchNorm at the input."""
+    """image (B, C, S, S) -> logits (B,): strided convs, LeakyReLU 0.2, no input BatchNorm."""
 
     def __init__(self, image_size: int = 32, channels: int = 3, width: int = 64):
         super().__init__()

@@ -88,7 +88,8 @@ def help_text(namespace: dict) -> str:
     comments = _comments(namespace)
     lines = [doc, "", "Constants (override with --NAME=value):"] if doc else ["Constants:"]
     for name, value in constants_of(namespace).items():
-        lines.append(f"  --{name}={value!r}" + (f"  # {comments[name]}" if name in comments else ""))
+        comment = f"  # {comments[name]}" if name in comments else ""
+        lines.append(f"  --{name}={value!r}{comment}")
     return "\n".join(lines)
 
 
