@@ -1,11 +1,12 @@
 """What every training loop shares: loss meters with a NaN guard, the epoch driver, checkpoints."""
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
+from utils.data import ImageData, batches_per_epoch, iterate_batches
 from utils.device import rng_state, set_rng_state
 from utils.errors import UserError
 from utils.runs import MetricsLog, Run, load_state, save_checkpoint
@@ -58,10 +59,12 @@ class LossMeter:
         return {name: float(total) / max(self.count, 1) for name, total in self.sums.items()}
 
 
-def batch_bar(batches: Iterable, total: int, epoch: int, epochs: int):
-    """tqdm bar over one epoch's batches."""
-    return tqdm(batches, total=total, desc=f"epoch {epoch}/{epochs}", leave=False,
-                dynamic_ncols=True, mininterval=1.0)
+def epoch_batches(data: ImageData, batch_size: int, device: torch.device, flip: bool,
+                  epoch: int, epochs: int):
+    """One epoch's shuffled batches behind a tqdm bar."""
+    return tqdm(iterate_batches(data, batch_size, device, flip=flip),
+                total=batches_per_epoch(data, batch_size), desc=f"epoch {epoch}/{epochs}",
+                leave=False, dynamic_ncols=True, mininterval=1.0)
 
 
 def run_epochs(run: Run, start_epoch: int, epochs: int, checkpoint_every: int,
@@ -103,6 +106,14 @@ def training_state(modules: dict, epoch: int, step: int, config: dict, **extra) 
     """A checkpoint: state_dicts of every module/optimizer/scheduler, counters, RNG, config."""
     state = {name: obj.state_dict() for name, obj in modules.items() if obj is not None}
     return {**state, "epoch": epoch, "step": step, "rng": rng_state(), "config": config, **extra}
+
+
+def resume_point(modules: dict, state: dict | None) -> tuple[int, int, list[torch.Tensor]]:
+    """(epoch, step, sample frames) to continue from: restored from state, or a fresh start."""
+    if not state:
+        return 0, 0, []
+    epoch, step = restore_training_state(modules, state)
+    return epoch, step, list(state["frames"])
 
 
 def restore_training_state(modules: dict, state: dict) -> tuple[int, int]:

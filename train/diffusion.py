@@ -11,9 +11,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from models.diffusion import (NoiseSchedule, min_snr_weight, q_sample, sample_timesteps,
                               training_target)
-from train.common import (LossMeter, batch_bar, restore_training_state, run_epochs,
+from train.common import (LossMeter, epoch_batches, resume_point, run_epochs,
                           save_training_state, stack_frames)
-from utils.data import ImageData, batches_per_epoch, iterate_batches, to_uint8
+from utils.data import ImageData, to_uint8
 from utils.device import autocast
 from utils.plots import save_curves, save_progression
 from utils.runs import MetricsLog, Run
@@ -155,19 +155,16 @@ def train_diffusion(s: DiffusionSetup, train_data: ImageData, test_data: ImageDa
                     progression_rows: int = 8, flip: bool = False, model_args: dict = None,
                     state: dict | None = None) -> list[torch.Tensor]:
     """Train for `epochs` total epochs (continuing `state`); returns per-epoch sample frames."""
-    epoch0, step = restore_training_state(s.modules, state) if state else (0, 0)
-    frames = list(state["frames"]) if state else []
+    epoch0, step, frames = resume_point(s.modules, state)
     train_data = train_data.to(s.device)
     test_x, _ = test_data.first(512)
-    n_batches = batches_per_epoch(train_data, batch_size)
 
     def train_epoch(epoch: int) -> dict:
         nonlocal step
         meter, started = LossMeter(), time.perf_counter()
         sums = torch.zeros(QUARTERS, device=s.device)
         counts = torch.zeros(QUARTERS, device=s.device)
-        bar = batch_bar(iterate_batches(train_data, batch_size, s.device, flip=flip), n_batches,
-                        epoch, epochs)
+        bar = epoch_batches(train_data, batch_size, s.device, flip, epoch, epochs)
         for x0, labels in bar:
             out = diffusion_step(s, x0, labels)
             step += 1

@@ -6,9 +6,9 @@ from pathlib import Path
 import torch
 
 from models.gan import Discriminator, Generator, discriminator_loss, generator_loss
-from train.common import (LossMeter, batch_bar, restore_training_state, run_epochs,
+from train.common import (LossMeter, epoch_batches, resume_point, run_epochs,
                           save_training_state, stack_frames)
-from utils.data import ImageData, batches_per_epoch, iterate_batches, to_uint8
+from utils.data import ImageData, to_uint8
 from utils.device import autocast
 from utils.plots import save_curves, save_progression
 from utils.runs import MetricsLog, Run
@@ -133,17 +133,14 @@ def train_gan(s: GANSetup, train_data: ImageData, test_data: ImageData, run: Run
               checkpoint_every: int = 5, progression_rows: int = 8, flip: bool = False,
               state: dict | None = None) -> list[torch.Tensor]:
     """Train for `epochs` total epochs (continuing `state` if given); returns progression frames."""
-    epoch0, step = restore_training_state(s.modules, state) if state else (0, 0)
-    frames = list(state["frames"]) if state else []
+    epoch0, step, frames = resume_point(s.modules, state)
     train_data = train_data.to(s.device)
     test_x, _ = test_data.first(1000)
-    n_batches = batches_per_epoch(train_data, batch_size)
 
     def train_epoch(epoch: int) -> dict:
         nonlocal step
         meter, started = LossMeter(), time.perf_counter()
-        bar = batch_bar(iterate_batches(train_data, batch_size, s.device, flip=flip), n_batches,
-                        epoch, epochs)
+        bar = epoch_batches(train_data, batch_size, s.device, flip, epoch, epochs)
         for real, _ in bar:
             losses = gan_step(s, real)
             step += 1
