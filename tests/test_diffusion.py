@@ -219,3 +219,9 @@ def test_min_snr_weights():
     w = min_snr_weight(s, t, "epsilon", gamma=5.0).double()
     assert torch.allclose(w, torch.clamp(snr, max=5.0) / snr, rtol=1e-6)
     assert w[-1].item() == pytest.approx(1.0)  # low-SNR steps keep full weight
+
+
+def test_log_snr():
+    s = NoiseSchedule("linear", 1000)
+    a = s.alphas_cumprod
+    assert torch.allclose(s.log_snr(), torch.log(a / (1 - a)), rtol=1e-12)

@@ -82,3 +82,12 @@ def test_metrics_log_truncates_to_the_resumed_epoch(tmp_path):
         log.append({"epoch": epoch, "loss": 1.0 / epoch})
     log.truncate(2)
     assert [r["epoch"] for r in log.read()] == [1, 2]
+
+
+def test_samples_npz_round_trip(tmp_path):
+    from utils.samples import load_samples_npz, save_samples_npz
+    images = torch.randint(0, 256, (5, 3, 4, 6), dtype=torch.uint8)
+    labels = torch.tensor([0, 1, 2, 3, 4])
+    save_samples_npz(images, tmp_path / "s.npz", labels)
+    back, back_labels = load_samples_npz(tmp_path / "s.npz")
+    assert torch.equal(back, images) and torch.equal(back_labels, labels)

@@ -42,12 +42,6 @@ class ImageData:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def subset(self, n: int) -> "ImageData":
-        """The first n images (in memory)."""
-        factors = None if self.factors is None else {k: v[:n] for k, v in self.factors.items()}
-        return ImageData(self.name, self.images[:n], self.labels[:n], self.class_names, factors,
-                         shape=self.shape)
-
     def to(self, device: torch.device) -> "ImageData":
         """The same data with the uint8 images moved to device once (CUDA: no per-batch copy)."""
         if self.images is None or self.images.device == device:
