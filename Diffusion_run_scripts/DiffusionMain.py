@@ -12,7 +12,8 @@ import torch
 
 from models.diffusion import PREDICTION_TYPES, NoiseSchedule, q_sample
 from models.unet import UNet
-from train.diffusion import build_diffusion, train_diffusion
+from train.common import epoch_batches
+from train.diffusion import build_diffusion, ema_samples, train_diffusion
 from utils.config import check_choice, check_positive, resolve_constants
 from utils.errors import run_cli
 from utils.plots import save_labelled_grid
@@ -32,20 +33,20 @@ PREDICTION = "epsilon"  # what the UNet predicts: epsilon, x0 or v
 MIN_SNR_GAMMA = 0.0  # min-SNR loss weighting gamma (Hang et al. 2023); 0 turns it off
 
 # model
-BASE = 64  # UNet channels at full resolution
+BASE = 32  # UNet channels at full resolution
 CHANNEL_MULT = (1, 2, 2)  # channel multiplier per resolution level
-BLOCKS = 2  # residual blocks per level
-ATTENTION = (16,)  # resolutions with self-attention
+BLOCKS = 1  # residual blocks per level
+ATTENTION = (8,)  # resolutions with self-attention
 HEADS = 4  # attention heads
 DROPOUT = 0.1  # dropout inside residual blocks
 
 # training
-EPOCHS = 2  # passes over the training set
+EPOCHS = 4  # passes over the training set
 BATCH_SIZE = 64  # images per step
-LR = 2e-4  # AdamW peak learning rate
+LR = 5e-4  # AdamW peak learning rate
 LR_SCHEDULE = "constant"  # after warm-up: constant or cosine
-WARMUP_STEPS = 500  # linear LR warm-up steps
-EMA_DECAY = 0.999  # EMA of the weights, used for samples
+WARMUP_STEPS = 200  # linear LR warm-up steps
+EMA_DECAY = 0.995  # EMA of the weights (with a warm-up), used for samples
 SEED = 0  # seeds python, numpy and torch
 DEVICE = "auto"  # auto, cpu, cuda
 PRECISION = "auto"  # auto (bf16 autocast where fast), bf16, fp32
@@ -82,12 +83,15 @@ def main(argv=None) -> None:
     run = run or create_run(c, "diffusion", f"{c.SCHEDULE}-{c.PREDICTION}")
     if state is None:
         write_forward_strip(schedule, train.first(4)[0], run.plots / "forward_diffusion.png")
-    noise = state["fixed_noise"] if state else torch.randn(c.PROGRESSION_ROWS, *train.shape)
-    train_diffusion(s, train, test, run, epochs=c.EPOCHS, batch_size=c.BATCH_SIZE,
-                    fixed_noise=noise.to(device), config=vars(c), sampler=c.SAMPLER,
-                    sample_steps=c.SAMPLE_STEPS, checkpoint_every=c.CHECKPOINT_EVERY,
-                    progression_rows=c.PROGRESSION_ROWS, flip=c.FLIP, model_args=model_args,
-                    state=state)
+    noise = (state["fixed_noise"] if state else torch.randn(c.PROGRESSION_ROWS, *train.shape))
+    noise, train = noise.to(device), train.to(device)
+    train_diffusion(
+        s, lambda epoch: epoch_batches(train, c.BATCH_SIZE, device, c.FLIP, epoch, c.EPOCHS),
+        test.first(512)[0], run, epochs=c.EPOCHS, batch_size=c.BATCH_SIZE,
+        snapshot=lambda: ema_samples(s, noise, c.SAMPLER, c.SAMPLE_STEPS), config=vars(c),
+        checkpoint_every=c.CHECKPOINT_EVERY, state=state, model_args=model_args,
+        fixed_noise=noise.cpu(),
+        sample_title=f"EMA samples from fixed noise ({c.SAMPLER}, {c.SAMPLE_STEPS} steps)")
     print(f"done: figures in {run.plots}")
 
 

@@ -177,9 +177,9 @@ def ddim_step(schedule: NoiseSchedule, model_output, t: int, t_prev: int, x_t, e
 
 
 from models.samplers import (classifier_free_guidance, ddim_sample, ddpm_sample,  # noqa: E402
-                             sample_timesteps, timestep_subset)
+                             sample, sample_timesteps, timestep_subset)
 
 __all__ = ["NoiseSchedule", "make_betas", "q_sample", "eps_to_x0", "x0_to_eps", "v_target",
            "v_to_x0", "v_to_eps", "training_target", "predict_x0_eps", "min_snr_weight",
            "ddpm_step", "ddim_step", "ddpm_sample", "ddim_sample", "timestep_subset",
-           "sample_timesteps", "classifier_free_guidance", "PREDICTION_TYPES"]
+           "sample", "sample_timesteps", "classifier_free_guidance", "PREDICTION_TYPES"]

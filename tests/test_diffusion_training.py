@@ -66,9 +66,47 @@ def test_diffusion_main_writes_outputs_and_resumes_exactly(tmp_path):
         assert (run_a.plots / name).is_file(), name
     assert a["frames"].shape == (2, 2, 3, 16, 16)
 
+    import Diffusion_run_scripts.DiffusionEval as eval_script
+    from utils.samples import load_samples_npz
+    eval_script.main(["--SAVE_ROOT", str(straight), "--STEPS=3", "--GRID_SIZE=2",
+                      "--STRIP_IMAGES=1", "--STRIP_COLUMNS=3", "--NOISED_T=(10, 49)",
+                      "--COMPARE=('ddpm-50', 'ddim-3')", "--COMPARE_IMAGES=2", "--N_SAMPLES=5"])
+    out = run_a.plots / "eval"
+    for name in ("samples_grid.png", "forward_schedules.png", "reverse_diffusion.png",
+                 "noised_real.png", "sampler_comparison.png", "sampler_comparison.json"):
+        assert (out / name).is_file(), name
+    images, _ = load_samples_npz(out / "samples.npz")
+    assert images.shape == (5, 3, 16, 16) and images.dtype == torch.uint8
 
-def test_diffusion_main_rejects_bad_constants(tmp_path):
+
+def test_diffusion_scripts_reject_bad_constants(tmp_path):
+    import Diffusion_run_scripts.DiffusionEval as eval_script
     import Diffusion_run_scripts.DiffusionMain as main_script
     from utils.errors import UserError
+    with pytest.raises(UserError, match="no diffusion run"):
+        eval_script.main(["--SAVE_ROOT", str(tmp_path)])
+    with pytest.raises(UserError, match="must look like"):
+        eval_script.main(["--SAVE_ROOT", str(tmp_path), "--COMPARE=('ddim50',)"])
     with pytest.raises(UserError, match="PREDICTION='eps' is not one of"):
         main_script.main([*TINY, "--SAVE_ROOT", str(tmp_path), "--PREDICTION=eps"])
+
+
+def test_ema_warmup_follows_its_recursion():
+    """ema_1 = p_1 (AveragedModel copies first); then ema <- d ema + (1 - d) p with
+    d = min(decay, (n + 1) / (n + 10)) after n updates."""
+    from torch.optim.swa_utils import AveragedModel
+    from train.diffusion import ema_with_warmup
+    param = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    module = torch.nn.ParameterList([param])
+    ema = AveragedModel(module, multi_avg_fn=ema_with_warmup(0.9))
+    expected = None
+    for n in range(40):
+        with torch.no_grad():
+            param.copy_(torch.tensor([n, -2.0 * n, n ** 2], dtype=torch.float64))
+        ema.update_parameters(module)
+        if expected is None:
+            expected = param.detach().clone()
+        else:
+            d = min(0.9, (n + 1) / (n + 10))
+            expected = d * expected + (1 - d) * param.detach()
+        assert torch.allclose(ema.module[0], expected, rtol=1e-6), n

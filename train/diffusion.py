@@ -4,19 +4,19 @@ label dropout for classifier-free guidance, AdamW with warm-up, gradient clippin
 import math
 import time
 from dataclasses import dataclass
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
-from models.diffusion import (NoiseSchedule, min_snr_weight, q_sample, sample_timesteps,
-                              training_target)
-from train.common import (LossMeter, epoch_batches, resume_point, run_epochs,
-                          save_training_state, stack_frames)
-from utils.data import ImageData, to_uint8
+from models.diffusion import (NoiseSchedule, min_snr_weight, q_sample, sample,
+                              sample_timesteps, training_target)
+from train.common import LossMeter, resume_point, run_epochs, save_training_state, stack_frames
+from utils.data import to_uint8
 from utils.device import autocast
 from utils.plots import save_curves, save_progression
-from utils.runs import MetricsLog, Run
+from utils.runs import MetricsLog, Run, load_state
 
 QUARTERS = 4  # the loss is also logged per quarter of the timestep range
 
@@ -55,17 +55,39 @@ def warmup_lr(warmup_steps: int, total_steps: int, kind: str = "constant"):
     return factor
 
 
+def ema_with_warmup(decay: float):
+    """multi_avg_fn for AveragedModel: ema <- d ema + (1 - d) param with
+    d = min(decay, (1 + n) / (10 + n)) after n updates (the num_updates warm-up of TensorFlow's
+    ExponentialMovingAverage). Without it the zero-initialised start keeps weight decay^n: 21%
+    after 300 steps at 0.995, so early samples would come from a shrunken model.
+    n stays a device tensor: no host sync per step."""
+    def update(ema_params, params, num_averaged):
+        n = num_averaged.to(torch.float32)
+        d = torch.clamp((1 + n) / (10 + n), max=decay)
+        torch._foreach_mul_(ema_params, d)
+        torch._foreach_add_(ema_params, torch._foreach_mul(params, 1 - d))
+    return update
+
+
 def build_diffusion(model: torch.nn.Module, schedule: NoiseSchedule, device: torch.device, *,
                     lr: float, warmup_steps: int, total_steps: int, lr_schedule: str = "constant",
                     ema_decay: float = 0.999, weight_decay: float = 0.0, **options
                     ) -> DiffusionSetup:
     """AdamW, warm-up LR schedule and an EMA copy of the weights around a denoiser."""
     model = model.to(device)
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay))
+    ema = AveragedModel(model, multi_avg_fn=ema_with_warmup(ema_decay))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_lr(warmup_steps, total_steps,
                                                              lr_schedule))
     return DiffusionSetup(model, ema, opt, sched, schedule, device, **options)
+
+
+def sampling_setup(state: dict, model: torch.nn.Module, schedule: NoiseSchedule,
+                   device: torch.device, **options) -> DiffusionSetup:
+    """A setup whose EMA weights come from a training checkpoint (for eval scripts)."""
+    s = build_diffusion(model, schedule, device, lr=0.0, warmup_steps=1, total_steps=1, **options)
+    load_state(s.ema, state["ema"], "EMA denoiser")
+    return s
 
 
 def drop_labels(labels: torch.Tensor, rate: float, null_class: int) -> torch.Tensor:
@@ -114,21 +136,22 @@ def diffusion_step(s: DiffusionSetup, x0: torch.Tensor, labels=None, clip: float
     return {"loss": loss.detach(), "quarter_sums": sums, "quarter_counts": counts}
 
 
+def ema_denoiser(s: DiffusionSetup):
+    """model_fn(x_t, t, labels) of the EMA weights (eval mode, autocast, float32 output)."""
+    net = s.ema.module.eval()  # the EMA copy is only ever used for inference
+
+    def model_fn(x, t, labels):
+        with autocast(s.device, s.amp_dtype):
+            return net(x, t, labels).float()
+    return model_fn
+
+
 @torch.no_grad()
 def ema_samples(s: DiffusionSetup, noise: torch.Tensor, sampler: str, steps: int,
                 labels=None) -> torch.Tensor:
     """Samples from fixed noise with the EMA weights and a (fast) sampler, as uint8 on the CPU."""
-    from models.samplers import sample
-    net = s.ema.module
-    was_training = net.training
-    net.eval()
-
-    def model_fn(x, t, y):
-        with autocast(s.device, s.amp_dtype):
-            return net(x, t, y).float()
-    x = sample(model_fn, s.schedule, noise.clone(), sampler, steps, labels=labels,
+    x = sample(ema_denoiser(s), s.schedule, noise.clone(), sampler, steps, labels=labels,
                prediction_type=s.prediction_type, clip_x0=True)
-    net.train(was_training)
     return to_uint8(x).cpu()
 
 
@@ -138,59 +161,62 @@ def held_out_loss(s: DiffusionSetup, x0: torch.Tensor, batch_size: int = 128) ->
     rng_state = torch.get_rng_state()
     torch.manual_seed(1234)
     model, total = s.model, 0.0
-    s.model = s.ema.module
-    s.model.eval()
-    for start in range(0, len(x0), batch_size):
-        batch = x0[start:start + batch_size].to(s.device)
-        total += diffusion_loss(s, batch)[1].sum().item()
-    s.model.train()
-    s.model = model
-    torch.set_rng_state(rng_state)
+    s.model = s.ema.module.eval()
+    try:
+        for start in range(0, len(x0), batch_size):
+            batch = x0[start:start + batch_size].to(s.device)
+            total += diffusion_loss(s, batch)[1].sum().item()
+    finally:
+        s.model = model
+        torch.set_rng_state(rng_state)
     return total / len(x0)
 
 
-def train_diffusion(s: DiffusionSetup, train_data: ImageData, test_data: ImageData, run: Run, *,
-                    epochs: int, batch_size: int, fixed_noise: torch.Tensor, config: dict,
-                    sampler: str = "ddim", sample_steps: int = 50, checkpoint_every: int = 1,
-                    progression_rows: int = 8, flip: bool = False, model_args: dict = None,
-                    state: dict | None = None) -> list[torch.Tensor]:
-    """Train for `epochs` total epochs (continuing `state`); returns per-epoch sample frames."""
+def train_diffusion(s: DiffusionSetup, batches: Callable[[int], Iterable], test_x: torch.Tensor,
+                    run: Run, *, epochs: int, batch_size: int,
+                    snapshot: Callable[[], torch.Tensor], config: dict,
+                    checkpoint_every: int = 1, state: dict | None = None,
+                    sample_title: str = "EMA samples", row_labels: tuple = (),
+                    **extra) -> list[torch.Tensor]:
+    """Train for `epochs` total epochs (continuing `state`); returns the per-epoch frames.
+
+    batches(epoch) yields (x0, labels) for one epoch (pixels or scaled latents); snapshot()
+    returns that epoch's uint8 sample frame; test_x gives the held-out loss; `extra` (e.g. the
+    fixed noise) goes into every checkpoint.
+    """
     epoch0, step, frames = resume_point(s.modules, state)
-    train_data = train_data.to(s.device)
-    test_x, _ = test_data.first(512)
 
     def train_epoch(epoch: int) -> dict:
         nonlocal step
         meter, started = LossMeter(), time.perf_counter()
         sums = torch.zeros(QUARTERS, device=s.device)
         counts = torch.zeros(QUARTERS, device=s.device)
-        bar = epoch_batches(train_data, batch_size, s.device, flip, epoch, epochs)
+        bar = batches(epoch)
         for x0, labels in bar:
             out = diffusion_step(s, x0, labels)
             step += 1
             sums += out["quarter_sums"]
             counts += out["quarter_counts"]
             latest = meter.update(step, {"loss": out["loss"]})
-            if latest:
+            if latest and hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{latest['loss']:.4f}", refresh=False)
         speed = meter.count * batch_size / (time.perf_counter() - started)
         quarters = (sums / counts.clamp(min=1)).tolist()
-        frames.append(ema_samples(s, fixed_noise[:progression_rows], sampler, sample_steps))
+        frames.append(snapshot())
         record = {"epoch": epoch, "step": step, "train_loss": meter.means()["loss"],
                   **{f"train_loss_q{i + 1}": q for i, q in enumerate(quarters)},
                   "test_loss": held_out_loss(s, test_x), "lr": s.lr_sched.get_last_lr()[0],
                   "img_per_s": speed}
         records = [*MetricsLog(run.metrics_path).read(), record]
         save_progression(frames, [r["epoch"] for r in records], run.plots / "progression.png",
-                         title=f"EMA samples from fixed noise ({sampler}, {sample_steps} steps)")
+                         title=sample_title, row_labels=row_labels)
         save_curves(records, LOSS_PANELS, run.plots / "losses.png", log_y=["loss"],
                     title=f"diffusion {run.name}")
         return record
 
     def save(epoch: int) -> None:
         save_training_state(run.checkpoint, s.modules, epoch, step, config,
-                            model_args=model_args or {}, fixed_noise=fixed_noise.cpu(),
-                            frames=stack_frames(frames, epoch))
+                            frames=stack_frames(frames, epoch), **extra)
 
     run_epochs(run, epoch0, epochs, checkpoint_every, train_epoch, save)
     return frames

@@ -83,13 +83,36 @@ def pick_columns(n: int, max_columns: int = MAX_COLUMNS) -> list[int]:
 
 
 def save_progression(frames: Sequence[torch.Tensor], epochs: Sequence[int], path: Path,
-                     title: str = "Fixed inputs across training") -> Path:
+                     title: str = "Fixed inputs across training",
+                     row_labels: Sequence[str] = ()) -> Path:
     """Rows: fixed latents (or noise); columns: epochs (evenly thinned to bound the width)."""
     cols = pick_columns(len(frames))
     rows = torch.stack([_as_uint8(frames[c]) for c in cols], dim=1)  # (R, K, C, H, W)
     return save_labelled_grid(rows, path, col_labels=[f"ep {epochs[c]}" for c in cols],
-                              row_labels=[f"z{i}" for i in range(rows.shape[0])],
+                              row_labels=list(row_labels) or [f"z{i}" for i in
+                                                              range(rows.shape[0])],
                               title=title, xlabel="epoch")
+
+
+def plot_panel(ax, records: Sequence[dict], keys: Sequence[str], title: str, log: bool = False,
+               prefix: str = "", color=None) -> None:
+    """Each key of the per-epoch records as a line (test keys dashed); missing keys skipped."""
+    epochs = [r["epoch"] for r in records]
+    for key in keys:
+        values = [r.get(key) for r in records]
+        if all(v is None for v in values):
+            continue
+        style = "--" if key.startswith("test") else "-"
+        ax.plot(epochs, [np.nan if v is None else v for v in values], style, marker=".",
+                label=f"{prefix}{key}", color=color)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=10))
+    if log:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=7)
 
 
 def save_curves(records: Sequence[dict], panels: Sequence[tuple[str, Sequence[str]]], path: Path,
@@ -99,25 +122,84 @@ def save_curves(records: Sequence[dict], panels: Sequence[tuple[str, Sequence[st
     cols = min(n, 3)
     fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(4.6 * cols,
                              3.4 * ((n + cols - 1) // cols)), squeeze=False)
-    epochs = [r["epoch"] for r in records]
     for ax, (panel_title, keys) in zip(axes.flat, panels):
-        for key in keys:
-            values = [r.get(key) for r in records]
-            if all(v is None for v in values):
-                continue
-            style = "--" if key.startswith("test") else "-"
-            ax.plot(epochs, [np.nan if v is None else v for v in values], style, marker=".",
-                    label=key)
-        ax.set_title(panel_title)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=10))
-        if panel_title in log_y:
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=8)
+        plot_panel(ax, records, keys, panel_title, panel_title in log_y)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def save_run_curves(runs: dict[str, Sequence[dict]], panels: Sequence[tuple[str, Sequence[str]]],
+                    path: Path, log_y: Sequence[str] = (), title: str | None = None,
+                    overlay: bool = False) -> Path:
+    """Several runs' curves: a row per run, or (overlay) one row with a colour per run."""
+    rows = 1 if overlay else len(runs)
+    fig, axes = plt.subplots(rows, len(panels), figsize=(3.6 * len(panels), 3.0 * rows),
+                             squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for r, (name, records) in enumerate(runs.items()):
+        for ax, (panel_title, keys) in zip(axes[0 if overlay else r], panels):
+            plot_panel(ax, records, keys, panel_title, panel_title in log_y,
+                       prefix=f"{name}: " if overlay else "",
+                       color=colours[r % len(colours)] if overlay else None)
+        if not overlay:
+            axes[r, 0].set_ylabel(name, fontsize=9)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def save_strips_with_curves(strips: dict[str, torch.Tensor], col_labels: Sequence[str],
+                            curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path,
+                            curve_ylabel: str, marks: Sequence[float] = (),
+                            title: str | None = None) -> Path:
+    """Image strips (name -> (K, C, H, W)) stacked on the left, their curves on one axis right.
+
+    `marks` are x positions drawn as vertical lines on the curve panel (the strip's columns).
+    """
+    n = len(strips)
+    fig = plt.figure(figsize=(16, 1.9 * n + 1.2))
+    grid = fig.add_gridspec(n, 2, width_ratios=(2.6, 1))
+    for i, (name, images) in enumerate(strips.items()):
+        ax = fig.add_subplot(grid[i, 0])
+        ax.imshow(grid_array(images, nrow=len(images)), interpolation="nearest")
+        height, width = images.shape[-2:]
+        ax.set_xticks([2 + (width + 2) * k + width / 2 for k in range(len(images))])
+        ax.set_xticklabels(list(col_labels), fontsize=8)
+        ax.set_yticks([])
+        ax.set_ylabel(name)
+        ax.tick_params(length=0)
+    ax = fig.add_subplot(grid[:, 1])
+    for name, (x, y) in curves.items():
+        ax.plot(x, y, label=name)
+    for x in marks:
+        ax.axvline(x, color="grey", alpha=0.3, linewidth=0.8)
+    ax.set_xlabel("t")
+    ax.set_ylabel(curve_ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def save_latent_histogram(z: torch.Tensor, path: Path, title: str | None = None) -> Path:
+    """Histogram of scaled latents (N, C, H, W) per channel against the N(0, 1) density."""
+    channels = z.shape[1]
+    fig, axes = plt.subplots(1, channels, figsize=(3.2 * channels, 2.8), squeeze=False)
+    grid = np.linspace(-4, 4, 200)
+    normal = np.exp(-grid ** 2 / 2) / np.sqrt(2 * np.pi)
+    for c, ax in enumerate(axes[0]):
+        values = z[:, c].flatten().float().numpy()
+        ax.hist(values, bins=80, range=(-4, 4), density=True, alpha=0.7,
+                label=f"mean {values.mean():.2f}, std {values.std():.2f}")
+        ax.plot(grid, normal, "k--", linewidth=1, label="N(0, 1)")
+        ax.set_title(f"channel {c}", fontsize=10)
+        ax.legend(fontsize=7)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

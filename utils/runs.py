@@ -70,15 +70,20 @@ def new_run(save_root: str | Path, family: str, dataset: str, tag: str = "") -> 
     return run
 
 
-def find_run(save_root: str | Path, family: str, which: str = "latest") -> Run:
-    """An existing run by name (or number prefix), or the newest one with a checkpoint."""
+def find_run(save_root: str | Path, family: str, which: str = "latest",
+             marker: str | None = None) -> Run:
+    """An existing run by name (or number prefix), or the newest one with a checkpoint (or,
+    given `marker`, with that file in its plots folder)."""
     existing = _existing(save_root, family)
     plots_root, _ = _folders(save_root, family)
     if which == "latest":
-        with_weights = [n for n in existing if _run(save_root, family, n).checkpoint.is_file()]
+        def complete(run: Run) -> bool:
+            return (run.plots / marker).is_file() if marker else run.checkpoint.is_file()
+        with_weights = [n for n in existing if complete(_run(save_root, family, n))]
         if not with_weights:
-            raise UserError(f"no {family} run with a checkpoint under {Path(save_root).resolve()}"
-                            f"; train one first")
+            what = marker or "a checkpoint"
+            raise UserError(f"no {family} run with {what} under {Path(save_root).resolve()}"
+                            f"; make one first")
         return _run(save_root, family, with_weights[-1])
     matches = [n for n in existing if n == which or n.startswith(f"{which}-")]
     if len(matches) != 1:

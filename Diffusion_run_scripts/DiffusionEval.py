@@ -1,0 +1,123 @@
+"""Evaluate a trained pixel DDPM run with its EMA weights.
+
+    python -m Diffusion_run_scripts.DiffusionEval                  # the latest run
+    python -m Diffusion_run_scripts.DiffusionEval --RUN=003 --SAMPLER=ddpm --STEPS=1000
+
+Writes to saved_plots/diffusion/<run>/eval/: samples_grid.png, forward_schedules.png (linear and
+cosine forward strips of one test image with their log-SNR curves), reverse_diffusion.png (x_t
+and the predicted x0 during sampling), noised_real.png (test images noised to t, then denoised),
+sampler_comparison.png + sampler_comparison.json (seconds per image), samples.npz.
+"""
+import json
+
+import torch
+
+from models.diffusion import NoiseSchedule, sample
+from models.unet import UNet
+from train.diffusion import ema_denoiser, sampling_setup
+from train.diffusion_figures import (compare_samplers, forward_strip, noised_and_denoised,
+                                     parse_sampler, reverse_strip, strip_timesteps)
+from utils.config import check_choice, check_positive, resolve_constants
+from utils.data import load_dataset, to_uint8
+from utils.device import resolve_device, resolve_precision, seed_everything
+from utils.errors import UserError, run_cli
+from utils.plots import save_grid, save_labelled_grid, save_strips_with_curves
+from utils.runs import find_run, load_checkpoint
+from utils.samples import save_samples_npz
+
+RUN = "latest"  # run name or number (e.g. 003), or latest
+SAMPLER = "ddim"  # ddim or ddpm, for the grid, the strips and samples.npz
+STEPS = 50  # its number of steps
+ETA = 0.0  # DDIM eta (0: deterministic)
+GRID_SIZE = 8  # the sample grid is GRID_SIZE x GRID_SIZE
+STRIP_IMAGES = 3  # images in the reverse and noised-real strips
+STRIP_COLUMNS = 10  # timesteps shown per strip
+NOISED_T = (50, 150, 300, 450, 600, 750, 900, 999)  # t a test image is noised to, then denoised
+COMPARE = ("ddpm-1000", "ddim-100", "ddim-50", "ddim-20", "ddim-10")  # sampler-steps compared
+COMPARE_IMAGES = 8  # images per sampler in the comparison
+N_SAMPLES = 500  # images saved to samples.npz (0: none)
+SEED = 0  # seeds the noise drawn here
+DEVICE = "auto"  # auto, cpu, cuda
+PRECISION = "auto"  # auto (bf16 autocast where fast), bf16, fp32
+SAVE_ROOT = "."  # folder holding saved_plots/ and saved_models/
+DATA_ROOT = "data"  # where torchvision datasets are downloaded
+
+
+def main(argv=None) -> None:
+    c = resolve_constants(globals(), argv)
+    check_choice("SAMPLER", c.SAMPLER, ("ddim", "ddpm"))
+    check_positive(c, "STEPS", "GRID_SIZE", "STRIP_IMAGES", "STRIP_COLUMNS", "COMPARE_IMAGES")
+    specs = list(c.COMPARE)
+    [parse_sampler(spec) for spec in specs]  # reject a bad spec before any sampling
+    run = find_run(c.SAVE_ROOT, "diffusion", c.RUN)
+    state = load_checkpoint(run.checkpoint)
+    if "model_args" not in state or "ema" not in state:
+        raise UserError(f"{run.checkpoint} is not a diffusion checkpoint")
+    cfg = state["config"]
+    seed_everything(c.SEED)
+    device = resolve_device(c.DEVICE)
+    T = cfg["TIMESTEPS"]
+    if any(not 0 <= t < T for t in c.NOISED_T):
+        raise UserError(f"NOISED_T values must lie in [0, {T - 1}], got {c.NOISED_T}")
+    schedule = NoiseSchedule(cfg["SCHEDULE"], T)
+    s = sampling_setup(state, UNet(**state["model_args"]), schedule, device,
+                       amp_dtype=resolve_precision(c.PRECISION, device),
+                       prediction_type=cfg["PREDICTION"])
+    model_fn, kind = ema_denoiser(s), dict(prediction_type=s.prediction_type)
+    test = load_dataset(cfg["DATASET"], "test", image_size=cfg["IMAGE_SIZE"], root=c.DATA_ROOT,
+                        channels=state["model_args"]["in_channels"], seed=cfg["SEED"],
+                        n=max(c.STRIP_IMAGES, 16))
+    shape, out = test.shape, run.plots / "eval"
+    title = f"{run.name} (epoch {state['epoch']})"
+    draw = f"{c.SAMPLER}-{c.STEPS}" + (f", eta {c.ETA}" if c.SAMPLER == "ddim" else "")
+
+    def generate(n: int) -> torch.Tensor:
+        noise = torch.randn(n, *shape, device=device)
+        return sample(model_fn, schedule, noise, c.SAMPLER, c.STEPS, eta=c.ETA, clip_x0=True,
+                      **kind)
+
+    save_grid(generate(c.GRID_SIZE ** 2), out / "samples_grid.png", nrow=c.GRID_SIZE,
+              title=f"{title}: {draw}")
+
+    x0 = test.first(c.STRIP_IMAGES)[0].to(device)
+    ts = strip_timesteps(T, c.STRIP_COLUMNS)
+    noise = torch.randn_like(x0[:1])
+    strips = {kind_: forward_strip(NoiseSchedule(kind_, T), x0[:1], ts, noise)[0]
+              for kind_ in ("linear", "cosine")}
+    curves = {kind_: (range(T), NoiseSchedule(kind_, T).log_snr().numpy())
+              for kind_ in ("linear", "cosine")}
+    save_strips_with_curves(strips, [f"t={t}" for t in ts], curves,
+                            out / "forward_schedules.png", "log SNR = log(alpha_bar / (1 - "
+                            "alpha_bar))", marks=ts, title=f"Forward diffusion, same image and "
+                            f"noise, T={T} (this run: {schedule.kind})")
+
+    rows, row_labels, col_labels, _ = reverse_strip(
+        model_fn, schedule, torch.randn(c.STRIP_IMAGES, *shape, device=device),
+        sampler=c.SAMPLER, steps=c.STEPS, columns=c.STRIP_COLUMNS, **kind)
+    save_labelled_grid(rows, out / "reverse_diffusion.png", row_labels, col_labels,
+                       title=f"{title}: reverse diffusion ({draw})")
+
+    rows, row_labels = noised_and_denoised(model_fn, schedule, x0, list(c.NOISED_T),
+                                           sampler=c.SAMPLER, steps=c.STEPS, **kind)
+    save_labelled_grid(rows, out / "noised_real.png", row_labels,
+                       ["x0"] + [f"t={t}" for t in c.NOISED_T],
+                       title=f"{title}: test images noised to t, then denoised ({draw} stride)")
+
+    noise = torch.randn(c.COMPARE_IMAGES, *shape, device=device)
+    rows, timings = compare_samplers(model_fn, schedule, noise, specs, **kind)
+    save_labelled_grid(rows, out / "sampler_comparison.png",
+                       [f"{t['sampler']}: {t['seconds_per_image']:.3f} s/img" for t in timings],
+                       title=f"{title}: the same noise through each sampler")
+    (out / "sampler_comparison.json").write_text(json.dumps(timings, indent=2))
+    for t in timings:
+        print(f"{t['sampler']:>10s}: {t['seconds_per_image']:.3f} s/img")
+
+    if c.N_SAMPLES > 0:
+        chunks = [to_uint8(generate(min(250, c.N_SAMPLES - i)).cpu())
+                  for i in range(0, c.N_SAMPLES, 250)]
+        save_samples_npz(torch.cat(chunks), out / "samples.npz")
+    print(f"done: figures in {out}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,125 @@
+"""Evaluate a latent diffusion run (stage 2) with its frozen autoencoder.
+
+    python -m LDM_run_scripts.LDMEval                      # the latest LDM run
+    python -m LDM_run_scripts.LDMEval --RUN=002 --SCALES="(0, 1, 3, 7.5)" --PER_CLASS=200
+
+Writes to saved_plots/ldm/<run>/eval/: cfg_sweep.png (rows classes, columns guidance scales),
+forward_latent.png (a test image's latent noised to t, decoded), noised_real.png (test latents
+noised to t, denoised with their class, decoded: where the model stops reconstructing and starts
+inventing), reconstructions.png, latent_stats.json and samples.npz (PER_CLASS per class at
+GUIDANCE, uint8 NHWC `images` with `labels`).
+"""
+import json
+
+import torch
+
+from models.diffusion import NoiseSchedule
+from models.unet import UNet
+from train.autoencoder import psnr, reconstruct
+from train.diffusion import sampling_setup
+from train.diffusion_figures import forward_strip, noised_and_denoised, strip_timesteps
+from train.latents import class_samples, decode_latents, guided_denoiser, load_autoencoder
+from utils.config import check_positive, resolve_constants
+from utils.data import load_dataset
+from utils.device import resolve_device, resolve_precision, seed_everything
+from utils.errors import UserError, run_cli
+from utils.plots import save_labelled_grid
+from utils.runs import find_run, load_checkpoint
+from utils.samples import save_samples_npz
+
+RUN = "latest"  # LDM run name or number, or latest
+SCALES = (0.0, 1.0, 2.0, 3.0, 5.0, 7.5)  # guidance scales of the sweep (columns)
+GUIDANCE = 3.0  # guidance scale of samples.npz and the noised-real strip
+STEPS = 50  # DDIM steps
+NOISED_T = (100, 250, 400, 550, 700, 850, 999)  # t a test latent is noised to, then denoised
+STRIP_IMAGES = 4  # test images in the noised-real strip
+STRIP_COLUMNS = 10  # timesteps in the forward strip
+PER_CLASS = 100  # samples per class in samples.npz (0: none)
+SEED = 0  # seeds the noise drawn here
+DEVICE = "auto"  # auto, cpu, cuda
+PRECISION = "auto"  # auto (bf16 autocast where fast), bf16, fp32
+SAVE_ROOT = "."  # folder holding saved_plots/ and saved_models/
+DATA_ROOT = "data"  # where torchvision datasets are downloaded
+
+
+def main(argv=None) -> dict:
+    c = resolve_constants(globals(), argv)
+    check_positive(c, "STEPS", "STRIP_IMAGES", "STRIP_COLUMNS")
+    run = find_run(c.SAVE_ROOT, "ldm", c.RUN)
+    state = load_checkpoint(run.checkpoint)
+    if "scale_factor" not in state or "ema" not in state:
+        raise UserError(f"{run.checkpoint} is not an LDM checkpoint")
+    cfg = state["config"]
+    if any(not 0 <= t < cfg["TIMESTEPS"] for t in c.NOISED_T):
+        raise UserError(f"NOISED_T values must lie in [0, {cfg['TIMESTEPS'] - 1}]")
+    seed_everything(c.SEED)
+    device = resolve_device(c.DEVICE)
+    ae, ae_state = load_autoencoder(find_run(c.SAVE_ROOT, "ldm_autoencoder",
+                                             cfg["AUTOENCODER_RUN"]), device)
+    scale, schedule = state["scale_factor"], NoiseSchedule(cfg["SCHEDULE"], cfg["TIMESTEPS"])
+    s = sampling_setup(state, UNet(**state["model_args"]), schedule, device,
+                       amp_dtype=resolve_precision(c.PRECISION, device),
+                       prediction_type=cfg["PREDICTION"])
+    ae_cfg = ae_state["config"]
+    test = load_dataset(ae_cfg["DATASET"], "test", image_size=ae_cfg["IMAGE_SIZE"],
+                        channels=ae_state["model_args"]["channels"], root=c.DATA_ROOT,
+                        seed=ae_cfg["SEED"], n=512)
+    classes, latent_shape = test.class_names, tuple(state["fixed_noise"].shape[1:])
+    out, title = run.plots / "eval", f"{run.name} (epoch {state['epoch']})"
+
+    labels = torch.arange(len(classes), device=device)
+    noise = torch.randn(len(classes), *latent_shape, device=device)
+    sweep = torch.stack([class_samples(s, ae, scale, noise, labels, w, c.STEPS)
+                         for w in c.SCALES], dim=1)  # (classes, scales, C, H, W)
+    save_labelled_grid(sweep, out / "cfg_sweep.png", classes, [f"w={w:g}" for w in c.SCALES],
+                       title=f"{title}: classifier-free guidance sweep (same noise per row)",
+                       xlabel="guidance scale (0: unconditional, 1: conditional)")
+
+    x, y = test.first(c.STRIP_IMAGES)
+    z0 = scale * ae.encode(x.to(device))[0].float()
+    decode = lambda z: decode_latents(ae, z, scale).cpu()  # noqa: E731
+    ts = strip_timesteps(schedule.timesteps, c.STRIP_COLUMNS)
+    strip = forward_strip(schedule, z0[:1], ts, torch.randn_like(z0[:1]), decode)
+    save_labelled_grid(strip, out / "forward_latent.png", col_labels=[f"t={t}" for t in ts],
+                       title=f"{title}: forward diffusion of a latent, decoded")
+    rows, row_labels = noised_and_denoised(guided_denoiser(s, c.GUIDANCE), schedule, z0,
+                                           list(c.NOISED_T), sampler="ddim", steps=c.STEPS,
+                                           prediction_type=s.prediction_type, decode=decode,
+                                           labels=y.to(device), clip_x0=False)
+    save_labelled_grid(rows, out / "noised_real.png", row_labels,
+                       ["x0"] + [f"t={t}" for t in c.NOISED_T],
+                       title=f"{title}: test latents noised to t, denoised with their class "
+                       f"(CFG {c.GUIDANCE:g}), decoded")
+
+    test_x = test.first(512)[0]
+    recon = reconstruct(ae, test_x)
+    with torch.no_grad():
+        mean, logvar = ae.encode(test_x.to(device))
+        z = scale * (mean + (0.5 * logvar).exp() * torch.randn_like(mean))
+    save_labelled_grid(torch.stack([test_x[:10], recon[:10]]), out / "reconstructions.png",
+                       ["original", "reconstruction"], title="autoencoder reconstructions")
+    report = {**ae_state["latent_stats"], "autoencoder": cfg["AUTOENCODER_RUN"],
+              "held_out_psnr": psnr((recon - test_x).pow(2).mean().item()),
+              "held_out_scaled_mean": z.mean().item(), "held_out_scaled_std": z.std().item(),
+              "held_out_images": len(test_x)}
+    (out / "latent_stats.json").write_text(json.dumps(report, indent=2))
+
+    if c.PER_CLASS > 0:
+        images, sample_labels = [], []
+        for k in range(len(classes)):
+            for start in range(0, c.PER_CLASS, 100):
+                n = min(100, c.PER_CLASS - start)
+                lab = torch.full((n,), k, device=device)
+                images.append(class_samples(s, ae, scale, torch.randn(n, *latent_shape,
+                                                                      device=device),
+                                            lab, c.GUIDANCE, c.STEPS))
+                sample_labels.append(lab.cpu())
+        save_samples_npz(torch.cat(images), out / "samples.npz", torch.cat(sample_labels))
+    print(f"held-out PSNR {report['held_out_psnr']:.2f} dB, held-out scaled latents mean "
+          f"{report['held_out_scaled_mean']:.3f} std {report['held_out_scaled_std']:.3f}; "
+          f"done: figures in {out}")
+    return report
+
+
+if __name__ == "__main__":
+    run_cli(main)

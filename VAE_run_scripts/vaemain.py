@@ -1,0 +1,100 @@
+"""Train one beta-VAE (Higgins et al. 2017), with beta fixed, warmed up or adaptive.
+
+    python -m VAE_run_scripts.vaemain
+    python -m VAE_run_scripts.vaemain --BETA_MODE=fixed --BETA=4 --EPOCHS=10
+    python -m VAE_run_scripts.vaemain --RESUME=latest --EPOCHS=20
+
+Writes to saved_plots/vae/<run>/: losses.png (total, KL + recon, reconstruction, KL, beta, active
+dims; train and test), progression.png (fixed prior samples across epochs), reconstructions.png,
+prior_samples.png, traversal_dims.png (every active latent of one image, by KL, labelled with the
+factor it captures), traversal_z<i>.png (the top latent over 8 images), report.json (MIG, per-dim KL), config.json,
+metrics.jsonl; weights to saved_models/vae/<run>/.
+"""
+import json
+
+import torch
+
+from train.vae import BETA_MODES, build_vae, train_vae
+from train.vae_figures import write_vae_figures
+from utils.config import check_choice, check_positive, resolve_constants
+from utils.errors import UserError, run_cli
+from utils.runs import MetricsLog
+from utils.session import create_run, datasets, resume, start
+
+# data
+DATASET = "shapes"  # shapes, digits (embedded); cifar10, mnist, ... (online)
+DATA_ROOT = "data"  # where torchvision datasets are downloaded
+IMAGE_SIZE = 32  # pixels (4 * 2^k)
+N_TRAIN = None  # cap on training images (None: the whole split)
+FLIP = False  # random horizontal flips
+
+# model
+LATENT_DIM = 10  # latent dimensions
+WIDTH = 32  # encoder channels at full resolution (doubling per level, capped at 8x)
+
+# beta
+BETA_MODE = "adaptive"  # fixed, warmup (linear KL ramp to BETA) or adaptive (the scheduler)
+BETA = 1.0  # fixed beta, or the value the warm-up ramps to
+KL_WARMUP_EPOCHS = 5  # length of the linear ramp (BETA_MODE="warmup")
+BETA_INIT = 1.0  # adaptive: starting beta
+BETA_GAMMA = 0.1  # adaptive: decay of the moving ratio rho
+BETA_ETA = 1.0  # adaptive: exponent on rho
+BETA_MIN = 1e-8  # adaptive: lower bound on beta
+BETA_MAX = 10.0  # adaptive: upper bound on beta
+BETA_WARMUP = 5  # adaptive: epochs that only record losses before beta moves
+
+# training
+EPOCHS = 15  # passes over the training set
+BATCH_SIZE = 128  # images per step
+LR = 1e-3  # Adam learning rate
+SEED = 0  # seeds python, numpy and torch
+DEVICE = "auto"  # auto, cpu, cuda
+PRECISION = "auto"  # auto (bf16 autocast where fast), bf16, fp32
+RESUME = None  # None for a new run; "latest" or a run name to continue it
+
+# outputs
+SAVE_ROOT = "."  # saved_plots/ and saved_models/ are created here
+TAG = None  # run-name suffix (None: the beta mode)
+CHECKPOINT_EVERY = 5  # epochs between checkpoints (and always at the end)
+PROGRESSION_ROWS = 8  # fixed prior samples followed across epochs
+
+
+def main(argv=None):
+    """Train (or resume) one run; returns (run, report)."""
+    c = resolve_constants(globals(), argv)
+    run, state, c = resume(c, "vae")
+    check_choice("BETA_MODE", c.BETA_MODE, BETA_MODES)
+    check_positive(c, "BATCH_SIZE", "LR", "LATENT_DIM", "WIDTH", "BETA", "BETA_INIT",
+                   "CHECKPOINT_EVERY", "PROGRESSION_ROWS", "KL_WARMUP_EPOCHS")
+    device, amp_dtype = start(c)
+    train, test = datasets(c)
+    model_args = dict(image_size=c.IMAGE_SIZE, channels=train.shape[0],
+                      latent_dim=c.LATENT_DIM, width=c.WIDTH)
+    scheduler_args = dict(beta_init=c.BETA_INIT, gamma=c.BETA_GAMMA, eta=c.BETA_ETA,
+                          beta_min=c.BETA_MIN, beta_max=c.BETA_MAX, warmup=c.BETA_WARMUP)
+    steps_per_epoch = max(1, len(train) // c.BATCH_SIZE)
+    try:
+        s = build_vae(model_args, device, lr=c.LR, beta_mode=c.BETA_MODE, beta=c.BETA,
+                      scheduler_args=scheduler_args, amp_dtype=amp_dtype,
+                      warmup_steps=c.KL_WARMUP_EPOCHS * steps_per_epoch)
+    except ValueError as err:  # the scheduler's bounds
+        raise UserError(str(err)) from None
+    run = run or create_run(c, "vae", c.TAG or (f"beta{c.BETA:g}" if c.BETA_MODE == "fixed"
+                                                 else c.BETA_MODE))
+    fixed_z = state["fixed_z"] if state else torch.randn(c.PROGRESSION_ROWS, c.LATENT_DIM)
+    train_vae(s, train, test, run, epochs=c.EPOCHS, batch_size=c.BATCH_SIZE,
+              fixed_z=fixed_z.to(device), config=vars(c), checkpoint_every=c.CHECKPOINT_EVERY,
+              progression_rows=c.PROGRESSION_ROWS, flip=c.FLIP, model_args=model_args,
+              state=state)
+    records = MetricsLog(run.metrics_path).read()
+    kl_dims = records[-1]["test_kl_dims"] if records else [0.0] * c.LATENT_DIM
+    report = write_vae_figures(s.model, test, kl_dims, run.plots, f"{run.name} (epoch {c.EPOCHS})")
+    report["kl_dims"] = kl_dims
+    (run.plots / "report.json").write_text(json.dumps(report, indent=2))
+    mig = "n/a" if report["mig"] is None else f"{report['mig']:.3f}"
+    print(f"MIG {mig}, active dims {report['active_dims']}; done: figures in {run.plots}")
+    return run, report
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,99 @@
+"""UNet (pixel DDPM) speed on this machine: training img/s and sampling ms/img, fp32 vs bf16,
+and the achieved GFLOP/s against the measured matmul peak.
+
+    python -m benchmarks.unet_speed
+    python -m benchmarks.unet_speed --BASE=64 --BLOCKS=2 --BATCH_SIZE=64
+
+The UNet defaults are those of Diffusion_run_scripts.DiffusionMain. FLOPs of one training step
+(forward + backward) are counted with torch.utils.flop_counter; the matmul peak is a large square
+matmul in the same dtype. Run it on an idle machine: two CPU-heavy processes slow each other
+down about 3x.
+"""
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from Diffusion_run_scripts import DiffusionMain as defaults
+from models.diffusion import NoiseSchedule
+from models.unet import UNet
+from train.diffusion import build_diffusion, diffusion_step, ema_samples
+from utils.config import resolve_constants
+from utils.device import resolve_device, resolve_precision
+
+IMAGE_SIZE = defaults.IMAGE_SIZE  # pixels
+BASE = defaults.BASE  # UNet channels at full resolution
+CHANNEL_MULT = defaults.CHANNEL_MULT  # channel multiplier per level
+BLOCKS = defaults.BLOCKS  # residual blocks per level
+ATTENTION = defaults.ATTENTION  # resolutions with self-attention
+BATCH_SIZE = defaults.BATCH_SIZE  # images per training step
+STEPS = 10  # timed training steps per precision (after 2 warm-up steps)
+SAMPLE_BATCH = 16  # images per sampling call
+SAMPLE_STEPS = 20  # DDIM steps timed (ms/img is reported per full DDIM-SAMPLE_STEPS sample)
+MATMUL_SIZE = 2048  # n of the n x n matmul that measures the peak
+DEVICE = "auto"  # auto, cpu, cuda
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn, repeats: int, device) -> float:
+    """Seconds per call after one warm-up call."""
+    fn()
+    _sync(device)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - started) / repeats
+
+
+def matmul_peak(n: int, dtype, device) -> float:
+    """GFLOP/s of an n x n matmul (2 n^3 FLOPs) in `dtype`."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    return 2 * n ** 3 / _timed(lambda: a @ b, 5, device) / 1e9
+
+
+def build(c, device, amp_dtype):
+    torch.manual_seed(0)
+    model = UNet(3, c.IMAGE_SIZE, base=c.BASE, channel_mult=tuple(c.CHANNEL_MULT),
+                 blocks=c.BLOCKS, attention_resolutions=tuple(c.ATTENTION))
+    return build_diffusion(model, NoiseSchedule("cosine"), device, lr=2e-4, warmup_steps=1,
+                           total_steps=100, amp_dtype=amp_dtype)
+
+
+def step_flops(s, batch) -> int:
+    with FlopCounterMode(display=False) as counter:
+        diffusion_step(s, batch)
+    return counter.get_total_flops()
+
+
+def main(argv=None) -> None:
+    c = resolve_constants(globals(), argv)
+    device = resolve_device(c.DEVICE)
+    batch = torch.rand(c.BATCH_SIZE, 3, c.IMAGE_SIZE, c.IMAGE_SIZE, device=device) * 2 - 1
+    params = sum(p.numel() for p in build(c, device, None).model.parameters())
+    print(f"UNet {params / 1e6:.2f}M params, base {c.BASE}, mult {tuple(c.CHANNEL_MULT)}, "
+          f"{c.BLOCKS} blocks, attention at {tuple(c.ATTENTION)}; {c.IMAGE_SIZE}x{c.IMAGE_SIZE}, "
+          f"batch {c.BATCH_SIZE}, {device}, {torch.get_num_threads()} threads")
+    for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+        s = build(c, device, dtype)
+        flops = step_flops(s, batch)
+        seconds = _timed(lambda: diffusion_step(s, batch), c.STEPS, device)
+        noise = torch.randn(c.SAMPLE_BATCH, 3, c.IMAGE_SIZE, c.IMAGE_SIZE, device=device)
+        sample_s = _timed(lambda: ema_samples(s, noise, "ddim", c.SAMPLE_STEPS), 1, device)
+        peak = matmul_peak(c.MATMUL_SIZE, dtype or torch.float32, device)
+        achieved = flops / seconds / 1e9
+        print(f"  {name}: train {c.BATCH_SIZE / seconds:6.1f} img/s "
+              f"({flops / c.BATCH_SIZE / 1e9:.2f} GFLOP/img, {achieved:6.1f} GFLOP/s = "
+              f"{100 * achieved / peak:4.1f}% of the {peak:6.1f} GFLOP/s {name} matmul peak); "
+              f"DDIM-{c.SAMPLE_STEPS} sampling {1000 * sample_s / c.SAMPLE_BATCH:6.1f} ms/img")
+    auto = "bf16" if resolve_precision("auto", device) else "fp32"
+    print(f"PRECISION='auto' picks {auto} here")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Latent diffusion: loss terms, the adaptive GAN weight, the cache and scale factor, CFG wiring,
+and smoke runs of the three scripts."""
+import json
+import math
+
+import pytest
+import torch
+
+from models.autoencoder import (Autoencoder, PatchDiscriminator, adaptive_gan_weight,
+                                discriminator_loss, feature_matching, generator_adversarial,
+                                kl_term, reconstruction_term)
+from models.samplers import classifier_free_guidance
+from train.autoencoder import latent_statistics, psnr
+from utils.errors import UserError
+
+
+def test_loss_terms_on_tiny_tensors():
+    x, x_hat = torch.tensor([[0.0, 1.0]]), torch.tensor([[0.5, -1.0]])
+    assert reconstruction_term(x, x_hat, "l1").item() == pytest.approx((0.5 + 2.0) / 2)
+    assert reconstruction_term(x, x_hat, "mse").item() == pytest.approx((0.25 + 4.0) / 2)
+    mean, logvar = torch.zeros(2, 1, 2, 2), torch.zeros(2, 1, 2, 2)
+    assert kl_term(mean, logvar).item() == 0.0
+    mean[0, 0, 0, 0] = 2.0  # one element: KL = mu^2 / 2 = 2, batch mean 1
+    assert kl_term(mean, logvar).item() == pytest.approx(1.0)
+    real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.0])
+    # hinge: 1/2 (mean(relu(1 - [2, .5])) + mean(relu(1 + [-2, 0]))) = 1/2 (0.25 + 0.5)
+    assert discriminator_loss(real, fake, "hinge").item() == pytest.approx(0.375)
+    zero = torch.zeros(3)
+    assert discriminator_loss(zero, zero, "bce").item() == pytest.approx(math.log(2))
+    assert generator_adversarial(fake, "hinge").item() == pytest.approx(1.0)
+    assert generator_adversarial(zero, "bce").item() == pytest.approx(math.log(2))
+    feats = [torch.ones(1, 2), torch.zeros(1, 3)]
+    assert feature_matching(feats, [torch.zeros(1, 2), torch.full((1, 3), 3.0)]).item() == 2.0
+
+
+def test_adaptive_gan_weight_is_the_gradient_norm_ratio():
+    """rec = <W, a>, gan = <W, b>: the gradients at W are a and b exactly."""
+    w = torch.randn(3, 4, requires_grad=True)
+    a, b = torch.randn(3, 4), torch.randn(3, 4)
+    weight = adaptive_gan_weight((w * a).sum(), (w * b).sum(), w)
+    assert weight.item() == pytest.approx((a.norm() / (b.norm() + 1e-4)).item(), rel=1e-6)
+    assert not weight.requires_grad
+    huge = adaptive_gan_weight((w * a).sum(), (w * 0).sum() + 0 * w.sum(), w, max_weight=10.0)
+    assert huge.item() == 10.0
+
+
+def test_autoencoder_and_discriminator_shapes():
+    ae = Autoencoder(32, 3, latent_channels=4, base=8, channel_mult=(1, 2, 2), blocks=1)
+    recon, mean, logvar = ae(torch.randn(2, 3, 32, 32))
+    assert recon.shape == (2, 3, 32, 32) and mean.shape == logvar.shape == (2, 4, 8, 8)
+    assert ae.latent_shape == (4, 8, 8)
+    logits, feats = PatchDiscriminator(3, 8, 3, spectral_norm=True)(recon)
+    assert logits.dim() == 4 and len(feats) == 3
+    with pytest.raises(ValueError):
+        Autoencoder(30, channel_mult=(1, 2, 2))
+
+
+def test_scale_factor_gives_unit_std_and_psnr():
+    torch.manual_seed(0)
+    cache = {"mean": 3.0 * torch.randn(4000, 4, 2, 2) + 1.0,
+             "logvar": torch.full((4000, 4, 2, 2), math.log(4.0))}
+    stats = latent_statistics(cache)
+    expected_std = math.sqrt(9.0 + 4.0)  # Var(mean) + E[sigma^2]
+    assert stats["std"] == pytest.approx(expected_std, rel=0.02)
+    assert stats["scale_factor"] == pytest.approx(1 / stats["std"])
+    held_out = 3.0 * torch.randn(2000, 4, 2, 2) + 1.0 + 2.0 * torch.randn(2000, 4, 2, 2)
+    assert (stats["scale_factor"] * held_out).std().item() == pytest.approx(1.0, abs=0.03)
+    assert psnr(4.0) == pytest.approx(0.0) and psnr(0.04) == pytest.approx(20.0)
+
+
+def test_cfg_scale_zero_and_one():
+    def model_fn(x, t, labels):  # conditional on the label, "unconditional" for null = 9
+        return x * 0 + labels.view(-1, 1).float()
+    x, t, labels = torch.zeros(3, 2), torch.zeros(3, dtype=torch.long), torch.tensor([1, 2, 3])
+    assert torch.equal(classifier_free_guidance(model_fn, 0.0, 9)(x, t, labels),
+                       torch.full((3, 2), 9.0))
+    assert torch.equal(classifier_free_guidance(model_fn, 1.0, 9)(x, t, labels),
+                       labels.view(-1, 1).float().expand(3, 2))
+    assert torch.allclose(classifier_free_guidance(model_fn, 3.0, 9)(x, t, labels),
+                          (9 + 3 * (labels - 9)).view(-1, 1).float().expand(3, 2))
+
+
+AE_TINY = ["--IMAGE_SIZE=16", "--N_TRAIN=128", "--BASE=8", "--BATCH_SIZE=32", "--EPOCHS=2",
+           "--ADV_START=2", "--ADV_WARMUP_STEPS=2", "--KL_WARMUP_STEPS=2", "--DISC_WIDTH=8",
+           "--PRECISION=fp32", "--DATASET=digits"]
+LDM_TINY = ["--BASE=16", "--CHANNEL_MULT=(1, 2)", "--BLOCKS=1", "--ATTENTION=(2,)",
+            "--BATCH_SIZE=32", "--EPOCHS=2", "--SAMPLE_STEPS=2", "--WARMUP_STEPS=2",
+            "--TIMESTEPS=50", "--PRECISION=fp32"]
+
+
+def test_ldm_scripts_end_to_end(tmp_path):
+    from LDM_run_scripts import LDMAutoencoderMain, LDMDiffusionMain, LDMEval
+    from train.latents import load_cache
+    from utils.runs import find_run, load_checkpoint
+    from utils.samples import load_samples_npz
+    root = ["--SAVE_ROOT", str(tmp_path)]
+    with pytest.raises(UserError, match="no ldm_autoencoder run"):
+        LDMDiffusionMain.main([*LDM_TINY, *root])
+    ae_run = LDMAutoencoderMain.main([*AE_TINY, *root, "--KL_MODE=adaptive"])
+    cache = load_cache(ae_run)
+    assert cache["mean"].shape == (128, 4, 4, 4) and cache["labels"].shape == (128,)
+    state = load_checkpoint(ae_run.checkpoint)
+    assert state["latent_stats"]["scale_factor"] > 0 and "beta_scheduler" in state
+    for name in ("reconstructions.png", "losses.png", "latent_histogram.png",
+                 "latent_stats.json"):
+        assert (ae_run.plots / name).is_file(), name
+
+    run = LDMDiffusionMain.main([*LDM_TINY, *root])
+    assert (run.plots / "progression.png").is_file()
+    assert load_checkpoint(run.checkpoint)["config"]["AUTOENCODER_RUN"] == ae_run.name
+    LDMDiffusionMain.main([*root, "--RESUME=latest", "--EPOCHS=3"])
+    assert len(load_checkpoint(run.checkpoint)["frames"]) == 3
+
+    report = LDMEval.main([*root, "--SCALES=(0, 1, 3)", "--STEPS=2", "--NOISED_T=(5, 49)",
+                           "--STRIP_IMAGES=2", "--STRIP_COLUMNS=3", "--PER_CLASS=2"])
+    out = find_run(tmp_path, "ldm").plots / "eval"
+    for name in ("cfg_sweep.png", "forward_latent.png", "noised_real.png",
+                 "reconstructions.png", "latent_stats.json"):
+        assert (out / name).is_file(), name
+    images, labels = load_samples_npz(out / "samples.npz")
+    assert images.shape == (20, 1, 16, 16) and labels.tolist() == [k for k in range(10)
+                                                                    for _ in range(2)]
+    assert json.loads((out / "latent_stats.json").read_text())["autoencoder"] == ae_run.name
+    assert report["held_out_psnr"] > 0

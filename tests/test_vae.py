@@ -1,0 +1,131 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+
+from models.vae import (VAE, AdaptiveBetaScheduler, active_dims, elbo_loss, gaussian_kl,
+                        reparameterize)
+from utils.metrics import discretize, entropy, mutual_information, mutual_information_gap
+
+
+def hand_schedule(losses, beta_init, gamma, eta, warmup, beta_min=1e-8, beta_max=10.0, eps=1e-8):
+    """The issue's formulas, written out again step by step."""
+    beta, rho, out = beta_init, 1.0, []
+    for t, (kl, rec) in enumerate(losses):
+        if t >= max(1, warmup):
+            kl_prev, rec_prev = losses[t - 1]
+            d_kl = 1 + (kl - kl_prev) / (kl_prev + eps)
+            d_rec = 1 + (rec - rec_prev) / (rec_prev + eps)
+            rho = gamma * rho + (1 - gamma) * (d_kl / (d_rec + eps))
+            beta = min(max(beta * rho ** eta, beta_min), beta_max)
+        out.append(beta)
+    return out
+
+
+LOSSES = [(30.0, 200.0), (25.0, 150.0), (28.0, 120.0), (31.0, 118.0), (29.0, 119.0),
+          (35.0, 110.0), (36.0, 111.0), (30.0, 100.0)]
+
+
+@pytest.mark.parametrize("warmup,gamma,eta", [(0, 0.1, 1.0), (1, 0.5, 2.0), (3, 0.1, 1.0),
+                                              (5, 0.9, 0.5)])
+def test_scheduler_matches_the_formulas(warmup, gamma, eta):
+    sched = AdaptiveBetaScheduler(beta_init=2.0, gamma=gamma, eta=eta, warmup=warmup)
+    got = [sched.update(kl, rec) for kl, rec in LOSSES]
+    assert got == pytest.approx(hand_schedule(LOSSES, 2.0, gamma, eta, warmup), rel=1e-12)
+    assert got[:max(1, warmup)] == [2.0] * max(1, warmup)
+    assert sched.beta == got[-1]
+
+
+def test_scheduler_first_update_by_hand():
+    """warmup 1: call 2 with KL 30 -> 36 (+20%) and rec 200 -> 180 (-10%):
+    r = 1.2 / 0.9, rho = 0.1 + 0.9 r = 1.3, beta = 1.3."""
+    sched = AdaptiveBetaScheduler(beta_init=1.0, gamma=0.1, eta=1.0, warmup=1)
+    assert sched.update(30.0, 200.0) == 1.0
+    assert sched.update(36.0, 180.0) == pytest.approx(1.3, rel=1e-7)
+
+
+def test_scheduler_bounds_and_ratio_clip():
+    sched = AdaptiveBetaScheduler(beta_init=1.0, gamma=0.0, warmup=1, beta_max=10.0)
+    sched.update(1.0, 100.0)
+    assert sched.update(1e9, 100.0) == 10.0  # r clipped to 1e3, beta clipped to beta_max
+    assert sched.rho == pytest.approx(1e3)
+    low = AdaptiveBetaScheduler(beta_init=1.0, gamma=0.0, warmup=1, beta_min=0.5)
+    low.update(100.0, 1.0)
+    assert low.update(1e-12, 1.0) == 0.5
+    assert low.rho == pytest.approx(1e-3)
+
+
+def test_scheduler_state_round_trip_continues_identically():
+    a = AdaptiveBetaScheduler(warmup=2)
+    for kl, rec in LOSSES[:4]:
+        a.update(kl, rec)
+    b = AdaptiveBetaScheduler(warmup=2)
+    b.load_state_dict(a.state_dict())
+    assert [a.update(*x) for x in LOSSES[4:]] == [b.update(*x) for x in LOSSES[4:]]
+
+
+def test_kl_matches_torch_distributions():
+    torch.manual_seed(0)
+    mu, logvar = torch.randn(5, 7, dtype=torch.float64), torch.randn(5, 7, dtype=torch.float64)
+    expected = kl_divergence(Normal(mu, (0.5 * logvar).exp()), Normal(0.0, 1.0))
+    assert torch.allclose(gaussian_kl(mu, logvar), expected, atol=1e-12)
+    assert torch.equal(gaussian_kl(torch.zeros(3), torch.zeros(3)), torch.zeros(3))
+
+
+def test_elbo_terms_and_reparameterisation():
+    torch.manual_seed(0)
+    x, x_hat = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
+    mu, logvar = torch.randn(4, 6), torch.randn(4, 6)
+    out = elbo_loss(x, x_hat, mu, logvar, beta=4.0)
+    recon = ((x - x_hat) ** 2).sum() / 4
+    kl = kl_divergence(Normal(mu, (0.5 * logvar).exp()), Normal(0.0, 1.0)).sum() / 4
+    assert out["recon"].item() == pytest.approx(recon.item(), rel=1e-5)
+    assert out["kl"].item() == pytest.approx(kl.item(), rel=1e-5)
+    assert out["loss"].item() == pytest.approx(recon.item() + 4 * kl.item(), rel=1e-5)
+    assert out["kl_dims"].sum().item() == pytest.approx(out["kl"].item(), rel=1e-6)
+    z = reparameterize(torch.full((200000, 1), 2.0), torch.full((200000, 1), math.log(0.25)))
+    assert z.mean().item() == pytest.approx(2.0, abs=4 * 0.5 / math.sqrt(200000))
+    assert z.std().item() == pytest.approx(0.5, rel=0.01)
+
+
+@pytest.mark.parametrize("size", [8, 16, 32, 64])
+def test_vae_shapes(size):
+    model = VAE(size, channels=3, latent_dim=5, width=8)
+    x_hat, mu, logvar = model(torch.randn(2, 3, size, size))
+    assert x_hat.shape == (2, 3, size, size) and mu.shape == logvar.shape == (2, 5)
+    with pytest.raises(ValueError):
+        VAE(24)
+
+
+def test_active_dims_threshold():
+    torch.manual_seed(0)
+    mu = torch.cat([torch.randn(5000, 2), 0.05 * torch.randn(5000, 3)], dim=1)
+    assert active_dims(mu).tolist() == [True, True, False, False, False]
+
+
+def test_entropy_and_mutual_information_closed_forms():
+    a = np.repeat(np.arange(4), 252)
+    assert entropy(a) == pytest.approx(math.log(4))
+    assert mutual_information(a, a) == pytest.approx(math.log(4))
+    assert mutual_information(a, a // 2) == pytest.approx(math.log(2))
+    b = np.tile(np.arange(4), 252)  # each value of a meets each value of b equally often
+    assert mutual_information(a, b) == pytest.approx(0.0, abs=1e-12)
+    codes = discretize(np.array([[0.0, 0.0], [1.0, 0.5], [2.0, 10.0]]), bins=2)
+    assert codes[:, 0].tolist() == [0, 1, 1] and codes[:, 1].tolist() == [0, 0, 1]  # edge 1.0: up
+
+
+def test_mig_on_constructed_latents():
+    rng = np.random.default_rng(0)
+    factors = rng.uniform(size=(10000, 4))
+    perfect = mutual_information_gap(factors[:, [2, 0, 3, 1]], factors, list("abcd"))
+    assert perfect["mig"] > 0.95
+    assert [f["best_latent"] for f in perfect["factors"]] == [1, 3, 0, 2]
+    rotation, _ = np.linalg.qr(rng.normal(size=(4, 4)))
+    rotated = mutual_information_gap(factors @ rotation, factors)["mig"]
+    noise = mutual_information_gap(rng.normal(size=(10000, 4)), factors)["mig"]
+    assert rotated < 0.5 * perfect["mig"]
+    assert noise < 0.02
+    constant = np.concatenate([factors, np.zeros((10000, 1))], axis=1)
+    assert len(mutual_information_gap(factors, constant)["factors"]) == 4  # no entropy: skipped

@@ -1,0 +1,112 @@
+"""What the diffusion eval scripts show: forward and reverse strips, denoising a noised real image,
+and a timed sampler comparison. Pixel DDPM and latent diffusion share these; a latent model passes
+`decode` (latents -> images), a pixel model leaves it as the identity.
+"""
+import time
+from typing import Callable
+
+import torch
+
+from models.diffusion import NoiseSchedule, q_sample, sample
+from models.samplers import ModelFn
+from utils.errors import UserError
+
+Decode = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def strip_timesteps(timesteps: int, columns: int) -> list[int]:
+    """`columns` evenly spaced t from 0 to T-1."""
+    return torch.linspace(0, timesteps - 1, columns).round().long().tolist()
+
+
+def forward_strip(schedule: NoiseSchedule, x0: torch.Tensor, ts: list[int], noise: torch.Tensor,
+                  decode: Decode = _identity) -> torch.Tensor:
+    """x0 (N, ...) noised to each t with one fixed noise: (N, len(ts), C, H, W) decoded images."""
+    rows = [decode(q_sample(schedule, x0, t, noise)) for t in ts]
+    return torch.stack(rows, dim=1)
+
+
+def reverse_strip(model_fn: ModelFn, schedule: NoiseSchedule, noise: torch.Tensor, *,
+                  sampler: str, steps: int, columns: int, prediction_type: str,
+                  decode: Decode = _identity, labels=None):
+    """Rows x_t and predicted x0 per image at `columns` points of one sampling run.
+
+    Returns (rows (2N, K, C, H, W), row labels, column labels, final samples).
+    """
+    x, frames = sample(model_fn, schedule, noise.clone(), sampler, steps, labels=labels,
+                       prediction_type=prediction_type, clip_x0=True, snapshots=columns)
+    x_t = torch.stack([decode(f[1]) for f in frames], dim=1)  # (N, K, C, H, W)
+    x0 = torch.stack([decode(f[2]) for f in frames], dim=1)
+    rows = torch.stack([x_t, x0], dim=1).flatten(0, 1)  # x_t row, then its x0 row
+    row_labels = [f"{name} #{i}" for i in range(len(noise)) for name in ("x_t", "pred x0")]
+    return rows, row_labels, [f"t={f[0]}" for f in frames], decode(x)
+
+
+def steps_from(t: int, timesteps: int, steps: int) -> int:
+    """Sampler steps for a run starting at t: the same stride as `steps` over the full range."""
+    return max(1, round(steps * (t + 1) / timesteps))
+
+
+def noised_and_denoised(model_fn: ModelFn, schedule: NoiseSchedule, x0: torch.Tensor,
+                        ts: list[int], *, sampler: str, steps: int, prediction_type: str,
+                        decode: Decode = _identity, labels=None, generator=None,
+                        clip_x0: bool = True):
+    """Each image noised to every t in ts, then denoised from there by the sampler
+    (clip_x0 for pixels in [-1, 1]; off for latents).
+
+    Returns (rows (2N, 1 + len(ts), C, H, W): original | x_t ... and original | denoised ...,
+    row labels). Small t gives the image back; near T the model invents a new one.
+    """
+    noise = torch.randn(x0.shape, generator=generator, device=x0.device)
+    noised, denoised = [], []
+    for t in ts:
+        x_t = q_sample(schedule, x0, t, noise)
+        noised.append(decode(x_t))
+        out = sample(model_fn, schedule, x_t, sampler, steps_from(t, schedule.timesteps, steps),
+                     start_t=t, labels=labels, prediction_type=prediction_type, clip_x0=clip_x0,
+                     generator=generator)
+        denoised.append(decode(out))
+    original = decode(x0).unsqueeze(1)
+    top = torch.cat([original, torch.stack(noised, dim=1)], dim=1)
+    bottom = torch.cat([original, torch.stack(denoised, dim=1)], dim=1)
+    rows = torch.stack([top, bottom], dim=1).flatten(0, 1)
+    labels_ = [f"{name} #{i}" for i in range(len(x0)) for name in ("noised", "denoised")]
+    return rows, labels_
+
+
+def parse_sampler(spec: str) -> tuple[str, int]:
+    """'ddim-50' -> ('ddim', 50)."""
+    name, _, steps = spec.partition("-")
+    if name not in ("ddpm", "ddim") or not steps.isdigit() or int(steps) < 1:
+        raise UserError(f"sampler spec {spec!r} must look like 'ddpm-1000' or 'ddim-50'")
+    return name, int(steps)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def compare_samplers(model_fn: ModelFn, schedule: NoiseSchedule, noise: torch.Tensor,
+                     specs: list[str], *, prediction_type: str, decode: Decode = _identity,
+                     labels=None) -> tuple[torch.Tensor, list[dict]]:
+    """The same noise through each sampler spec: (rows (S, N, C, H, W), timings per spec)."""
+    rows, timings = [], []
+    for spec in specs:
+        name, steps = parse_sampler(spec)
+        _sync(noise.device)
+        started = time.perf_counter()
+        x = sample(model_fn, schedule, noise.clone(), name, steps, labels=labels,
+                   prediction_type=prediction_type, clip_x0=True)
+        images = decode(x)
+        _sync(noise.device)
+        seconds = time.perf_counter() - started
+        rows.append(images)
+        timings.append({"sampler": spec, "seconds_per_image": seconds / len(noise),
+                        "images": len(noise)})
+    return torch.stack(rows), timings
+

@@ -1,0 +1,160 @@
+"""The beta-VAE training loop: Adam on the ELBO with beta fixed, linearly warmed up, or driven by
+the adaptive beta scheduler (updated once per epoch); per-epoch train and test terms, per-dimension
+KL and active dimensions.
+"""
+import time
+from dataclasses import dataclass
+
+import torch
+
+from models.vae import VAE, AdaptiveBetaScheduler, active_dims, elbo_loss
+from train.common import (LossMeter, epoch_batches, resume_point, run_epochs,
+                          save_training_state, stack_frames)
+from utils.data import ImageData, to_uint8
+from utils.device import autocast
+from utils.plots import save_curves, save_progression
+from utils.runs import MetricsLog, Run
+
+BETA_MODES = ("fixed", "warmup", "adaptive")
+ACTIVE_SUBSET = 2000  # training images whose posterior means give the train active-dims count
+
+
+@dataclass
+class VAESetup:
+    """The built objects of a VAE run."""
+    model: VAE
+    opt: torch.optim.Optimizer
+    device: torch.device
+    beta_mode: str = "fixed"
+    beta: float = 1.0  # fixed beta, or the end value of the warm-up ramp
+    scheduler: AdaptiveBetaScheduler | None = None
+    warmup_steps: int = 0  # linear KL ramp length (beta_mode "warmup")
+    amp_dtype: torch.dtype | None = None
+
+    @property
+    def modules(self) -> dict:
+        return {"model": self.model, "opt": self.opt, "beta_scheduler": self.scheduler}
+
+    def beta_at(self, step: int) -> float:
+        """The KL weight used at optimiser step `step` (0-based)."""
+        if self.beta_mode == "adaptive":
+            return self.scheduler.beta
+        if self.beta_mode == "warmup":
+            return self.beta * min(1.0, (step + 1) / max(1, self.warmup_steps))
+        return self.beta
+
+
+def build_vae(model_args: dict, device: torch.device, *, lr: float, beta_mode: str,
+              beta: float = 1.0, scheduler_args: dict | None = None, warmup_steps: int = 0,
+              amp_dtype=None) -> VAESetup:
+    """The VAE, its Adam optimiser and, in adaptive mode, the beta scheduler."""
+    if beta_mode not in BETA_MODES:
+        raise ValueError(f"beta mode must be one of {BETA_MODES}, got {beta_mode!r}")
+    model = VAE(**model_args).to(device)
+    scheduler = AdaptiveBetaScheduler(**(scheduler_args or {})) if beta_mode == "adaptive" \
+        else None
+    return VAESetup(model, torch.optim.Adam(model.parameters(), lr), device, beta_mode, beta,
+                    scheduler, warmup_steps, amp_dtype)
+
+
+def vae_step(s: VAESetup, x: torch.Tensor, beta: float) -> dict[str, torch.Tensor]:
+    """One Adam step on sum (x - x_hat)^2 + beta * KL (per image, batch mean)."""
+    with autocast(s.device, s.amp_dtype):
+        x_hat, mu, logvar = s.model(x)
+    out = elbo_loss(x, x_hat, mu, logvar, beta)
+    s.opt.zero_grad(set_to_none=True)
+    out["loss"].backward()
+    s.opt.step()
+    return out
+
+
+@torch.no_grad()
+def posterior_means(model: VAE, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """E_q[z | x] for [-1, 1] images, in eval mode: (N, D) on the CPU."""
+    device = next(model.parameters()).device
+    return torch.cat([model.encode(images[i:i + batch_size].to(device))[0].float().cpu()
+                      for i in range(0, len(images), batch_size)])
+
+
+@torch.no_grad()
+def evaluate_vae(s: VAESetup, x: torch.Tensor, beta: float, batch_size: int = 500) -> dict:
+    """Held-out ELBO terms (one z per image, fixed RNG so epochs compare) and active dims."""
+    rng = torch.get_rng_state()
+    torch.manual_seed(1234)
+    sums, n = {}, 0
+    for i in range(0, len(x), batch_size):
+        batch = x[i:i + batch_size].to(s.device)
+        with autocast(s.device, s.amp_dtype):
+            x_hat, mu, logvar = s.model(batch)
+        out = elbo_loss(batch, x_hat, mu, logvar, beta)
+        for key, value in out.items():
+            sums[key] = sums.get(key, 0) + value.float().cpu() * len(batch)
+        n += len(batch)
+    torch.set_rng_state(rng)
+    means = {key: value / n for key, value in sums.items()}
+    return {"loss": means["loss"].item(), "recon": means["recon"].item(),
+            "mse": means["recon"].item() / x[0].numel(),
+            "kl": means["kl"].item(), "kl_dims": means["kl_dims"].tolist(),
+            "active": int(active_dims(posterior_means(s.model, x)).sum())}
+
+
+def train_vae(s: VAESetup, train_data: ImageData, test_data: ImageData, run: Run, *, epochs: int,
+              batch_size: int, fixed_z: torch.Tensor, config: dict, checkpoint_every: int = 1,
+              progression_rows: int = 8, flip: bool = False, model_args: dict | None = None,
+              state: dict | None = None) -> None:
+    """Train for `epochs` total epochs (continuing `state`), logging and plotting every epoch."""
+    epoch0, step, frames = resume_point(s.modules, state)
+    train_data = train_data.to(s.device)
+    test_x, _ = test_data.first(2000)
+    train_x, _ = train_data.first(ACTIVE_SUBSET)
+
+    def train_epoch(epoch: int) -> dict:
+        nonlocal step
+        meter, started = LossMeter(), time.perf_counter()
+        kl_dims = torch.zeros(s.model.latent_dim, device=s.device)
+        for x, _ in epoch_batches(train_data, batch_size, s.device, flip, epoch, epochs):
+            out = vae_step(s, x, s.beta_at(step))
+            step += 1
+            kl_dims += out["kl_dims"].detach()
+            meter.update(step, {k: out[k] for k in ("loss", "recon", "kl")})
+        train = meter.means()
+        beta = s.beta_at(step - 1)  # the epoch's last (adaptive: only) KL weight
+        speed = meter.count * batch_size / (time.perf_counter() - started)
+        s.model.eval()
+        test = evaluate_vae(s, test_x, beta)
+        train_active = int(active_dims(posterior_means(s.model, train_x)).sum())
+        frames.append(to_uint8(s.model.decode(fixed_z[:progression_rows]).float()).cpu())
+        s.model.train()
+        if s.scheduler is not None:  # once per epoch, from this epoch's mean training losses
+            s.scheduler.update(train["kl"], train["recon"])
+        record = {"step": step, "beta": beta, **{f"train_{k}": v for k, v in train.items()},
+                  "train_recon_plus_kl": train["recon"] + train["kl"],
+                  "test_recon_plus_kl": test["recon"] + test["kl"],
+                  "train_kl_dims": (kl_dims / max(meter.count, 1)).tolist(),
+                  "train_active": train_active,
+                  **{f"test_{k}": v for k, v in test.items()}, "img_per_s": speed}
+        records = [*MetricsLog(run.metrics_path).read(), {"epoch": epoch, **record}]
+        save_progression(frames, [r["epoch"] for r in records], run.plots / "progression.png",
+                         title="decoded fixed prior samples z ~ N(0, I)")
+        save_curves(records, LOSS_PANELS, run.plots / "losses.png", log_y=LOG_PANELS,
+                    title=f"beta-VAE {run.name} ({s.beta_mode} beta)")
+        return record
+
+    def save(epoch: int) -> None:
+        save_training_state(run.checkpoint, s.modules, epoch, step, config,
+                            model_args=model_args or {}, fixed_z=fixed_z.cpu(),
+                            frames=stack_frames(frames, epoch))
+
+    run_epochs(run, epoch0, epochs, checkpoint_every, train_epoch, save)
+
+
+LOSS_PANELS = [("total", ["train_loss", "test_loss"]),
+               ("KL + recon (negative ELBO at beta 1)", ["train_recon_plus_kl",
+                                                         "test_recon_plus_kl"]),
+               ("reconstruction (sum of squares per image)", ["train_recon", "test_recon"]),
+               ("KL (nats per image)", ["train_kl", "test_kl"]),
+               ("beta", ["beta"]),
+               ("active dims (Cov_x E[z_i] > 0.01)", ["train_active", "test_active"])]
+LOG_PANELS = ["total", "KL + recon (negative ELBO at beta 1)",
+              "reconstruction (sum of squares per image)"]
+

@@ -1,0 +1,118 @@
+"""What a trained beta-VAE shows: reconstructions, prior samples, latent traversals, and which
+latent captures which ground-truth factor (MIG, Chen et al. 2018)."""
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.vae import VAE
+from train.vae import posterior_means
+from utils.data import ImageData
+from utils.metrics import mutual_information_gap
+from utils.plots import save_grid, save_labelled_grid
+
+MIG_IMAGES = 2000  # held-out images whose posterior means are scored
+
+
+@torch.no_grad()
+def decode(model: VAE, z: torch.Tensor) -> torch.Tensor:
+    device = next(model.parameters()).device
+    return model.decode(z.to(device)).float().clamp(-1, 1).cpu()
+
+
+def save_reconstructions(model: VAE, x: torch.Tensor, path: Path, title: str) -> Path:
+    """Originals (top row) over reconstructions decoded from the posterior means."""
+    recon = decode(model, posterior_means(model, x))
+    return save_labelled_grid(torch.stack([x.cpu(), recon]), path,
+                              ["original", "reconstruction"], title=title)
+
+
+def factor_report(model: VAE, data: ImageData) -> dict | None:
+    """MIG of the posterior means against the data's ground-truth factors.
+
+    shapes has its generative factors; a labelled data set without them (digits) is scored
+    against the class label alone. Returns None when there is nothing to score against.
+    """
+    x, labels = data.first(MIG_IMAGES)
+    if data.factors:
+        names = list(data.factors)
+        factors = np.stack([np.asarray(data.factors[k][:len(x)], float) for k in names], 1)
+    elif labels.numel():
+        names, factors = ["class"], labels.numpy()[:, None].astype(float)
+    else:
+        return None
+    report = mutual_information_gap(posterior_means(model, x).numpy(), factors, names)
+    report["images"] = len(x)
+    return report
+
+
+def latent_names(report: dict | None) -> dict[int, str]:
+    """latent index -> the factor(s) it captures best."""
+    names: dict[int, list[str]] = {}
+    for f in (report or {}).get("factors", []):
+        names.setdefault(f["best_latent"], []).append(f"{f['factor']} (MIG {f['mig']:.2f})")
+    return {i: ", ".join(v) for i, v in names.items()}
+
+
+def traversal_values(n: int, limit: float = 3.0) -> torch.Tensor:
+    """n values from -limit to +limit prior standard deviations (the prior is N(0, 1))."""
+    return torch.linspace(-limit, limit, n)
+
+
+def save_traversal_all_dims(model: VAE, x: torch.Tensor, kl_dims: list[float], dims: list[int],
+                            path: Path, n_values: int = 11, report: dict | None = None,
+                            title: str = "") -> Path:
+    """One image; a row per latent in `dims` (ordered by KL), set to -3 ... +3 in turn while the
+    other latents keep the image's posterior mean."""
+    mu = posterior_means(model, x[:1])[0]  # (D,)
+    values = traversal_values(n_values)
+    names = latent_names(report)
+    dims = sorted(dims, key=lambda i: -kl_dims[i])
+    z = mu.repeat(len(dims), n_values, 1)  # (R, K, D)
+    for row, i in enumerate(dims):
+        z[row, :, i] = values
+    images = decode(model, z.flatten(0, 1)).unflatten(0, (len(dims), n_values))
+    labels = [f"z{i} KL {kl_dims[i]:.2f}" + (f"\n{names[i]}" if i in names else "")
+              for i in dims]
+    return save_labelled_grid(images, path, labels, [f"{v:+.1f}" for v in values.tolist()],
+                              title=title, xlabel="latent value (prior std)")
+
+
+def save_traversal_one_dim(model: VAE, x: torch.Tensor, dim: int, path: Path,
+                           n_values: int = 11, label: str = "", title: str = "") -> Path:
+    """One latent, several images as rows, set to -3 ... +3 from each image's posterior mean."""
+    mu = posterior_means(model, x)  # (N, D)
+    values = traversal_values(n_values)
+    z = mu.unsqueeze(1).repeat(1, n_values, 1)  # (N, K, D)
+    z[:, :, dim] = values
+    images = decode(model, z.flatten(0, 1)).unflatten(0, (len(x), n_values))
+    return save_labelled_grid(images, path, [f"image {i}" for i in range(len(x))],
+                              [f"{v:+.1f}" for v in values.tolist()],
+                              title=title or f"traversal of z{dim} {label}",
+                              xlabel=f"z{dim} (prior std)")
+
+
+def write_vae_figures(model: VAE, test: ImageData, kl_dims: list[float], out: Path, title: str,
+                      *, n_images: int = 8, n_values: int = 11, seed: int = 0,
+                      dim: int | None = None) -> dict:
+    """Reconstructions, prior samples, both traversals and the MIG report; returns the report
+    (with the active dims, ordered by KL). `dim` picks the single-latent traversal (default:
+    the active latent with the largest KL)."""
+    model.eval()
+    x, _ = test.first(max(n_images, 1))
+    save_reconstructions(model, x, out / "reconstructions.png", f"{title}: reconstructions")
+    z = torch.randn(64, model.latent_dim, generator=torch.Generator().manual_seed(seed))
+    save_grid(decode(model, z), out / "prior_samples.png", nrow=8,
+              title=f"{title}: decoded z ~ N(0, I)")
+    mu = posterior_means(model, test.first(MIG_IMAGES)[0])
+    active = [i for i in range(model.latent_dim) if mu[:, i].var() > 0.01]
+    report = factor_report(model, test) or {"mig": None, "factors": []}
+    report["active_dims"] = sorted(active, key=lambda i: -kl_dims[i])
+    shown = report["active_dims"] or sorted(range(model.latent_dim), key=lambda i: -kl_dims[i])
+    save_traversal_all_dims(model, x, kl_dims, shown, out / "traversal_dims.png", n_values,
+                            report, f"{title}: latent traversals of one image "
+                            f"({len(active)} active dims, by KL)")
+    dim = shown[0] if dim is None else dim
+    save_traversal_one_dim(model, x, dim, out / f"traversal_z{dim}.png", n_values,
+                           latent_names(report).get(dim, ""))
+    return report
