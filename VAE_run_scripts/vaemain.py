@@ -7,8 +7,8 @@
 Writes to saved_plots/vae/<run>/: losses.png (total, KL + recon, reconstruction, KL, beta, active
 dims; train and test), progression.png (fixed prior samples across epochs), reconstructions.png,
 prior_samples.png, traversal_dims.png (every active latent of one image, by KL, labelled with the
-factor it captures), traversal_z<i>.png (the top latent over 8 images), report.json (MIG, per-dim KL), config.json,
-metrics.jsonl; weights to saved_models/vae/<run>/.
+factor it captures), traversal_z<i>.png (the top latent over 8 images), report.json (MIG,
+per-dim KL), config.json, metrics.jsonl; weights to saved_models/vae/<run>/.
 """
 import json
 
