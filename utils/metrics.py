@@ -1,4 +1,5 @@
-"""Numbers that compare models. Disentanglement: the Mutual Information Gap (Chen et al. 2018)."""
+"""Numbers that compare models: disentanglement (the Mutual Information Gap, Chen et al. 2018) and
+sample quality on feature vectors (Frechet distance, KID, improved precision and recall)."""
 from typing import Sequence
 
 import numpy as np
@@ -63,3 +64,79 @@ def mutual_information_gap(latents: np.ndarray, factors: np.ndarray,
                            "normalized_mi": (mi[:, k] / h).tolist()})
     score = float(np.mean([f["mig"] for f in per_factor])) if per_factor else 0.0
     return {"mig": score, "factors": per_factor, "mi": mi.tolist()}
+
+
+# Sample quality: Frechet distance, KID, precision/recall (on features of an evaluator network)
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
+                     sigma2: np.ndarray) -> float:
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) in float64 (Heusel et al. 2017).
+
+    A singular product gets eps * I added to both covariances; the tiny imaginary part that
+    sqrtm can return from round-off is dropped (an error if it is not tiny).
+    """
+    import warnings
+
+    from scipy import linalg
+    mu1, mu2 = np.atleast_1d(np.float64(mu1)), np.atleast_1d(np.float64(mu2))
+    s1, s2 = np.atleast_2d(np.float64(sigma1)), np.atleast_2d(np.float64(sigma2))
+    with warnings.catch_warnings():  # a singular product is handled just below
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(len(s1)) * 1e-6
+        covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise ValueError(f"sqrtm has a large imaginary part {np.abs(covmean.imag).max()}")
+        covmean = covmean.real
+    diff = mu1 - mu2
+    return float(max(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean), 0.0))
+
+
+def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of (N, D) features, float64."""
+    f = np.asarray(features, dtype=np.float64)
+    return f.mean(0), np.cov(f, rowvar=False)
+
+
+def kernel_inception_distance(x: np.ndarray, y: np.ndarray, subsets: int = 50,
+                              subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """Unbiased MMD^2 with the kernel k(a, b) = (a.b / d + 1)^3, averaged over random subsets
+    (Binkowski et al. 2018); returns (mean, std over subsets)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    rng = np.random.default_rng(seed)
+    m = min(subset_size, len(x), len(y))
+    d = x.shape[1]
+    values = []
+    for _ in range(subsets):
+        a = x[rng.choice(len(x), m, replace=False)]
+        b = y[rng.choice(len(y), m, replace=False)]
+        k_aa, k_bb, k_ab = ((a @ a.T / d + 1) ** 3, (b @ b.T / d + 1) ** 3,
+                            (a @ b.T / d + 1) ** 3)
+        mmd = ((k_aa.sum() - np.trace(k_aa)) / (m * (m - 1))
+               + (k_bb.sum() - np.trace(k_bb)) / (m * (m - 1)) - 2 * k_ab.mean())
+        values.append(mmd)
+    return float(np.mean(values)), float(np.std(values))
+
+
+def _kth_neighbour_radius(x: np.ndarray, k: int) -> np.ndarray:
+    distances = np.sqrt(np.maximum(_squared_distances(x, x), 0))
+    return np.sort(distances, axis=1)[:, k]  # column 0 is the point itself
+
+
+def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a ** 2).sum(1)[:, None] + (b ** 2).sum(1)[None] - 2 * a @ b.T
+
+
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[float, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019): the share of fake samples inside
+    the real manifold (union of balls reaching each real point's k-th nearest real neighbour),
+    and the share of real samples inside the fake manifold."""
+    real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
+
+    def inside(points, support):
+        radius = _kth_neighbour_radius(support, k)
+        d = np.sqrt(np.maximum(_squared_distances(points, support), 0))
+        return float((d <= radius[None]).any(axis=1).mean())
+    return inside(fake, real), inside(real, fake)

@@ -1,0 +1,42 @@
+import numpy as np
+import pytest
+
+from utils.metrics import (feature_statistics, frechet_distance, kernel_inception_distance,
+                           precision_recall)
+
+
+def test_frechet_distance_closed_forms():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(500, 4))
+    mu, sigma = feature_statistics(a)
+    assert frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0.0, abs=1e-8)
+    mu1, s1 = np.array([0.0, 1.0, 2.0]), np.array([1.0, 2.0, 0.5])
+    mu2, s2 = np.array([1.0, -1.0, 2.0]), np.array([3.0, 2.0, 1.5])
+    expected = ((mu1 - mu2) ** 2).sum() + ((s1 - s2) ** 2).sum()  # diagonal Gaussians
+    got = frechet_distance(mu1, np.diag(s1 ** 2), mu2, np.diag(s2 ** 2))
+    assert got == pytest.approx(expected, rel=1e-9)
+    b = rng.normal(size=(500, 4)) @ rng.normal(size=(4, 4)) + 1.0
+    m2, c2 = feature_statistics(b)
+    forward, backward = frechet_distance(mu, sigma, m2, c2), frechet_distance(m2, c2, mu, sigma)
+    assert forward == pytest.approx(backward, rel=1e-6) and forward > 0
+    singular = np.diag([1.0, 0.0, 0.0])  # rank-deficient covariances still give a finite value
+    assert frechet_distance(np.zeros(3), singular, np.ones(3), singular) == pytest.approx(3.0)
+
+
+def test_kid_near_zero_for_one_distribution_and_positive_when_shifted():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(1000, 8)), rng.normal(size=(1000, 8))
+    mean, std = kernel_inception_distance(x, y, subsets=20, subset_size=300)
+    assert abs(mean) < 3 * std + 1e-3
+    shifted, shifted_std = kernel_inception_distance(x, y + 1.0, subsets=20, subset_size=300)
+    assert shifted > 10 * max(shifted_std, abs(mean))
+
+
+def test_precision_recall_identical_and_disjoint():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(300, 5))
+    assert precision_recall(x, x) == (1.0, 1.0)
+    far = precision_recall(x, x + 100.0)
+    assert far == (0.0, 0.0)
+    narrow = precision_recall(x, 0.1 * rng.normal(size=(300, 5)))  # all fakes near the mode
+    assert narrow[0] > 0.9 and narrow[1] < 0.5
