@@ -6,7 +6,7 @@
 Writes to saved_plots/diffusion/<run>/eval/: samples_grid.png, forward_schedules.png (linear and
 cosine forward strips of one test image with their log-SNR curves), reverse_diffusion.png (x_t
 and the predicted x0 during sampling), noised_real.png (test images noised to t, then denoised),
-sampler_comparison.png + sampler_comparison.json (seconds per image), samples.npz.
+sampler_comparison.png + sampler_comparison.json (seconds per image), samples.npz, metrics.json.
 """
 import json
 
@@ -15,6 +15,7 @@ import torch
 from models.diffusion import NoiseSchedule, sample
 from models.unet import UNet
 from train.diffusion import ema_denoiser, sampling_setup
+from train.evaluator import write_metrics
 from train.diffusion_figures import (compare_samplers, forward_strip, noised_and_denoised,
                                      parse_sampler, reverse_strip, strip_timesteps)
 from utils.config import check_choice, check_positive, resolve_constants
@@ -36,6 +37,8 @@ NOISED_T = (50, 150, 300, 450, 600, 750, 900, 999)  # t a test image is noised t
 COMPARE = ("ddpm-1000", "ddim-100", "ddim-50", "ddim-20", "ddim-10")  # sampler-steps compared
 COMPARE_IMAGES = 8  # images per sampler in the comparison
 N_SAMPLES = 500  # images saved to samples.npz (0: none)
+METRICS = True  # score the samples (FID, KID, precision/recall vs held-out data) to metrics.json
+EXTRACTOR = "evaluator"  # features: evaluator (the project's classifier) or inception (online)
 SEED = 0  # seeds the noise drawn here
 DEVICE = "auto"  # auto, cpu, cuda
 PRECISION = "auto"  # auto (bf16 autocast where fast), bf16, fp32
@@ -115,7 +118,11 @@ def main(argv=None) -> None:
     if c.N_SAMPLES > 0:
         chunks = [to_uint8(generate(min(250, c.N_SAMPLES - i)).cpu())
                   for i in range(0, c.N_SAMPLES, 250)]
-        save_samples_npz(torch.cat(chunks), out / "samples.npz")
+        images = torch.cat(chunks)
+        save_samples_npz(images, out / "samples.npz")
+        if c.METRICS:
+            write_metrics(images, None, cfg["DATASET"], out, device, extractor=c.EXTRACTOR,
+                          save_root=c.SAVE_ROOT, data_root=c.DATA_ROOT, seed=cfg["SEED"])
     print(f"done: figures in {out}")
 
 

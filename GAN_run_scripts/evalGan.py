@@ -4,10 +4,12 @@
     python -m GAN_run_scripts.evalGan --RUN=001 --N_SAMPLES=5000
 
 Writes to saved_plots/gan/<run>/eval/: samples_grid.png, interpolations.png, progression.png,
-losses.png and samples.npz (uint8 NHWC `images`) for external evaluation.
+losses.png, samples.npz (uint8 NHWC `images`) and metrics.json (FID, KID, precision, recall
+against held-out images, with the real-vs-real floor).
 """
 import torch
 
+from train.evaluator import write_metrics
 from train.gan import build_gan, sample, write_figures
 from utils.config import resolve_constants
 from utils.device import resolve_device, seed_everything
@@ -21,9 +23,12 @@ N_SAMPLES = 1000  # images saved to samples.npz (0: none)
 GRID_SIZE = 10  # the sample grid is GRID_SIZE x GRID_SIZE
 N_PAIRS = 8  # latent pairs interpolated (rows)
 STEPS = 10  # images per interpolation (columns)
+METRICS = True  # score the samples (FID, KID, precision/recall vs held-out data) to metrics.json
+EXTRACTOR = "evaluator"  # features: evaluator (the project's classifier) or inception (online)
 SEED = 0  # seeds the latents drawn here
 DEVICE = "auto"  # auto, cpu, cuda
 SAVE_ROOT = "."  # folder holding saved_plots/ and saved_models/
+DATA_ROOT = "data"  # where torchvision datasets are downloaded
 
 
 def main(argv=None) -> None:
@@ -52,7 +57,11 @@ def main(argv=None) -> None:
         chunks = [sample(s.generator, torch.randn(min(500, c.N_SAMPLES - i), latent_dim,
                                                    device=device))
                   for i in range(0, c.N_SAMPLES, 500)]
-        save_samples_npz(torch.cat(chunks), out / "samples.npz")
+        images = torch.cat(chunks)
+        save_samples_npz(images, out / "samples.npz")
+        if c.METRICS:
+            write_metrics(images, None, state["config"]["DATASET"], out, device,
+                          extractor=c.EXTRACTOR, save_root=c.SAVE_ROOT, data_root=c.DATA_ROOT)
     print(f"done: figures in {out}")
 
 

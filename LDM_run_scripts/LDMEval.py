@@ -7,7 +7,8 @@ Writes to saved_plots/ldm/<run>/eval/: cfg_sweep.png (rows classes, columns guid
 forward_latent.png (a test image's latent noised to t, decoded), noised_real.png (test latents
 noised to t, denoised with their class, decoded: where the model stops reconstructing and starts
 inventing), reconstructions.png, latent_stats.json and samples.npz (PER_CLASS per class at
-GUIDANCE, uint8 NHWC `images` with `labels`).
+GUIDANCE, uint8 NHWC `images` with `labels`), metrics.json (FID, KID, precision, recall and
+class accuracy by the evaluator classifier, with the real-vs-real floor).
 """
 import json
 
@@ -18,6 +19,7 @@ from models.unet import UNet
 from train.autoencoder import psnr, reconstruct
 from train.diffusion import sampling_setup
 from train.diffusion_figures import forward_strip, noised_and_denoised, strip_timesteps
+from train.evaluator import write_metrics
 from train.latents import class_samples, decode_latents, guided_denoiser, load_autoencoder
 from utils.config import check_positive, resolve_constants
 from utils.data import load_dataset
@@ -35,6 +37,8 @@ NOISED_T = (100, 250, 400, 550, 700, 850, 999)  # t a test latent is noised to, 
 STRIP_IMAGES = 4  # test images in the noised-real strip
 STRIP_COLUMNS = 10  # timesteps in the forward strip
 PER_CLASS = 100  # samples per class in samples.npz (0: none)
+METRICS = True  # score the samples (FID, KID, precision/recall vs held-out data) to metrics.json
+EXTRACTOR = "evaluator"  # features: evaluator (the project's classifier) or inception (online)
 SEED = 0  # seeds the noise drawn here
 DEVICE = "auto"  # auto, cpu, cuda
 PRECISION = "auto"  # auto (bf16 autocast where fast), bf16, fp32
@@ -114,7 +118,12 @@ def main(argv=None) -> dict:
                                                                       device=device),
                                             lab, c.GUIDANCE, c.STEPS))
                 sample_labels.append(lab.cpu())
-        save_samples_npz(torch.cat(images), out / "samples.npz", torch.cat(sample_labels))
+        images, sample_labels = torch.cat(images), torch.cat(sample_labels)
+        save_samples_npz(images, out / "samples.npz", sample_labels)
+        if c.METRICS:
+            report["metrics"] = write_metrics(
+                images, sample_labels, ae_cfg["DATASET"], out, device, extractor=c.EXTRACTOR,
+                save_root=c.SAVE_ROOT, data_root=c.DATA_ROOT, seed=ae_cfg["SEED"])
     print(f"held-out PSNR {report['held_out_psnr']:.2f} dB, held-out scaled latents mean "
           f"{report['held_out_scaled_mean']:.3f} std {report['held_out_scaled_std']:.3f}; "
           f"done: figures in {out}")

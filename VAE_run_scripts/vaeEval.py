@@ -6,12 +6,14 @@
 Writes to saved_plots/vae/<run>/eval/: traversal_dims.png (one image, a row per active latent by
 KL, labelled with its KL and the factor it captures best), traversal_z<DIM>.png (one latent,
 N_IMAGES images as rows), reconstructions.png, prior_samples.png, report.json (MIG per factor,
-active dims) and samples.npz (decoded prior samples, uint8 NHWC `images`).
+active dims), samples.npz (decoded prior samples, uint8 NHWC `images`) and metrics.json
+(FID, KID, precision, recall against held-out images, with the real-vs-real floor).
 """
 import json
 
 import torch
 
+from train.evaluator import write_metrics
 from train.vae import build_vae
 from train.vae_figures import decode, write_vae_figures
 from utils.config import check_positive, resolve_constants
@@ -26,6 +28,8 @@ DIM = None  # latent for the single-latent traversal (None: the one with the lar
 N_IMAGES = 8  # test images in reconstructions and the single-latent traversal
 N_VALUES = 11  # traversal columns, from -3 to +3 prior std
 N_SAMPLES = 1000  # prior samples saved to samples.npz (0: none)
+METRICS = True  # score the samples (FID, KID, precision/recall vs held-out data) to metrics.json
+EXTRACTOR = "evaluator"  # features: evaluator (the project's classifier) or inception (online)
 SEED = 0  # seeds the prior samples
 DEVICE = "auto"  # auto, cpu, cuda
 SAVE_ROOT = "."  # folder holding saved_plots/ and saved_models/
@@ -57,7 +61,11 @@ def main(argv=None) -> dict:
     (out / "report.json").write_text(json.dumps(report, indent=2))
     if c.N_SAMPLES > 0:
         z = torch.randn(c.N_SAMPLES, args["latent_dim"])
-        save_samples_npz(to_uint8(decode(s.model, z)), out / "samples.npz")
+        images = to_uint8(decode(s.model, z))
+        save_samples_npz(images, out / "samples.npz")
+        if c.METRICS:
+            write_metrics(images, None, cfg["DATASET"], out, device, extractor=c.EXTRACTOR,
+                          save_root=c.SAVE_ROOT, data_root=c.DATA_ROOT, seed=cfg["SEED"])
     for f in report["factors"]:
         print(f"{f['factor']:>10s}: best latent z{f['best_latent']}, MIG {f['mig']:.3f}")
     mig = "n/a" if report["mig"] is None else f"{report['mig']:.3f}"

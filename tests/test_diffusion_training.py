@@ -70,7 +70,8 @@ def test_diffusion_main_writes_outputs_and_resumes_exactly(tmp_path):
     from utils.samples import load_samples_npz
     eval_script.main(["--SAVE_ROOT", str(straight), "--STEPS=3", "--GRID_SIZE=2",
                       "--STRIP_IMAGES=1", "--STRIP_COLUMNS=3", "--NOISED_T=(10, 49)",
-                      "--COMPARE=('ddpm-50', 'ddim-3')", "--COMPARE_IMAGES=2", "--N_SAMPLES=5"])
+                      "--COMPARE=('ddpm-50', 'ddim-3')", "--COMPARE_IMAGES=2", "--N_SAMPLES=5",
+                      "--METRICS=False"])
     out = run_a.plots / "eval"
     for name in ("samples_grid.png", "forward_schedules.png", "reverse_diffusion.png",
                  "noised_real.png", "sampler_comparison.png", "sampler_comparison.json"):

@@ -38,6 +38,7 @@ def test_vaemain_adaptive_resumes_exactly(tmp_path):
     from VAE_run_scripts import vaeEval
     from utils.samples import load_samples_npz
     report = vaeEval.main(["--SAVE_ROOT", str(straight), "--N_SAMPLES=7", "--DIM=2",
+                           "--METRICS=False",
                            "--N_VALUES=5"])
     assert (run.plots / "eval" / "traversal_z2.png").is_file()
     images, labels = load_samples_npz(run.plots / "eval" / "samples.npz")

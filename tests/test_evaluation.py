@@ -1,0 +1,57 @@
+"""The evaluator classifier and sample scoring, on a test-sized shapes run (4,000 images)."""
+import shutil
+
+import pytest
+import torch
+
+from train.evaluator import THRESHOLDS, evaluate_samples, evaluator_path, get_evaluator
+from utils.data import load_dataset
+from utils.errors import UserError
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def evaluator_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluators")
+    torch.manual_seed(0)
+    get_evaluator("shapes", 32, 3, CPU, save_root=root, n_train=4000, epochs=3)
+    return root
+
+
+def test_evaluator_reaches_its_threshold_and_is_cached(evaluator_root):
+    model, info = get_evaluator("shapes", 32, 3, CPU, save_root=evaluator_root)  # from cache
+    assert info["test_accuracy"] >= THRESHOLDS["shapes"]
+    assert info["train_images"] == 4000
+    assert evaluator_path(evaluator_root, "shapes", 32, 3).is_file()
+
+
+def test_real_images_score_like_the_floor_and_noise_does_not(evaluator_root):
+    data = load_dataset("shapes", "train", image_size=32, n=4500)  # real, scored as generated
+    real, labels = data.images[4000:], data.labels[4000:]
+    good = evaluate_samples(real, labels, "shapes", CPU, save_root=evaluator_root)
+    assert good["samples"] == 500 and good["class_accuracy"] > 0.97
+    assert good["fid"] < 3 * good["real_vs_real"]["fid"] + 1.0
+    assert good["precision"] > 0.8 and good["recall"] > 0.8
+    noise = torch.randint(0, 256, (500, 3, 32, 32), dtype=torch.uint8)
+    bad = evaluate_samples(noise, None, "shapes", CPU, save_root=evaluator_root)
+    assert bad["fid"] > 10 * good["fid"] and bad["kid"] > good["kid"] + 5 * bad["kid_std"]
+    assert bad["precision"] < 0.2 and "class_accuracy" not in bad
+    with pytest.raises(UserError, match="EXTRACTOR"):
+        evaluate_samples(noise, None, "shapes", CPU, save_root=evaluator_root, extractor="clip")
+
+
+def test_evalgan_writes_metrics(evaluator_root, tiny_gan, tmp_path):
+    from GAN_run_scripts import evalGan, ganmain
+    ganmain.main([*tiny_gan, "--IMAGE_SIZE=32"])
+    root = tmp_path
+    target = evaluator_path(root, "shapes", 32, 3)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(evaluator_path(evaluator_root, "shapes", 32, 3), target)
+    evalGan.main(["--SAVE_ROOT", str(root), "--N_SAMPLES=50", "--GRID_SIZE=2", "--N_PAIRS=1",
+                  "--STEPS=3"])
+    import json
+    from utils.runs import find_run
+    metrics = json.loads((find_run(root, "gan").plots / "eval" / "metrics.json").read_text())
+    assert metrics["samples"] == 50 and "evaluator CNN" in metrics["extractor"]
+    assert {"fid", "kid", "precision", "recall", "real_vs_real"} <= set(metrics)

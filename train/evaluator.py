@@ -1,0 +1,174 @@
+"""Train (once) and cache the evaluator classifier of a data set, and score generated samples
+against held-out real images with it: FID, KID, precision/recall, class accuracy, and the
+real-vs-real floor of each (Heusel et al. 2017 note FID's bias at small sample counts)."""
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.evaluator import EvaluatorCNN
+from utils.data import ImageData, iterate_batches, load_dataset, to_float
+from utils.errors import UserError
+from utils.metrics import (feature_statistics, frechet_distance, kernel_inception_distance,
+                           precision_recall)
+from utils.runs import load_checkpoint, load_state, save_checkpoint
+
+THRESHOLDS = {"shapes": 0.98, "digits": 0.95}  # held-out accuracy an evaluator must reach
+EXTRACTORS = ("evaluator", "inception")
+
+
+def evaluator_path(save_root, dataset: str, image_size: int, channels: int) -> Path:
+    return (Path(save_root) / "saved_models" / "evaluators"
+            / f"{dataset}-{image_size}px-{channels}ch.pt")
+
+
+MIN_STEPS = 400  # small data sets (digits) get more epochs, so every evaluator sees enough steps
+
+
+def train_evaluator(train: ImageData, test: ImageData, device: torch.device, *,
+                    epochs: int | None = None, batch_size: int = 128, lr: float = 2e-3
+                    ) -> tuple[EvaluatorCNN, float]:
+    """Adam with a one-cycle LR on the training split; returns (model, held-out accuracy).
+    epochs=None: 2, or enough for MIN_STEPS steps."""
+    if epochs is None:
+        epochs = max(2, -(-MIN_STEPS * batch_size // len(train)))
+    model = EvaluatorCNN(train.shape[0], train.num_classes).to(device)
+    steps = epochs * max(1, len(train) // batch_size)
+    opt = torch.optim.Adam(model.parameters(), lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps)
+    data = train.to(device)
+    for _ in range(epochs):
+        model.train()
+        for x, y in iterate_batches(data, batch_size, device, flip=False):
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    x, y = test.first(len(test))
+    return model, float((predict(model, x)[1] == y).float().mean())
+
+
+@torch.no_grad()
+def predict(model: EvaluatorCNN, images: torch.Tensor, batch_size: int = 500):
+    """(features (N, 128) float64 numpy, predicted classes) for uint8 or [-1, 1] images."""
+    device = next(model.parameters()).device
+    model.eval()
+    feats, classes = [], []
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size].to(device)
+        x = to_float(x) if x.dtype == torch.uint8 else x.float()
+        f = model.features(x)
+        feats.append(f.double().cpu())
+        classes.append(model.head(f).argmax(1).cpu())
+    return torch.cat(feats).numpy(), torch.cat(classes)
+
+
+def get_evaluator(dataset: str, image_size: int, channels: int, device: torch.device, *,
+                  save_root=".", data_root="data", seed: int = 0, epochs: int | None = None,
+                  n_train: int | None = None) -> tuple[EvaluatorCNN, dict]:
+    """The cached evaluator for (dataset, size, channels), trained and saved on first use."""
+    path = evaluator_path(save_root, dataset, image_size, channels)
+    if path.is_file():
+        state = load_checkpoint(path)
+        model = EvaluatorCNN(**state["model_args"]).to(device)
+        load_state(model, state["model"], "evaluator")
+        return model, state["info"]
+    kwargs = dict(image_size=image_size, channels=channels, root=data_root, seed=seed)
+    train = load_dataset(dataset, "train", n=n_train, **kwargs)
+    test = load_dataset(dataset, "test", **kwargs)
+    print(f"training the {dataset} evaluator classifier once (cached at {path})")
+    model, accuracy = train_evaluator(train, test, device, epochs=epochs)
+    info = {"dataset": dataset, "image_size": image_size, "channels": channels,
+            "test_accuracy": accuracy, "test_images": len(test), "train_images": len(train)}
+    threshold = THRESHOLDS.get(dataset)
+    if threshold and accuracy < threshold:
+        print(f"warning: the {dataset} evaluator reached {accuracy:.3f} held-out accuracy, "
+              f"below {threshold}; its features are weaker")
+    save_checkpoint({"model": model.state_dict(), "info": info, "config": info,
+                     "model_args": {"channels": channels, "num_classes": train.num_classes}},
+                    path)
+    return model, info
+
+
+def inception_features(images: torch.Tensor, device: torch.device) -> np.ndarray:
+    """2048-d pool features of torchvision's ImageNet Inception-v3 (opt-in; needs its weights)."""
+    from torchvision.models import Inception_V3_Weights, inception_v3
+    try:
+        net = inception_v3(weights=Inception_V3_Weights.IMAGENET1K_V1).to(device).eval()
+    except Exception as err:  # offline and not cached: one clear line
+        raise UserError("EXTRACTOR='inception' needs torchvision's Inception-v3 ImageNet weights "
+                        f"(download failed: {type(err).__name__}); use EXTRACTOR='evaluator'"
+                        ) from None
+    net.fc = torch.nn.Identity()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), 100):
+            x = images[i:i + 100].to(device)
+            x = (to_float(x) if x.dtype == torch.uint8 else x.float()).add(1).div(2)
+            x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+            x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+            mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(1, 3, 1, 1)
+            std = torch.tensor([0.229, 0.224, 0.225], device=device).view(1, 3, 1, 1)
+            out.append(net((x - mean) / std).double().cpu())
+    return torch.cat(out).numpy()
+
+
+def _scores(fake: np.ndarray, real: np.ndarray) -> dict:
+    kid, kid_std = kernel_inception_distance(fake, real, subsets=50,
+                                             subset_size=min(1000, len(fake), len(real)))
+    precision, recall = precision_recall(real, fake)
+    return {"fid": frechet_distance(*feature_statistics(fake), *feature_statistics(real)),
+            "kid": kid, "kid_std": kid_std, "precision": precision, "recall": recall}
+
+
+def evaluate_samples(images: torch.Tensor, labels: torch.Tensor | None, dataset: str,
+                     device: torch.device, *, extractor: str = "evaluator", save_root=".",
+                     data_root="data", seed: int = 0) -> dict:
+    """Scores of uint8 (N, C, H, W) samples against as many held-out real images, and the same
+    scores between that real set and as many training images (the floor)."""
+    if extractor not in EXTRACTORS:
+        raise UserError(f"EXTRACTOR={extractor!r} is not one of {EXTRACTORS}")
+    size, channels = images.shape[-1], images.shape[1]
+    evaluator, info = get_evaluator(dataset, size, channels, device, save_root=save_root,
+                                    data_root=data_root, seed=seed)
+    kwargs = dict(image_size=size, channels=channels, root=data_root, seed=seed)
+    test = load_dataset(dataset, "test", **kwargs)
+    n = min(len(images), len(test))
+    if n < 10:
+        raise UserError(f"need at least 10 samples to score, got {n}")
+    real = test.first(n)[0]
+    train = load_dataset(dataset, "train", n=n, **kwargs).first(n)[0]
+    if extractor == "evaluator":
+        fake_f, fake_cls = predict(evaluator, images[:n])
+        real_f, train_f = predict(evaluator, real)[0], predict(evaluator, train)[0]
+        name = f"evaluator CNN ({dataset}, held-out accuracy {info['test_accuracy']:.3f})"
+    else:
+        fake_f, real_f, train_f = (inception_features(x, device) for x in (images[:n], real,
+                                                                            train))
+        fake_cls = predict(evaluator, images[:n])[1]
+        name = "Inception-v3 pool3 (ImageNet weights)"
+    result = {"extractor": name, "samples": n, "real_images": n, **_scores(fake_f, real_f),
+              "real_vs_real": _scores(train_f, real_f)}
+    if labels is not None:
+        result["class_accuracy"] = float((fake_cls == labels[:n].cpu()).float().mean())
+    return result
+
+
+def write_metrics(images: torch.Tensor, labels: torch.Tensor | None, dataset: str, out: Path,
+                  device: torch.device, *, extractor: str, save_root, data_root,
+                  seed: int = 0) -> dict:
+    """evaluate_samples into out/metrics.json, with a one-line summary printed."""
+    import json
+    result = evaluate_samples(images, labels, dataset, device, extractor=extractor,
+                              save_root=save_root, data_root=data_root, seed=seed)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    floor = result["real_vs_real"]
+    accuracy = (f", class accuracy {result['class_accuracy']:.3f}"
+                if "class_accuracy" in result else "")
+    print(f"{result['samples']} samples, {result['extractor']}: FID {result['fid']:.2f} "
+          f"(real vs real {floor['fid']:.2f}), KID {result['kid']:.4f} +- {result['kid_std']:.4f}"
+          f", precision {result['precision']:.3f}, recall {result['recall']:.3f}{accuracy}")
+    return result
