@@ -55,3 +55,12 @@ def test_evalgan_writes_metrics(evaluator_root, tiny_gan, tmp_path):
     metrics = json.loads((find_run(root, "gan").plots / "eval" / "metrics.json").read_text())
     assert metrics["samples"] == 50 and "evaluator CNN" in metrics["extractor"]
     assert {"fid", "kid", "precision", "recall", "real_vs_real"} <= set(metrics)
+
+
+def test_evaluate_samples_cli_rejects_a_missing_or_bad_file(tmp_path):
+    from benchmarks import evaluate_samples
+    with pytest.raises(UserError, match="does not exist"):
+        evaluate_samples.main([f"--NPZ={tmp_path / 'none.npz'}"])
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(UserError, match="is not a samples.npz"):
+        evaluate_samples.main([f"--NPZ={tmp_path / 'bad.npz'}"])

@@ -116,8 +116,9 @@ def inception_features(images: torch.Tensor, device: torch.device) -> np.ndarray
 
 
 def _scores(fake: np.ndarray, real: np.ndarray) -> dict:
+    n = min(len(fake), len(real))  # subsets of half the samples, so they differ (at most 1000)
     kid, kid_std = kernel_inception_distance(fake, real, subsets=50,
-                                             subset_size=min(1000, len(fake), len(real)))
+                                             subset_size=min(1000, max(2, n // 2)))
     precision, recall = precision_recall(real, fake)
     return {"fid": frechet_distance(*feature_statistics(fake), *feature_statistics(real)),
             "kid": kid, "kid_std": kid_std, "precision": precision, "recall": recall}
