@@ -2,7 +2,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from models.layers import Attention, ResBlock, sinusoidal_embedding
 from models.unet import UNet
