@@ -9,8 +9,6 @@ N_IMAGES images as rows), reconstructions.png, prior_samples.png, report.json (M
 active dims), samples.npz (decoded prior samples, uint8 NHWC `images`) and metrics.json
 (FID, KID, precision, recall against held-out images, with the real-vs-real floor).
 """
-import json
-
 import torch
 
 from train.evaluator import write_metrics
@@ -57,8 +55,6 @@ def main(argv=None) -> dict:
     out = run.plots / "eval"
     report = write_vae_figures(s.model, test, kl_dims, out, f"{run.name} (epoch {state['epoch']})",
                                n_images=c.N_IMAGES, n_values=c.N_VALUES, seed=c.SEED, dim=c.DIM)
-    report["kl_dims"] = kl_dims
-    (out / "report.json").write_text(json.dumps(report, indent=2))
     if c.N_SAMPLES > 0:
         z = torch.randn(c.N_SAMPLES, args["latent_dim"])
         images = to_uint8(decode(s.model, z))

@@ -10,8 +10,6 @@ prior_samples.png, traversal_dims.png (every active latent of one image, by KL, 
 factor it captures), traversal_z<i>.png (the top latent over 8 images), report.json (MIG,
 per-dim KL), config.json, metrics.jsonl; weights to saved_models/vae/<run>/.
 """
-import json
-
 import torch
 
 from train.vae import BETA_MODES, build_vae, train_vae
@@ -89,8 +87,6 @@ def main(argv=None):
     records = MetricsLog(run.metrics_path).read()
     kl_dims = records[-1]["test_kl_dims"] if records else [0.0] * c.LATENT_DIM
     report = write_vae_figures(s.model, test, kl_dims, run.plots, f"{run.name} (epoch {c.EPOCHS})")
-    report["kl_dims"] = kl_dims
-    (run.plots / "report.json").write_text(json.dumps(report, indent=2))
     mig = "n/a" if report["mig"] is None else f"{report['mig']:.3f}"
     print(f"MIG {mig}, active dims {report['active_dims']}; done: figures in {run.plots}")
     return run, report

@@ -1,6 +1,6 @@
 """Score any samples.npz (this project's or anyone's) against held-out real images.
 
-    python -m benchmarks.evaluate_samples --NPZ=saved_plots/ldm/001-ldm-shapes-v-cfg/eval/samples.npz
+    python -m benchmarks.evaluate_samples --NPZ=saved_plots/ldm/<run>/eval/samples.npz
 
 The file holds uint8 `images` (N, H, W, C) and optionally integer `labels` (N,). Prints FID, KID,
 precision, recall (and class accuracy when labelled) with the real-vs-real floor, and writes them

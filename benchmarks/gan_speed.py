@@ -13,17 +13,12 @@ import torch
 from train.gan import build_gan, gan_step
 from utils.config import resolve_constants
 from utils.data import iterate_batches, load_dataset
-from utils.device import resolve_device, resolve_precision
+from utils.device import resolve_device, resolve_precision, synchronize
 
 BATCH_SIZE = 128  # images per step
 IMAGE_SIZE = 32  # pixels
 STEPS = 20  # timed steps per configuration (after 3 warm-up steps)
 DEVICE = "auto"  # auto, cpu, cuda
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def step_speed(device, amp_dtype, channels_last, batch, steps) -> float:
@@ -32,11 +27,11 @@ def step_speed(device, amp_dtype, channels_last, batch, steps) -> float:
                   channels_last)
     for _ in range(3):
         gan_step(s, batch)
-    _sync(device)
+    synchronize(device)
     started = time.perf_counter()
     for _ in range(steps):
         gan_step(s, batch)
-    _sync(device)
+    synchronize(device)
     return steps * len(batch) / (time.perf_counter() - started)
 
 
@@ -59,7 +54,7 @@ def main(argv=None) -> None:
           f"{speeds[(auto, True)]:.1f} img/s")
     started = time.perf_counter()
     n = sum(len(x) for x, _ in iterate_batches(data, c.BATCH_SIZE, device))
-    _sync(device)
+    synchronize(device)
     data_rate = n / (time.perf_counter() - started)
     share = speeds[(auto, True)] / data_rate
     print(f"data: {data_rate:,.0f} img/s on its own, {100 * share:.2f}% of a training step")

@@ -19,7 +19,7 @@ from models.diffusion import NoiseSchedule
 from models.unet import UNet
 from train.diffusion import build_diffusion, diffusion_step, ema_samples
 from utils.config import resolve_constants
-from utils.device import resolve_device, resolve_precision
+from utils.device import resolve_device, resolve_precision, synchronize
 
 IMAGE_SIZE = defaults.IMAGE_SIZE  # pixels
 BASE = defaults.BASE  # UNet channels at full resolution
@@ -34,19 +34,14 @@ MATMUL_SIZE = 2048  # n of the n x n matmul that measures the peak
 DEVICE = "auto"  # auto, cpu, cuda
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def _timed(fn, repeats: int, device) -> float:
     """Seconds per call after one warm-up call."""
     fn()
-    _sync(device)
+    synchronize(device)
     started = time.perf_counter()
     for _ in range(repeats):
         fn()
-    _sync(device)
+    synchronize(device)
     return (time.perf_counter() - started) / repeats
 
 

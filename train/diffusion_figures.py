@@ -9,6 +9,7 @@ import torch
 
 from models.diffusion import NoiseSchedule, q_sample, sample
 from models.samplers import ModelFn
+from utils.device import synchronize
 from utils.errors import UserError
 
 Decode = Callable[[torch.Tensor], torch.Tensor]
@@ -86,11 +87,6 @@ def parse_sampler(spec: str) -> tuple[str, int]:
     return name, int(steps)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def compare_samplers(model_fn: ModelFn, schedule: NoiseSchedule, noise: torch.Tensor,
                      specs: list[str], *, prediction_type: str, decode: Decode = _identity,
                      labels=None) -> tuple[torch.Tensor, list[dict]]:
@@ -98,12 +94,12 @@ def compare_samplers(model_fn: ModelFn, schedule: NoiseSchedule, noise: torch.Te
     rows, timings = [], []
     for spec in specs:
         name, steps = parse_sampler(spec)
-        _sync(noise.device)
+        synchronize(noise.device)
         started = time.perf_counter()
         x = sample(model_fn, schedule, noise.clone(), name, steps, labels=labels,
                    prediction_type=prediction_type, clip_x0=True)
         images = decode(x)
-        _sync(noise.device)
+        synchronize(noise.device)
         seconds = time.perf_counter() - started
         rows.append(images)
         timings.append({"sampler": spec, "seconds_per_image": seconds / len(noise),

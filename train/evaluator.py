@@ -102,6 +102,8 @@ def inception_features(images: torch.Tensor, device: torch.device) -> np.ndarray
                         f"(download failed: {type(err).__name__}); use EXTRACTOR='evaluator'"
                         ) from None
     net.fc = torch.nn.Identity()
+    mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(1, 3, 1, 1)  # ImageNet
+    std = torch.tensor([0.229, 0.224, 0.225], device=device).view(1, 3, 1, 1)
     out = []
     with torch.no_grad():
         for i in range(0, len(images), 100):
@@ -109,8 +111,6 @@ def inception_features(images: torch.Tensor, device: torch.device) -> np.ndarray
             x = (to_float(x) if x.dtype == torch.uint8 else x.float()).add(1).div(2)
             x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
             x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
-            mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(1, 3, 1, 1)
-            std = torch.tensor([0.229, 0.224, 0.225], device=device).view(1, 3, 1, 1)
             out.append(net((x - mean) / std).double().cpu())
     return torch.cat(out).numpy()
 

@@ -1,11 +1,12 @@
 """What a trained beta-VAE shows: reconstructions, prior samples, latent traversals, and which
 latent captures which ground-truth factor (MIG, Chen et al. 2018)."""
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from models.vae import VAE
+from models.vae import VAE, active_dims
 from train.vae import posterior_means
 from utils.data import ImageData
 from utils.metrics import mutual_information_gap
@@ -95,9 +96,9 @@ def save_traversal_one_dim(model: VAE, x: torch.Tensor, dim: int, path: Path,
 def write_vae_figures(model: VAE, test: ImageData, kl_dims: list[float], out: Path, title: str,
                       *, n_images: int = 8, n_values: int = 11, seed: int = 0,
                       dim: int | None = None) -> dict:
-    """Reconstructions, prior samples, both traversals and the MIG report; returns the report
-    (with the active dims, ordered by KL). `dim` picks the single-latent traversal (default:
-    the active latent with the largest KL)."""
+    """Reconstructions, prior samples, both traversals and the MIG report (also written to
+    out/report.json with the active dims ordered by KL and the KL per latent); returns the
+    report. `dim` picks the single-latent traversal (default: the largest-KL active latent)."""
     model.eval()
     x, _ = test.first(max(n_images, 1))
     save_reconstructions(model, x, out / "reconstructions.png", f"{title}: reconstructions")
@@ -105,7 +106,7 @@ def write_vae_figures(model: VAE, test: ImageData, kl_dims: list[float], out: Pa
     save_grid(decode(model, z), out / "prior_samples.png", nrow=8,
               title=f"{title}: decoded z ~ N(0, I)")
     mu = posterior_means(model, test.first(MIG_IMAGES)[0])
-    active = [i for i in range(model.latent_dim) if mu[:, i].var() > 0.01]
+    active = active_dims(mu).nonzero().flatten().tolist()
     report = factor_report(model, test) or {"mig": None, "factors": []}
     report["active_dims"] = sorted(active, key=lambda i: -kl_dims[i])
     shown = report["active_dims"] or sorted(range(model.latent_dim), key=lambda i: -kl_dims[i])
@@ -115,4 +116,6 @@ def write_vae_figures(model: VAE, test: ImageData, kl_dims: list[float], out: Pa
     dim = shown[0] if dim is None else dim
     save_traversal_one_dim(model, x, dim, out / f"traversal_z{dim}.png", n_values,
                            latent_names(report).get(dim, ""))
+    report["kl_dims"] = list(kl_dims)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
     return report

@@ -8,6 +8,12 @@ import torch
 from utils.errors import UserError
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for queued CUDA work (for timing); a no-op on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """'auto' is CUDA when available, else CPU; 'cuda' without a GPU is a clear error."""
     if name == "auto":
