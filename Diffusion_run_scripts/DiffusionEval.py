@@ -24,7 +24,7 @@ from utils.device import resolve_device, resolve_precision, seed_everything
 from utils.errors import UserError, run_cli
 from utils.plots import save_grid, save_labelled_grid, save_strips_with_curves
 from utils.runs import find_run, load_checkpoint
-from utils.samples import save_samples_npz
+from utils.samples import draw_samples, save_samples_npz
 
 RUN = "latest"  # run name or number (e.g. 003), or latest
 SAMPLER = "ddim"  # ddim or ddpm, for the grid, the strips and samples.npz
@@ -116,13 +116,12 @@ def main(argv=None) -> None:
         print(f"{t['sampler']:>10s}: {t['seconds_per_image']:.3f} s/img")
 
     if c.N_SAMPLES > 0:
-        chunks = [to_uint8(generate(min(250, c.N_SAMPLES - i)).cpu())
-                  for i in range(0, c.N_SAMPLES, 250)]
-        images = torch.cat(chunks)
+        images, ms = draw_samples(lambda _, k: to_uint8(generate(k)), c.N_SAMPLES, 250, device)
         save_samples_npz(images, out / "samples.npz")
         if c.METRICS:
             write_metrics(images, None, cfg["DATASET"], out, device, extractor=c.EXTRACTOR,
-                          save_root=c.SAVE_ROOT, data_root=c.DATA_ROOT, seed=cfg["SEED"])
+                          save_root=c.SAVE_ROOT, data_root=c.DATA_ROOT, seed=cfg["SEED"],
+                          sampling={"sampler": draw, "ms_per_image": ms})
     print(f"done: figures in {out}")
 
 

@@ -12,7 +12,7 @@ import torch
 
 from models.diffusion import PREDICTION_TYPES, NoiseSchedule, q_sample
 from models.unet import UNet
-from train.common import epoch_batches
+from train.common import epoch_batches, time_budget
 from train.diffusion import build_diffusion, ema_samples, train_diffusion
 from utils.config import check_choice, check_positive, resolve_constants
 from utils.errors import run_cli
@@ -51,6 +51,7 @@ SEED = 0  # seeds python, numpy and torch
 DEVICE = "auto"  # auto, cpu, cuda
 PRECISION = "auto"  # auto (bf16 autocast where fast), bf16, fp32
 RESUME = None  # None for a new run; "latest" or a run name to continue it
+MINUTES = None  # stop training after this many minutes of wall time (None: all EPOCHS)
 
 # outputs
 SAVE_ROOT = "."  # saved_plots/ and saved_models/ are created here
@@ -60,7 +61,8 @@ SAMPLE_STEPS = 50  # its number of steps
 PROGRESSION_ROWS = 8  # fixed noise images followed across epochs
 
 
-def main(argv=None) -> None:
+def main(argv=None):
+    """Train (or resume) a run; returns it."""
     c = resolve_constants(globals(), argv)
     run, state, c = resume(c, "diffusion")
     check_choice("SCHEDULE", c.SCHEDULE, ("linear", "cosine"))
@@ -85,14 +87,16 @@ def main(argv=None) -> None:
         write_forward_strip(schedule, train.first(4)[0], run.plots / "forward_diffusion.png")
     noise = (state["fixed_noise"] if state else torch.randn(c.PROGRESSION_ROWS, *train.shape))
     noise, train = noise.to(device), train.to(device)
-    train_diffusion(
-        s, lambda epoch: epoch_batches(train, c.BATCH_SIZE, device, c.FLIP, epoch, c.EPOCHS),
-        test.first(512)[0], run, epochs=c.EPOCHS, batch_size=c.BATCH_SIZE,
-        snapshot=lambda: ema_samples(s, noise, c.SAMPLER, c.SAMPLE_STEPS), config=vars(c),
-        checkpoint_every=c.CHECKPOINT_EVERY, state=state, model_args=model_args,
-        fixed_noise=noise.cpu(),
-        sample_title=f"EMA samples from fixed noise ({c.SAMPLER}, {c.SAMPLE_STEPS} steps)")
+    with time_budget(c.MINUTES):
+        train_diffusion(
+            s, lambda epoch: epoch_batches(train, c.BATCH_SIZE, device, c.FLIP, epoch, c.EPOCHS),
+            test.first(512)[0], run, epochs=c.EPOCHS, batch_size=c.BATCH_SIZE,
+            snapshot=lambda: ema_samples(s, noise, c.SAMPLER, c.SAMPLE_STEPS), config=vars(c),
+            checkpoint_every=c.CHECKPOINT_EVERY, state=state, model_args=model_args,
+            fixed_noise=noise.cpu(),
+            sample_title=f"EMA samples from fixed noise ({c.SAMPLER}, {c.SAMPLE_STEPS} steps)")
     print(f"done: figures in {run.plots}")
+    return run
 
 
 def write_forward_strip(schedule: NoiseSchedule, x0: torch.Tensor, path, columns: int = 10):

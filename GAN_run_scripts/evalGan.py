@@ -16,7 +16,7 @@ from utils.device import resolve_device, seed_everything
 from utils.errors import UserError, run_cli
 from utils.plots import save_grid, save_labelled_grid
 from utils.runs import MetricsLog, find_run, load_checkpoint, load_state
-from utils.samples import save_samples_npz, slerp
+from utils.samples import draw_samples, save_samples_npz, slerp
 
 RUN = "latest"  # run name or number (e.g. 001), or latest
 N_SAMPLES = 1000  # images saved to samples.npz (0: none)
@@ -54,14 +54,14 @@ def main(argv=None) -> None:
                        "between latent pairs", xlabel="from z_a (left) to z_b (right)")
     write_figures(out, list(state["frames"]), MetricsLog(run.metrics_path).read(), run.name)
     if c.N_SAMPLES > 0:
-        chunks = [sample(s.generator, torch.randn(min(500, c.N_SAMPLES - i), latent_dim,
-                                                   device=device))
-                  for i in range(0, c.N_SAMPLES, 500)]
-        images = torch.cat(chunks)
+        images, ms = draw_samples(
+            lambda _, k: sample(s.generator, torch.randn(k, latent_dim, device=device)),
+            c.N_SAMPLES, 500, device)
         save_samples_npz(images, out / "samples.npz")
         if c.METRICS:
             write_metrics(images, None, state["config"]["DATASET"], out, device,
-                          extractor=c.EXTRACTOR, save_root=c.SAVE_ROOT, data_root=c.DATA_ROOT)
+                          extractor=c.EXTRACTOR, save_root=c.SAVE_ROOT, data_root=c.DATA_ROOT,
+                          sampling={"sampler": "generator", "ms_per_image": ms})
     print(f"done: figures in {out}")
 
 

@@ -9,6 +9,7 @@ samples.png, config.json, metrics.jsonl; weights to saved_models/gan/<run>/lates
 """
 import torch
 
+from train.common import time_budget
 from train.gan import build_gan, sample, train_gan
 from utils.config import check_positive, resolve_constants
 from utils.errors import UserError, run_cli
@@ -36,6 +37,7 @@ DEVICE = "auto"  # auto (CUDA if available), cpu, cuda
 PRECISION = "auto"  # auto (bf16 autocast where the hardware is fast at it), bf16, fp32
 CHANNELS_LAST = True  # NHWC memory layout: faster convolutions here in fp32 and bf16
 RESUME = None  # None for a new run; "latest" or a run name to continue it
+MINUTES = None  # stop training after this many minutes of wall time (None: all EPOCHS)
 
 # outputs
 SAVE_ROOT = "."  # saved_plots/ and saved_models/ are created here
@@ -44,7 +46,8 @@ N_FIXED = 64  # fixed latents for the final sample grid
 PROGRESSION_ROWS = 8  # how many of them the progression figure follows across epochs
 
 
-def main(argv=None) -> None:
+def main(argv=None):
+    """Train (or resume) a run; returns it."""
     c = resolve_constants(globals(), argv)
     run, state, c = resume(c, "gan")
     check_positive(c, "BATCH_SIZE", "LR", "LATENT_DIM", "WIDTH", "CHECKPOINT_EVERY", "N_FIXED")
@@ -56,12 +59,15 @@ def main(argv=None) -> None:
                   amp_dtype, c.CHANNELS_LAST)
     run = run or create_run(c, "gan", f"z{c.LATENT_DIM}")
     fixed_z = state["fixed_z"] if state else torch.randn(c.N_FIXED, c.LATENT_DIM)
-    train_gan(s, train, test, run, epochs=c.EPOCHS, batch_size=c.BATCH_SIZE,
-              fixed_z=fixed_z.to(device), config=vars(c), checkpoint_every=c.CHECKPOINT_EVERY,
-              progression_rows=c.PROGRESSION_ROWS, flip=c.FLIP, state=state)
+    with time_budget(c.MINUTES):
+        frames = train_gan(s, train, test, run, epochs=c.EPOCHS, batch_size=c.BATCH_SIZE,
+                           fixed_z=fixed_z.to(device), config=vars(c),
+                           checkpoint_every=c.CHECKPOINT_EVERY,
+                           progression_rows=c.PROGRESSION_ROWS, flip=c.FLIP, state=state)
     save_grid(sample(s.generator, fixed_z.to(device), amp_dtype), run.plots / "samples.png",
-              nrow=8, title=f"DCGAN samples after {c.EPOCHS} epochs")
+              nrow=8, title=f"DCGAN samples after {len(frames)} epochs")
     print(f"done: figures in {run.plots}")
+    return run
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import json
 
 import torch
 
+from train.common import time_budget
 from train.autoencoder import (KL_MODES, AELoss, build_autoencoder, encode_dataset,
                                latent_statistics, reconstruct, train_autoencoder)
 from train.latents import save_cache
@@ -62,6 +63,7 @@ SEED = 0  # seeds python, numpy and torch
 DEVICE = "auto"  # auto, cpu, cuda
 PRECISION = "auto"  # auto (bf16 autocast where fast), bf16, fp32
 RESUME = None  # None for a new run; "latest" or a run name to continue it
+MINUTES = None  # stop training after this many minutes of wall time (None: all EPOCHS)
 
 # outputs
 SAVE_ROOT = "."  # saved_plots/ and saved_models/ are created here
@@ -109,9 +111,10 @@ def main(argv=None):
                                ["original", "reconstruction"], title=f"{run.name}, epoch "
                                f"{epoch}: held-out PSNR {records[-1]['test_psnr']:.1f} dB")
 
-    train_autoencoder(s, train, test_x, run, epochs=c.EPOCHS, batch_size=c.BATCH_SIZE,
-                      config=vars(c), on_epoch=on_epoch, checkpoint_every=c.CHECKPOINT_EVERY,
-                      state=state, model_args=model_args)
+    with time_budget(c.MINUTES):
+        train_autoencoder(s, train, test_x, run, epochs=c.EPOCHS, batch_size=c.BATCH_SIZE,
+                          config=vars(c), on_epoch=on_epoch, checkpoint_every=c.CHECKPOINT_EVERY,
+                          state=state, model_args=model_args)
     cache = encode_dataset(s.inference_ae, train)
     stats = latent_statistics(cache, c.SEED)
     save_cache({**cache, "class_names": train.class_names}, run, vars(c))

@@ -13,6 +13,7 @@ import torch
 
 from models.diffusion import PREDICTION_TYPES, NoiseSchedule
 from models.unet import UNet
+from train.common import time_budget
 from train.diffusion import build_diffusion, train_diffusion
 from train.latents import class_samples, latent_batches, load_autoencoder, load_cache
 from utils.config import check_choice, check_positive, resolve_constants
@@ -51,6 +52,7 @@ SEED = 0  # seeds python, numpy and torch
 DEVICE = "auto"  # auto, cpu, cuda
 PRECISION = "auto"  # auto (bf16 autocast where fast), bf16, fp32
 RESUME = None  # None for a new run; "latest" or a run name to continue it
+MINUTES = None  # stop training after this many minutes of wall time (None: all EPOCHS)
 
 # outputs
 SAVE_ROOT = "."  # saved_plots/ and saved_models/ are created here
@@ -101,14 +103,15 @@ def main(argv=None):
                         seed=ae_config["SEED"], n=512)
     with torch.no_grad():  # encoded once, for the held-out loss
         held_out = scale * ae.encode(test.first(512)[0].to(device))[0].float()
-    train_diffusion(
-        s, lambda epoch: latent_batches(cache, scale, c.BATCH_SIZE, device, epoch, c.EPOCHS),
-        held_out, run, epochs=c.EPOCHS, batch_size=c.BATCH_SIZE,
-        snapshot=lambda: class_samples(s, ae, scale, noise, labels, c.GUIDANCE, c.SAMPLE_STEPS),
-        config=vars(c), checkpoint_every=c.CHECKPOINT_EVERY, state=state, model_args=model_args,
-        fixed_noise=noise.cpu(), scale_factor=scale,
-        sample_title=f"one sample per class (rows), CFG {c.GUIDANCE}, DDIM {c.SAMPLE_STEPS}",
-        row_labels=tuple(cache.get("class_names", ())))
+    with time_budget(c.MINUTES):
+        train_diffusion(
+            s, lambda epoch: latent_batches(cache, scale, c.BATCH_SIZE, device, epoch, c.EPOCHS),
+            held_out, run, epochs=c.EPOCHS, batch_size=c.BATCH_SIZE,
+            snapshot=lambda: class_samples(s, ae, scale, noise, labels, c.GUIDANCE, c.SAMPLE_STEPS),
+            config=vars(c), checkpoint_every=c.CHECKPOINT_EVERY, state=state, model_args=model_args,
+            fixed_noise=noise.cpu(), scale_factor=scale,
+            sample_title=f"one sample per class (rows), CFG {c.GUIDANCE}, DDIM {c.SAMPLE_STEPS}",
+            row_labels=tuple(cache.get("class_names", ())))
     print(f"done: figures in {run.plots}")
     return run
 

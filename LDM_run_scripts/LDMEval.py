@@ -27,7 +27,7 @@ from utils.device import resolve_device, resolve_precision, seed_everything
 from utils.errors import UserError, run_cli
 from utils.plots import save_labelled_grid
 from utils.runs import find_run, load_checkpoint
-from utils.samples import save_samples_npz
+from utils.samples import draw_samples, save_samples_npz
 
 RUN = "latest"  # LDM run name or number, or latest
 SCALES = (0.0, 1.0, 2.0, 3.0, 5.0, 7.5)  # guidance scales of the sweep (columns)
@@ -109,21 +109,21 @@ def main(argv=None) -> dict:
     (out / "latent_stats.json").write_text(json.dumps(report, indent=2))
 
     if c.PER_CLASS > 0:
-        images, sample_labels = [], []
-        for k in range(len(classes)):
-            for start in range(0, c.PER_CLASS, 100):
-                n = min(100, c.PER_CLASS - start)
-                lab = torch.full((n,), k, device=device)
-                images.append(class_samples(s, ae, scale, torch.randn(n, *latent_shape,
-                                                                      device=device),
-                                            lab, c.GUIDANCE, c.STEPS))
-                sample_labels.append(lab.cpu())
-        images, sample_labels = torch.cat(images), torch.cat(sample_labels)
+        def generate(start: int, k: int) -> torch.Tensor:  # classes in order, PER_CLASS each
+            lab = (torch.arange(start, start + k) // c.PER_CLASS).to(device)
+            z = torch.randn(k, *latent_shape, device=device)
+            return class_samples(s, ae, scale, z, lab, c.GUIDANCE, c.STEPS)
+
+        n = c.PER_CLASS * len(classes)
+        images, ms = draw_samples(generate, n, 100, device)
+        sample_labels = torch.arange(n) // c.PER_CLASS
         save_samples_npz(images, out / "samples.npz", sample_labels)
         if c.METRICS:
             report["metrics"] = write_metrics(
                 images, sample_labels, ae_cfg["DATASET"], out, device, extractor=c.EXTRACTOR,
-                save_root=c.SAVE_ROOT, data_root=c.DATA_ROOT, seed=ae_cfg["SEED"])
+                save_root=c.SAVE_ROOT, data_root=c.DATA_ROOT, seed=ae_cfg["SEED"],
+                sampling={"sampler": f"ddim-{c.STEPS}, CFG {c.GUIDANCE:g}, decoded",
+                          "ms_per_image": ms})
     print(f"held-out PSNR {report['held_out_psnr']:.2f} dB, held-out scaled latents mean "
           f"{report['held_out_scaled_mean']:.3f} std {report['held_out_scaled_std']:.3f}; "
           f"done: figures in {out}")

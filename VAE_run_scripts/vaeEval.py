@@ -19,7 +19,7 @@ from utils.data import load_dataset, to_uint8
 from utils.device import resolve_device, seed_everything
 from utils.errors import UserError, run_cli
 from utils.runs import MetricsLog, find_run, load_checkpoint, load_state
-from utils.samples import save_samples_npz
+from utils.samples import draw_samples, save_samples_npz
 
 RUN = "latest"  # run name or number (e.g. 002), or latest
 DIM = None  # latent for the single-latent traversal (None: the one with the largest KL)
@@ -56,12 +56,14 @@ def main(argv=None) -> dict:
     report = write_vae_figures(s.model, test, kl_dims, out, f"{run.name} (epoch {state['epoch']})",
                                n_images=c.N_IMAGES, n_values=c.N_VALUES, seed=c.SEED, dim=c.DIM)
     if c.N_SAMPLES > 0:
-        z = torch.randn(c.N_SAMPLES, args["latent_dim"])
-        images = to_uint8(decode(s.model, z))
+        images, ms = draw_samples(
+            lambda _, k: to_uint8(decode(s.model, torch.randn(k, args["latent_dim"]))),
+            c.N_SAMPLES, 500, device)
         save_samples_npz(images, out / "samples.npz")
         if c.METRICS:
             write_metrics(images, None, cfg["DATASET"], out, device, extractor=c.EXTRACTOR,
-                          save_root=c.SAVE_ROOT, data_root=c.DATA_ROOT, seed=cfg["SEED"])
+                          save_root=c.SAVE_ROOT, data_root=c.DATA_ROOT, seed=cfg["SEED"],
+                          sampling={"sampler": "decoder of prior samples", "ms_per_image": ms})
     for f in report["factors"]:
         print(f"{f['factor']:>10s}: best latent z{f['best_latent']}, MIG {f['mig']:.3f}")
     mig = "n/a" if report["mig"] is None else f"{report['mig']:.3f}"

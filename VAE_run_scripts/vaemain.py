@@ -12,6 +12,7 @@ per-dim KL), config.json, metrics.jsonl; weights to saved_models/vae/<run>/.
 """
 import torch
 
+from train.common import time_budget
 from train.vae import BETA_MODES, build_vae, train_vae
 from train.vae_figures import write_vae_figures
 from utils.config import check_choice, check_positive, resolve_constants
@@ -49,6 +50,7 @@ SEED = 0  # seeds python, numpy and torch
 DEVICE = "auto"  # auto, cpu, cuda
 PRECISION = "auto"  # auto (bf16 autocast where fast), bf16, fp32
 RESUME = None  # None for a new run; "latest" or a run name to continue it
+MINUTES = None  # stop training after this many minutes of wall time (None: all EPOCHS)
 
 # outputs
 SAVE_ROOT = "."  # saved_plots/ and saved_models/ are created here
@@ -80,13 +82,15 @@ def main(argv=None):
     run = run or create_run(c, "vae", c.TAG or (f"beta{c.BETA:g}" if c.BETA_MODE == "fixed"
                                                  else c.BETA_MODE))
     fixed_z = state["fixed_z"] if state else torch.randn(c.PROGRESSION_ROWS, c.LATENT_DIM)
-    train_vae(s, train, test, run, epochs=c.EPOCHS, batch_size=c.BATCH_SIZE,
-              fixed_z=fixed_z.to(device), config=vars(c), checkpoint_every=c.CHECKPOINT_EVERY,
-              progression_rows=c.PROGRESSION_ROWS, flip=c.FLIP, model_args=model_args,
-              state=state)
+    with time_budget(c.MINUTES):
+        train_vae(s, train, test, run, epochs=c.EPOCHS, batch_size=c.BATCH_SIZE,
+                  fixed_z=fixed_z.to(device), config=vars(c), checkpoint_every=c.CHECKPOINT_EVERY,
+                  progression_rows=c.PROGRESSION_ROWS, flip=c.FLIP, model_args=model_args,
+                  state=state)
     records = MetricsLog(run.metrics_path).read()
-    kl_dims = records[-1]["test_kl_dims"] if records else [0.0] * c.LATENT_DIM
-    report = write_vae_figures(s.model, test, kl_dims, run.plots, f"{run.name} (epoch {c.EPOCHS})")
+    last = records[-1] if records else {"epoch": 0, "test_kl_dims": [0.0] * c.LATENT_DIM}
+    report = write_vae_figures(s.model, test, last["test_kl_dims"], run.plots,
+                               f"{run.name} (epoch {last['epoch']})")
     mig = "n/a" if report["mig"] is None else f"{report['mig']:.3f}"
     print(f"MIG {mig}, active dims {report['active_dims']}; done: figures in {run.plots}")
     return run, report

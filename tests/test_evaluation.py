@@ -64,3 +64,37 @@ def test_evaluate_samples_cli_rejects_a_missing_or_bad_file(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(UserError, match="is not a samples.npz"):
         evaluate_samples.main([f"--NPZ={tmp_path / 'bad.npz'}"])
+
+
+def test_compare_families_smoke(evaluator_root, tmp_path):
+    """Every family trains for a tiny budget, is sampled and scored; table, JSON and bars."""
+    import json
+    from benchmarks import compare_families
+    target = evaluator_path(tmp_path, "shapes", 32, 3)
+    target.parent.mkdir(parents=True)
+    shutil.copy(evaluator_path(evaluator_root, "shapes", 32, 3), target)
+    tiny = {"ganmain": ["--WIDTH=8"], "vaemain": ["--WIDTH=8"],
+            "DiffusionMain": ["--BASE=8", "--ATTENTION=()", "--SAMPLE_STEPS=2"],
+            "DiffusionEval": ["--STEPS=2", "--GRID_SIZE=2", "--STRIP_IMAGES=1",
+                              "--STRIP_COLUMNS=2", "--NOISED_T=(500,)"],
+            "LDMAutoencoderMain": ["--BASE=8"], "LDMDiffusionMain": ["--BASE=8",
+                                                                    "--SAMPLE_STEPS=2"],
+            "LDMEval": ["--STEPS=2", "--SCALES=(0, 3)", "--NOISED_T=(500,)",
+                        "--STRIP_IMAGES=1", "--STRIP_COLUMNS=2"]}
+    rows = compare_families.main(["--SAVE_ROOT", str(tmp_path), "--MINUTES=0.01",
+                                  "--N_TRAIN=256", "--N_SAMPLES=40", f"--OVERRIDES={tiny!r}",
+                                  "--PRECISION=fp32"])
+    assert [r["family"] for r in rows] == ["gan", "vae", "diffusion", "ldm"]
+    for r in rows:
+        assert r["samples"] == 40 and r["fid"] > 0 and r["sampling_ms"] > 0
+        assert r["params_trained"] >= r["params_sampling"] > 0
+        for stage in r["stages"]:  # the budget, not EPOCHS, ended every training stage
+            assert 1 <= stage["epochs"] < compare_families.EPOCH_CAP and stage["images"] > 0
+        assert (r["class_accuracy"] is None) == (r["family"] != "ldm")
+    assert len(rows[-1]["stages"]) == 2
+    out = next((tmp_path / "saved_plots" / "compare").iterdir())
+    table = (out / "results.md").read_text()
+    assert all(r["label"] in table for r in rows) and (out / "bars.png").is_file()
+    assert json.loads((out / "results.json").read_text())["rows"][0]["fid"] == rows[0]["fid"]
+    with pytest.raises(UserError, match="FAMILIES"):
+        compare_families.main(["--SAVE_ROOT", str(tmp_path), "--FAMILIES=('gan', 'flow')"])

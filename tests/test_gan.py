@@ -139,3 +139,13 @@ def test_bad_constants_and_missing_runs_are_user_errors(tmp_path, tiny_gan):
     with pytest.raises(UserError, match="no gan run"):
         eval_gan.main(["--SAVE_ROOT", str(tmp_path / "empty")])
     assert not (tmp_path / "saved_plots").exists()  # failed starts leave no run folders
+
+
+def test_minutes_cuts_training_short_and_the_run_resumes(tmp_path, tiny_gan):
+    run = ganmain.main([*tiny_gan, "--EPOCHS=50", "--MINUTES=1e-5"])  # out of time at once
+    state = load_checkpoint(run.checkpoint)
+    assert (state["epoch"], state["step"]) == (1, 1)  # one batch of the first epoch, then stop
+    assert (run.plots / "samples.png").is_file()
+    ganmain.main(["--SAVE_ROOT", str(tmp_path), "--RESUME=latest", "--EPOCHS=2"])
+    state = load_checkpoint(run.checkpoint)
+    assert (state["epoch"], state["step"]) == (2, 1 + 128 // 32)

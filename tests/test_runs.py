@@ -91,3 +91,28 @@ def test_samples_npz_round_trip(tmp_path):
     save_samples_npz(images, tmp_path / "s.npz", labels)
     back, back_labels = load_samples_npz(tmp_path / "s.npz")
     assert torch.equal(back, images) and torch.equal(back_labels, labels)
+
+
+@pytest.mark.parametrize("minutes, batches", [(1.0, [9]), (100 / 60, [10, 5]), (0.05, [1])])
+def test_time_budget_cuts_the_running_epoch_and_stops(tmp_path, monkeypatch, minutes, batches):
+    from train import common
+    clock = [0.0]
+    monkeypatch.setattr(common.time, "monotonic", lambda: clock[0])
+    run = new_run(tmp_path, "gan", "shapes")
+    seen, saved = {}, []
+
+    def train_epoch(epoch: int) -> dict:
+        for _ in common.until_out_of_time(range(10)):  # each batch takes 7 s of the fake clock
+            seen[epoch] = seen.get(epoch, 0) + 1
+            clock[0] += 7.0
+        return {}
+
+    assert list(common.until_out_of_time(range(3))) == [0, 1, 2]  # no budget: no limit
+    with common.time_budget(minutes):
+        done = common.run_epochs(run, 0, 5, 100, train_epoch, saved.append)
+    assert list(seen.values()) == batches and done == len(batches) and saved == [done]
+    assert [r["epoch"] for r in MetricsLog(run.metrics_path).read()] == list(range(1, done + 1))
+    assert not common.out_of_time()  # the budget ends with its block
+    with pytest.raises(UserError, match="MINUTES"):
+        with common.time_budget(0):
+            pass

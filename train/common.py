@@ -1,7 +1,10 @@
-"""What every training loop shares: loss meters with a NaN guard, the epoch driver, checkpoints."""
+"""What every training loop shares: loss meters with a NaN guard, the epoch driver, a wall-clock
+budget, checkpoints."""
 import time
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -59,17 +62,51 @@ class LossMeter:
         return {name: float(total) / max(self.count, 1) for name, total in self.sums.items()}
 
 
+_deadline: ContextVar[float | None] = ContextVar("training_deadline", default=None)
+
+
+@contextmanager
+def time_budget(minutes: float | None):
+    """Inside this block training stops once `minutes` of wall time have passed (None: no limit).
+
+    The epoch in progress ends early (its evaluation, log record and checkpoint still happen) and
+    no further epoch starts, so a run stopped this way is complete and can be resumed.
+    """
+    if minutes is not None and minutes <= 0:
+        raise UserError(f"MINUTES must be > 0 (or None for no limit), got {minutes}")
+    token = _deadline.set(None if minutes is None else time.monotonic() + 60.0 * minutes)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+def out_of_time() -> bool:
+    """Whether the enclosing time_budget has run out (False outside one)."""
+    deadline = _deadline.get()
+    return deadline is not None and time.monotonic() >= deadline
+
+
+def until_out_of_time(batches: Iterable) -> Iterator:
+    """The batches, stopping early when the time budget runs out (always at least one)."""
+    for i, batch in enumerate(batches):
+        if i and out_of_time():
+            return
+        yield batch
+
+
 def epoch_batches(data: ImageData, batch_size: int, device: torch.device, flip: bool,
                   epoch: int, epochs: int):
     """One epoch's shuffled batches behind a tqdm bar."""
-    return tqdm(iterate_batches(data, batch_size, device, flip=flip),
+    return tqdm(until_out_of_time(iterate_batches(data, batch_size, device, flip=flip)),
                 total=batches_per_epoch(data, batch_size), desc=f"epoch {epoch}/{epochs}",
                 leave=False, dynamic_ncols=True, mininterval=1.0)
 
 
 def run_epochs(run: Run, start_epoch: int, epochs: int, checkpoint_every: int,
-               train_epoch: Callable[[int], dict], save: Callable[[int], None]) -> None:
-    """Call train_epoch for each remaining epoch, log its record, checkpoint every N epochs.
+               train_epoch: Callable[[int], dict], save: Callable[[int], None]) -> int:
+    """Call train_epoch for each remaining epoch, log its record, checkpoint every N epochs;
+    returns the last epoch done (fewer than `epochs` when a time_budget ran out).
 
     Ctrl-C saves a checkpoint of the current weights (the interrupted epoch reruns on resume);
     a NaN/inf loss stops without saving, so the last good checkpoint stays as it was.
@@ -88,6 +125,11 @@ def run_epochs(run: Run, start_epoch: int, epochs: int, checkpoint_every: int,
             done = epoch
             bar.set_postfix({k: f"{v:.3g}" for k, v in record.items()
                              if k.startswith("train_") and isinstance(v, float)}, refresh=False)
+            if out_of_time() and epoch < epochs:
+                save(epoch)
+                print(f"time budget reached: stopped after epoch {epoch} of {epochs} "
+                      f"(cut short); resume with --RESUME={run.name}")
+                break
             if epoch % checkpoint_every == 0 or epoch == epochs:
                 save(epoch)
     except KeyboardInterrupt:
@@ -100,6 +142,7 @@ def run_epochs(run: Run, start_epoch: int, epochs: int, checkpoint_every: int,
         raise UserError(f"training stopped: {err} (epoch {done + 1}); {kept}") from None
     finally:
         bar.close()
+    return done
 
 
 def training_state(modules: dict, epoch: int, step: int, config: dict, **extra) -> dict:

@@ -159,11 +159,14 @@ def evaluate_samples(images: torch.Tensor, labels: torch.Tensor | None, dataset:
 
 def write_metrics(images: torch.Tensor, labels: torch.Tensor | None, dataset: str, out: Path,
                   device: torch.device, *, extractor: str, save_root, data_root,
-                  seed: int = 0) -> dict:
-    """evaluate_samples into out/metrics.json, with a one-line summary printed."""
+                  seed: int = 0, sampling: dict | None = None) -> dict:
+    """evaluate_samples into out/metrics.json, with a one-line summary printed; `sampling`
+    (how the samples were drawn and their ms_per_image) is stored beside the scores."""
     import json
     result = evaluate_samples(images, labels, dataset, device, extractor=extractor,
                               save_root=save_root, data_root=data_root, seed=seed)
+    if sampling:
+        result["sampling"] = sampling
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
     floor = result["real_vs_real"]
@@ -171,5 +174,6 @@ def write_metrics(images: torch.Tensor, labels: torch.Tensor | None, dataset: st
                 if "class_accuracy" in result else "")
     print(f"{result['samples']} samples, {result['extractor']}: FID {result['fid']:.2f} "
           f"(real vs real {floor['fid']:.2f}), KID {result['kid']:.4f} +- {result['kid_std']:.4f}"
-          f", precision {result['precision']:.3f}, recall {result['recall']:.3f}{accuracy}")
+          f", precision {result['precision']:.3f}, recall {result['recall']:.3f}{accuracy}"
+          + (f"; sampling {sampling['ms_per_image']:.1f} ms/img" if sampling else ""))
     return result

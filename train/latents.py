@@ -5,6 +5,7 @@ from tqdm.auto import tqdm
 
 from models.autoencoder import Autoencoder
 from models.samplers import classifier_free_guidance, sample
+from train.common import until_out_of_time
 from train.diffusion import DiffusionSetup, ema_denoiser
 from utils.data import to_uint8
 from utils.errors import UserError
@@ -54,8 +55,8 @@ def latent_batches(cache: dict, scale: float, batch_size: int, device: torch.dev
             mean = cache["mean"][index].to(device)
             std = (0.5 * cache["logvar"][index].to(device)).exp()
             yield scale * (mean + std * torch.randn_like(mean)), cache["labels"][index].to(device)
-    return tqdm(batches(), total=max(1, n // batch_size), desc=f"epoch {epoch}/{epochs}",
-                leave=False, dynamic_ncols=True, mininterval=1.0)
+    return tqdm(until_out_of_time(batches()), total=max(1, n // batch_size),
+                desc=f"epoch {epoch}/{epochs}", leave=False, dynamic_ncols=True, mininterval=1.0)
 
 
 @torch.no_grad()

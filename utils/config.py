@@ -12,7 +12,7 @@ from typing import Any, Sequence
 from utils.errors import UserError
 
 _CONSTANT_LINE = re.compile(r"^([A-Z][A-Z0-9_]*)\s*=\s*(.*?)(?:\s*#\s*(.*))?$")
-_LITERAL_TYPES = (bool, int, float, str, tuple, list, type(None))
+_LITERAL_TYPES = (bool, int, float, str, tuple, list, dict, type(None))
 
 
 def constants_of(namespace: dict) -> dict:
@@ -60,6 +60,9 @@ def _parse_value(name: str, text: str, default: Any) -> Any:
     elif isinstance(default, (tuple, list)):
         if isinstance(value, (tuple, list)):
             return type(default)(value)
+    elif isinstance(default, dict):
+        if isinstance(value, dict):
+            return value
     raise UserError(f"--{name} expects a {type(default).__name__} like {default!r}, got {text!r}")
 
 

@@ -204,3 +204,40 @@ def save_latent_histogram(z: torch.Tensor, path: Path, title: str | None = None)
         fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def save_bar_charts(values: dict[str, dict], panels: Sequence[tuple[str, str]], path: Path,
+                    log_y: Sequence[str] = (), fractions: Sequence[str] = (),
+                    marks: dict[str, dict] | None = None, title: str | None = None) -> Path:
+    """One panel per (key, panel title) with a bar per entry of values ({name: {key: number}});
+    a missing or None value is written as "n/a". Panels in `fractions` span 0..1; marks[key][name]
+    draws a short dashed line on that bar (e.g. FID's real-vs-real floor)."""
+    names, n = list(values), len(panels)
+    cols = min(n, 4)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.0 * rows), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (key, panel_title) in zip(axes.flat, panels):
+        for i, name in enumerate(names):
+            value = values[name].get(key)
+            if value is None:
+                ax.text(i, 0, "n/a", ha="center", va="bottom", fontsize=8)
+                continue
+            ax.bar(i, value, color=colours[i % len(colours)])
+            ax.annotate(f"{value:.3g}", (i, value), ha="center", va="bottom", fontsize=8)
+            mark = (marks or {}).get(key, {}).get(name)
+            if mark is not None:
+                ax.plot([i - 0.4, i + 0.4], [mark, mark], "k--", linewidth=1)
+        ax.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
+        ax.set_title(panel_title, fontsize=9)
+        if key in log_y:
+            ax.set_yscale("log")
+        ax.margins(y=0.15)
+        if key in fractions:
+            ax.set_ylim(0, 1.08)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -32,7 +32,7 @@ def datasets(c: SimpleNamespace, channels: int | None = None) -> tuple[ImageData
 
 
 # Constants a resumed run takes from the command line; all others come from its config.json.
-RESUME_OVERRIDES = ("EPOCHS", "RESUME", "DEVICE", "PRECISION", "SAVE_ROOT", "DATA_ROOT")
+RESUME_OVERRIDES = ("EPOCHS", "MINUTES", "RESUME", "DEVICE", "PRECISION", "SAVE_ROOT", "DATA_ROOT")
 
 
 def resume(c: SimpleNamespace, family: str) -> tuple[Run | None, dict | None, SimpleNamespace]:

@@ -1,0 +1,232 @@
+"""Head-to-head: every family trained on one data set for the same wall-clock budget, then scored.
+
+    python -m benchmarks.compare_families                    # shapes 32x32, 10 minutes per family
+    python -m benchmarks.compare_families --MINUTES=3 --FAMILIES="('gan', 'vae')"
+
+Each family trains with its run script's own defaults for MINUTES of wall time (EPOCHS is raised
+so the budget, not the epoch count, stops it; learning-rate schedules that span EPOCHS therefore
+barely decay). The LDM splits its budget: AUTOENCODER_SHARE for stage 1, the rest for stage 2.
+Then the family's eval script draws N_SAMPLES samples, times them, and scores them with the same
+feature extractor against the same held-out images.
+
+Writes to saved_plots/compare/<run>/: results.md (the table), results.json (everything, rewritten
+after each family so a crash keeps what finished) and bars.png. The trained runs stay in their
+family folders (named in the table), with their usual figures and eval/ folders.
+"""
+import json
+import time
+
+import torch
+
+from Diffusion_run_scripts import DiffusionEval, DiffusionMain
+from GAN_run_scripts import evalGan, ganmain
+from LDM_run_scripts import LDMAutoencoderMain, LDMDiffusionMain, LDMEval
+from models.autoencoder import Autoencoder, PatchDiscriminator
+from models.gan import Discriminator, Generator
+from models.unet import UNet
+from models.vae import VAE
+from utils.config import check_positive, resolve_constants
+from utils.data import load_dataset
+from utils.device import resolve_device, resolve_precision
+from utils.errors import UserError, run_cli
+from utils.plots import save_bar_charts
+from utils.runs import MetricsLog, Run, load_checkpoint, new_run
+from VAE_run_scripts import vaeEval, vaemain
+
+DATASET = "shapes"  # shapes, digits (embedded); cifar10, mnist, ... (online)
+IMAGE_SIZE = 32  # pixels
+N_TRAIN = None  # cap on training images (None: the whole split)
+MINUTES = 10.0  # wall-clock training budget per family
+FAMILIES = ("gan", "vae", "diffusion", "ldm")  # which families, in this order
+AUTOENCODER_SHARE = 0.35  # LDM: share of its budget spent on the autoencoder (stage 1)
+N_SAMPLES = 500  # samples scored per family (the LDM draws N_SAMPLES // classes per class)
+EXTRACTOR = "evaluator"  # features: evaluator (the project's classifier) or inception (online)
+OVERRIDES = {}  # extra constants per script, e.g. {"DiffusionMain": ["--BASE=16"]}
+SEED = 0  # seeds every run
+DEVICE = "auto"  # auto, cpu, cuda
+PRECISION = "auto"  # auto (bf16 autocast where fast), bf16, fp32
+SAVE_ROOT = "."  # saved_plots/ and saved_models/ are created here
+DATA_ROOT = "data"  # where torchvision datasets are downloaded
+
+EPOCH_CAP = 100_000  # EPOCHS given to the training scripts: the budget stops them first
+LABELS = {"gan": "DCGAN", "vae": "beta-VAE (adaptive)", "diffusion": "DDPM (pixels)",
+          "ldm": "LDM (latent, CFG)"}
+PANELS = [("params_m", "parameters used to sample (M)"), ("img_per_s", "training img/s"),
+          ("sampling_ms", "sampling ms/img (log)"), ("fid", "FID, log (dashed: real vs real)"),
+          ("kid", "KID"), ("precision", "precision"), ("recall", "recall"),
+          ("class_accuracy", "class accuracy (conditional)")]
+
+
+def n_params(*modules: torch.nn.Module) -> int:
+    return sum(p.numel() for m in modules for p in m.parameters())
+
+
+def train_args(c, minutes: float, *, data: bool = True) -> list[str]:
+    args = [f"--SEED={c.SEED}", f"--DEVICE={c.DEVICE}", f"--PRECISION={c.PRECISION}",
+            f"--SAVE_ROOT={c.SAVE_ROOT}", f"--DATA_ROOT={c.DATA_ROOT}",
+            f"--EPOCHS={EPOCH_CAP}", f"--MINUTES={minutes}"]
+    if data:
+        args += [f"--DATASET={c.DATASET}", f"--IMAGE_SIZE={c.IMAGE_SIZE}",
+                 f"--N_TRAIN={c.N_TRAIN}"]
+    return args
+
+
+def eval_args(c, run: Run) -> list[str]:
+    return [f"--RUN={run.name}", f"--SEED={c.SEED}", f"--DEVICE={c.DEVICE}",
+            f"--SAVE_ROOT={c.SAVE_ROOT}", f"--DATA_ROOT={c.DATA_ROOT}",
+            f"--EXTRACTOR={c.EXTRACTOR}", "--METRICS=True"]
+
+
+def call(c, script, args: list[str]):
+    """script.main(args + OVERRIDES for it); returns (its result, wall seconds)."""
+    started = time.perf_counter()
+    result = script.main([*args, *c.OVERRIDES.get(script.__name__.split(".")[-1], [])])
+    return result, time.perf_counter() - started
+
+
+def progress(run: Run) -> tuple[dict, dict]:
+    """What a finished training run did (from its checkpoint and log), and its checkpoint."""
+    state = load_checkpoint(run.checkpoint)
+    seconds = sum(r["seconds"] for r in MetricsLog(run.metrics_path).read()[:state["epoch"]])
+    images = state["step"] * state["config"]["BATCH_SIZE"]
+    return {"run": run.name, "epochs": state["epoch"], "steps": state["step"], "images": images,
+            "loop_seconds": seconds, "img_per_s": images / max(seconds, 1e-9)}, state
+
+
+def train_gan(c) -> tuple[list[dict], Run, tuple[int, int]]:
+    run, wall = call(c, ganmain, train_args(c, c.MINUTES))
+    info, state = progress(run)
+    call(c, evalGan, [*eval_args(c, run), f"--N_SAMPLES={c.N_SAMPLES}"])
+    a = state["model_args"]
+    g = Generator(a["latent_dim"], a["image_size"], a["channels"], a["width"])
+    d = Discriminator(a["image_size"], a["channels"], a["width"])
+    return [{**info, "wall_seconds": wall}], run, (n_params(g, d), n_params(g))
+
+
+def train_vae(c) -> tuple[list[dict], Run, tuple[int, int]]:
+    (run, _), wall = call(c, vaemain, train_args(c, c.MINUTES))
+    info, state = progress(run)
+    call(c, vaeEval, [*eval_args(c, run), f"--N_SAMPLES={c.N_SAMPLES}"])
+    model = VAE(**state["model_args"])
+    return [{**info, "wall_seconds": wall}], run, (n_params(model), n_params(model.decoder))
+
+
+def train_diffusion(c) -> tuple[list[dict], Run, tuple[int, int]]:
+    run, wall = call(c, DiffusionMain, train_args(c, c.MINUTES))
+    info, state = progress(run)
+    call(c, DiffusionEval, [*eval_args(c, run), f"--N_SAMPLES={c.N_SAMPLES}",
+                            f"--PRECISION={c.PRECISION}", "--COMPARE=('ddim-10',)",
+                            "--COMPARE_IMAGES=1"])
+    unet = n_params(UNet(**state["model_args"]))
+    return [{**info, "wall_seconds": wall}], run, (unet, unet)
+
+
+def train_ldm(c) -> tuple[list[dict], Run, tuple[int, int]]:
+    stage1 = c.MINUTES * c.AUTOENCODER_SHARE
+    ae_run, wall1 = call(c, LDMAutoencoderMain, train_args(c, stage1))
+    ae_info, ae_state = progress(ae_run)
+    run, wall2 = call(c, LDMDiffusionMain, [*train_args(c, c.MINUTES - stage1, data=False),
+                                            f"--AUTOENCODER_RUN={ae_run.name}"])
+    info, state = progress(run)
+    classes = len(load_dataset(c.DATASET, "test", image_size=c.IMAGE_SIZE, root=c.DATA_ROOT,
+                               n=1).class_names)
+    call(c, LDMEval, [*eval_args(c, run), f"--PER_CLASS={max(1, c.N_SAMPLES // classes)}",
+                      f"--PRECISION={c.PRECISION}"])
+    cfg = ae_state["config"]
+    ae = Autoencoder(**ae_state["model_args"])
+    disc = PatchDiscriminator(channels=ae_state["model_args"]["channels"],
+                              width=cfg["DISC_WIDTH"], layers=cfg["DISC_LAYERS"],
+                              spectral_norm=cfg["SPECTRAL_NORM"])
+    unet = UNet(**state["model_args"])
+    return ([{**ae_info, "wall_seconds": wall1}, {**info, "wall_seconds": wall2}], run,
+            (n_params(ae, disc, unet), n_params(ae.decoder, unet)))
+
+
+TRAINERS = {"gan": train_gan, "vae": train_vae, "diffusion": train_diffusion, "ldm": train_ldm}
+
+
+def summarise(family: str, stages: list[dict], run: Run, params: tuple[int, int]) -> dict:
+    """One row: the stages' training numbers with the eval script's metrics.json."""
+    metrics = json.loads((run.plots / "eval" / "metrics.json").read_text())
+    images = sum(s["images"] for s in stages)
+    return {"family": family, "label": LABELS[family], "runs": [s["run"] for s in stages],
+            "stages": stages, "params_trained": params[0], "params_sampling": params[1],
+            "train_minutes": sum(s["wall_seconds"] for s in stages) / 60, "images": images,
+            "stage_img_per_s": [s["img_per_s"] for s in stages],
+            "img_per_s": images / max(sum(s["loop_seconds"] for s in stages), 1e-9),
+            "sampling_ms": metrics["sampling"]["ms_per_image"],
+            "sampler": metrics["sampling"]["sampler"], "fid": metrics["fid"],
+            "fid_floor": metrics["real_vs_real"]["fid"], "kid": metrics["kid"],
+            "kid_std": metrics["kid_std"], "precision": metrics["precision"],
+            "recall": metrics["recall"], "class_accuracy": metrics.get("class_accuracy"),
+            "samples": metrics["samples"], "extractor": metrics["extractor"]}
+
+
+def markdown(rows: list[dict], c) -> str:
+    """The results table, with what was measured and how."""
+    device = resolve_device(c.DEVICE)
+    precision = "bf16 autocast" if resolve_precision(c.PRECISION, device) else "fp32"
+    head = ("| family | params (trained / sampling) | training min | images seen | train img/s "
+            "| sampler | sampling ms/img | FID (real vs real) | KID | precision | recall "
+            "| class acc |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+    lines = []
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['label']} | failed: {r['error']} |" + " |" * 10)
+            continue
+        acc = "n/a" if r["class_accuracy"] is None else f"{r['class_accuracy']:.3f}"
+        lines.append(
+            f"| {r['label']} | {r['params_trained'] / 1e6:.2f}M / {r['params_sampling'] / 1e6:.2f}M"
+            f" | {r['train_minutes']:.1f} | {r['images']:,} | "
+            f"{' / '.join(f'{v:.0f}' for v in r['stage_img_per_s'])} | {r['sampler']} | "
+            f"{r['sampling_ms']:.2f} | {r['fid']:.1f} ({r['fid_floor']:.1f}) | "
+            f"{r['kid']:.3g} +- {r['kid_std']:.2g} | {r['precision']:.3f} | {r['recall']:.3f} "
+            f"| {acc} |")
+    done = [r for r in rows if "error" not in r]
+    how = (f"{done[0]['samples']} samples per family, features: {done[0]['extractor']}"
+           if done else "no family finished")
+    return "\n".join([
+        f"# {c.DATASET} {c.IMAGE_SIZE}x{c.IMAGE_SIZE}: {c.MINUTES:g} minutes of training per "
+        f"family", "",
+        f"{torch.get_num_threads()} CPU threads, device {device}, {precision}; "
+        f"{how}. Training minutes are wall time of the training scripts (data, per-epoch "
+        f"evaluation and figures included); img/s counts only the epochs (LDM: autoencoder / "
+        f"latent UNet). FID is biased at small sample counts: compare it with the real-vs-real "
+        f"floor of the same size.", "", head, *lines, ""])
+
+
+def main(argv=None) -> list[dict]:
+    c = resolve_constants(globals(), argv)
+    check_positive(c, "MINUTES", "N_SAMPLES")
+    unknown = [f for f in c.FAMILIES if f not in TRAINERS]
+    if unknown or not c.FAMILIES:
+        raise UserError(f"FAMILIES={c.FAMILIES!r}: choose from {', '.join(TRAINERS)}")
+    if not 0 < c.AUTOENCODER_SHARE < 1:
+        raise UserError(f"AUTOENCODER_SHARE must be in (0, 1), got {c.AUTOENCODER_SHARE}")
+    if not isinstance(c.OVERRIDES, dict):
+        raise UserError("OVERRIDES must be a dict of script name -> list of constants")
+    out = new_run(c.SAVE_ROOT, "compare", c.DATASET, f"{c.MINUTES:g}min").plots
+    rows = []
+    for family in c.FAMILIES:
+        print(f"=== {LABELS[family]}: {c.MINUTES:g} minutes ===")
+        try:
+            rows.append(summarise(family, *TRAINERS[family](c)))
+        except UserError as err:  # one family failing still leaves the others' results
+            print(f"{family} failed: {err}")
+            rows.append({"family": family, "label": LABELS[family], "error": str(err)})
+        (out / "results.json").write_text(json.dumps({"constants": vars(c), "rows": rows},
+                                                     indent=2, default=str))
+    (out / "results.md").write_text(markdown(rows, c))
+    done = {r["label"]: {**r, "params_m": r["params_sampling"] / 1e6}
+            for r in rows if "error" not in r}
+    save_bar_charts(done, PANELS, out / "bars.png", log_y=["sampling_ms", "fid"],
+                    fractions=["precision", "recall", "class_accuracy"],
+                    marks={"fid": {k: r["fid_floor"] for k, r in done.items()}},
+                    title=f"{c.DATASET}: {c.MINUTES:g} minutes of training per family")
+    print(markdown(rows, c))
+    print(f"done: {out / 'results.md'}, bars.png")
+    return rows
+
+
+if __name__ == "__main__":
+    run_cli(main)
