@@ -7,20 +7,22 @@ Each family trains with its run script's own defaults for MINUTES of wall time (
 so the budget, not the epoch count, stops it; learning-rate schedules that span EPOCHS therefore
 barely decay). The LDM splits its budget: AUTOENCODER_SHARE for stage 1, the rest for stage 2.
 Then the family's eval script draws N_SAMPLES samples, times them, and scores them with the same
-feature extractor against the same held-out images.
+feature extractor against the same held-out images. Every script runs in its own process (python
+-m, as a user would run it), so no family's memory or threads carry into the next and each
+peak resident memory is measured on its own.
 
 Writes to saved_plots/compare/<run>/: results.md (the table), results.json (everything, rewritten
 after each family so a crash keeps what finished) and bars.png. The trained runs stay in their
 family folders (named in the table), with their usual figures and eval/ folders.
 """
 import json
+import os
+import subprocess
+import sys
 import time
 
 import torch
 
-from Diffusion_run_scripts import DiffusionEval, DiffusionMain
-from GAN_run_scripts import evalGan, ganmain
-from LDM_run_scripts import LDMAutoencoderMain, LDMDiffusionMain, LDMEval
 from models.autoencoder import Autoencoder, PatchDiscriminator
 from models.gan import Discriminator, Generator
 from models.unet import UNet
@@ -28,10 +30,9 @@ from models.vae import VAE
 from utils.config import check_positive, resolve_constants
 from utils.data import load_dataset
 from utils.device import resolve_device, resolve_precision
-from utils.errors import UserError, run_cli
+from utils.errors import INTERRUPTED_STATUS, Interrupted, UserError, run_cli
 from utils.plots import save_bar_charts
-from utils.runs import MetricsLog, Run, load_checkpoint, new_run
-from VAE_run_scripts import vaeEval, vaemain
+from utils.runs import MetricsLog, Run, existing_runs, find_run, load_checkpoint, new_run
 
 DATASET = "shapes"  # shapes, digits (embedded); cifar10, mnist, ... (online)
 IMAGE_SIZE = 32  # pixels
@@ -77,71 +78,93 @@ def eval_args(c, run: Run) -> list[str]:
             f"--EXTRACTOR={c.EXTRACTOR}", "--METRICS=True"]
 
 
-def call(c, script, args: list[str]):
-    """script.main(args + OVERRIDES for it); returns (its result, wall seconds)."""
+def call(c, script: str, args: list[str]) -> dict:
+    """`python -m <script> args` (plus OVERRIDES for it) in a child process, so each job's memory
+    is returned when it ends and its peak is its own; returns wall seconds and peak RSS (MB)."""
     started = time.perf_counter()
-    result = script.main([*args, *c.OVERRIDES.get(script.__name__.split(".")[-1], [])])
-    return result, time.perf_counter() - started
+    child = subprocess.Popen([sys.executable, "-m", script, *args,
+                              *c.OVERRIDES.get(script.split(".")[-1], [])])
+    try:
+        _, status, usage = os.wait4(child.pid, 0)
+    except KeyboardInterrupt:  # the child got the Ctrl-C too: let it save its checkpoint
+        child.wait()
+        raise Interrupted(f"interrupted during {script}; finished families are in "
+                          f"results.json") from None
+    child.returncode = code = os.waitstatus_to_exitcode(status)
+    if code == INTERRUPTED_STATUS:
+        raise Interrupted(f"{script} was interrupted; finished families are in results.json")
+    if code != 0:
+        raise UserError(f"{script} failed with exit status {code} (its message is above)")
+    return {"wall_seconds": time.perf_counter() - started,
+            "peak_rss_mb": usage.ru_maxrss / 1024}  # ru_maxrss is in kilobytes on Linux
 
 
-def progress(run: Run) -> tuple[dict, dict]:
-    """What a finished training run did (from its checkpoint and log), and its checkpoint."""
+def train(c, script: str, family: str, args: list[str]) -> tuple[Run, dict, dict]:
+    """Run a training script; returns its new run, what it did, and its checkpoint."""
+    before = set(existing_runs(c.SAVE_ROOT, family))
+    cost = call(c, script, args)
+    run = find_run(c.SAVE_ROOT, family, "latest")
+    if run.name in before:
+        raise UserError(f"{script} finished but left no new {family} run in {c.SAVE_ROOT}")
     state = load_checkpoint(run.checkpoint)
     seconds = sum(r["seconds"] for r in MetricsLog(run.metrics_path).read()[:state["epoch"]])
     images = state["step"] * state["config"]["BATCH_SIZE"]
-    return {"run": run.name, "epochs": state["epoch"], "steps": state["step"], "images": images,
-            "loop_seconds": seconds, "img_per_s": images / max(seconds, 1e-9)}, state
+    return run, {"run": run.name, "epochs": state["epoch"], "steps": state["step"],
+                 "images": images, "loop_seconds": seconds,
+                 "img_per_s": images / max(seconds, 1e-9), **cost}, state
+
+
+def evaluate(c, script: str, run: Run, info: dict, *args: str) -> None:
+    """Run an eval script on the run; its peak memory goes into info."""
+    info["eval_peak_rss_mb"] = call(c, script, [*eval_args(c, run), *args])["peak_rss_mb"]
 
 
 def train_gan(c) -> tuple[list[dict], Run, tuple[int, int]]:
-    run, wall = call(c, ganmain, train_args(c, c.MINUTES))
-    info, state = progress(run)
-    call(c, evalGan, [*eval_args(c, run), f"--N_SAMPLES={c.N_SAMPLES}"])
+    run, info, state = train(c, "GAN_run_scripts.ganmain", "gan", train_args(c, c.MINUTES))
+    evaluate(c, "GAN_run_scripts.evalGan", run, info, f"--N_SAMPLES={c.N_SAMPLES}")
     a = state["model_args"]
     g = Generator(a["latent_dim"], a["image_size"], a["channels"], a["width"])
     d = Discriminator(a["image_size"], a["channels"], a["width"])
-    return [{**info, "wall_seconds": wall}], run, (n_params(g, d), n_params(g))
+    return [info], run, (n_params(g, d), n_params(g))
 
 
 def train_vae(c) -> tuple[list[dict], Run, tuple[int, int]]:
-    (run, _), wall = call(c, vaemain, train_args(c, c.MINUTES))
-    info, state = progress(run)
-    call(c, vaeEval, [*eval_args(c, run), f"--N_SAMPLES={c.N_SAMPLES}"])
+    run, info, state = train(c, "VAE_run_scripts.vaemain", "vae", train_args(c, c.MINUTES))
+    evaluate(c, "VAE_run_scripts.vaeEval", run, info, f"--N_SAMPLES={c.N_SAMPLES}")
     model = VAE(**state["model_args"])
-    return [{**info, "wall_seconds": wall}], run, (n_params(model), n_params(model.decoder))
+    return [info], run, (n_params(model), n_params(model.decoder))
 
 
 def train_diffusion(c) -> tuple[list[dict], Run, tuple[int, int]]:
-    run, wall = call(c, DiffusionMain, train_args(c, c.MINUTES))
-    info, state = progress(run)
-    call(c, DiffusionEval, [*eval_args(c, run), f"--N_SAMPLES={c.N_SAMPLES}",
-                            f"--PRECISION={c.PRECISION}", "--COMPARE=('ddim-10',)",
-                            "--COMPARE_IMAGES=1"])
+    run, info, state = train(c, "Diffusion_run_scripts.DiffusionMain", "diffusion",
+                             train_args(c, c.MINUTES))
+    evaluate(c, "Diffusion_run_scripts.DiffusionEval", run, info, f"--N_SAMPLES={c.N_SAMPLES}",
+             f"--PRECISION={c.PRECISION}", "--COMPARE=('ddim-10',)", "--COMPARE_IMAGES=1")
     unet = n_params(UNet(**state["model_args"]))
-    return [{**info, "wall_seconds": wall}], run, (unet, unet)
+    return [info], run, (unet, unet)
 
 
 def train_ldm(c) -> tuple[list[dict], Run, tuple[int, int]]:
     stage1 = c.MINUTES * c.AUTOENCODER_SHARE
-    ae_run, wall1 = call(c, LDMAutoencoderMain, train_args(c, stage1))
-    ae_info, ae_state = progress(ae_run)
-    run, wall2 = call(c, LDMDiffusionMain, [*train_args(c, c.MINUTES - stage1, data=False),
-                                            f"--AUTOENCODER_RUN={ae_run.name}"])
-    info, state = progress(run)
+    ae_run, ae_info, ae_state = train(c, "LDM_run_scripts.LDMAutoencoderMain", "ldm_autoencoder",
+                                      train_args(c, stage1))
+    run, info, state = train(c, "LDM_run_scripts.LDMDiffusionMain", "ldm", [
+        *train_args(c, c.MINUTES - stage1, data=False), f"--AUTOENCODER_RUN={ae_run.name}"])
     classes = len(load_dataset(c.DATASET, "test", image_size=c.IMAGE_SIZE, root=c.DATA_ROOT,
                                n=1).class_names)
-    call(c, LDMEval, [*eval_args(c, run), f"--PER_CLASS={max(1, c.N_SAMPLES // classes)}",
-                      f"--PRECISION={c.PRECISION}"])
+    evaluate(c, "LDM_run_scripts.LDMEval", run, info,
+             f"--PER_CLASS={max(1, c.N_SAMPLES // classes)}", f"--PRECISION={c.PRECISION}")
     cfg = ae_state["config"]
     ae = Autoencoder(**ae_state["model_args"])
     disc = PatchDiscriminator(channels=ae_state["model_args"]["channels"],
                               width=cfg["DISC_WIDTH"], layers=cfg["DISC_LAYERS"],
                               spectral_norm=cfg["SPECTRAL_NORM"])
     unet = UNet(**state["model_args"])
-    return ([{**ae_info, "wall_seconds": wall1}, {**info, "wall_seconds": wall2}], run,
-            (n_params(ae, disc, unet), n_params(ae.decoder, unet)))
+    return [ae_info, info], run, (n_params(ae, disc, unet), n_params(ae.decoder, unet))
 
 
+SCRIPTS = ("ganmain", "evalGan", "vaemain", "vaeEval", "DiffusionMain", "DiffusionEval",
+           "LDMAutoencoderMain", "LDMDiffusionMain", "LDMEval")
 TRAINERS = {"gan": train_gan, "vae": train_vae, "diffusion": train_diffusion, "ldm": train_ldm}
 
 
@@ -151,9 +174,12 @@ def summarise(family: str, stages: list[dict], run: Run, params: tuple[int, int]
     images = sum(s["images"] for s in stages)
     return {"family": family, "label": LABELS[family], "runs": [s["run"] for s in stages],
             "stages": stages, "params_trained": params[0], "params_sampling": params[1],
+            "peak_rss_mb": max(max(s["peak_rss_mb"], s.get("eval_peak_rss_mb", 0))
+                               for s in stages),
             "train_minutes": sum(s["wall_seconds"] for s in stages) / 60, "images": images,
             "stage_img_per_s": [s["img_per_s"] for s in stages],
             "img_per_s": images / max(sum(s["loop_seconds"] for s in stages), 1e-9),
+            "stage_images": [s["images"] for s in stages],
             "sampling_ms": metrics["sampling"]["ms_per_image"],
             "sampler": metrics["sampling"]["sampler"], "fid": metrics["fid"],
             "fid_floor": metrics["real_vs_real"]["fid"], "kid": metrics["kid"],
@@ -166,22 +192,22 @@ def markdown(rows: list[dict], c) -> str:
     """The results table, with what was measured and how."""
     device = resolve_device(c.DEVICE)
     precision = "bf16 autocast" if resolve_precision(c.PRECISION, device) else "fp32"
-    head = ("| family | params (trained / sampling) | training min | images seen | train img/s "
-            "| sampler | sampling ms/img | FID (real vs real) | KID | precision | recall "
-            "| class acc |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
-    lines = []
+    columns = ["family", "params (trained / sampling)", "training min", "images seen",
+               "train img/s", "peak RSS MB", "sampler", "sampling ms/img", "FID (real vs real)",
+               "KID", "precision", "recall", "class acc"]
+    lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['label']} | failed: {r['error']} |" + " |" * 10)
+            lines.append(f"| {r['label']} | failed: {r['error']} |" + " |" * (len(columns) - 2))
             continue
         acc = "n/a" if r["class_accuracy"] is None else f"{r['class_accuracy']:.3f}"
+        per_stage = " / ".join(f"{v:.0f}" for v in r["stage_img_per_s"])
         lines.append(
             f"| {r['label']} | {r['params_trained'] / 1e6:.2f}M / {r['params_sampling'] / 1e6:.2f}M"
-            f" | {r['train_minutes']:.1f} | {r['images']:,} | "
-            f"{' / '.join(f'{v:.0f}' for v in r['stage_img_per_s'])} | {r['sampler']} | "
-            f"{r['sampling_ms']:.2f} | {r['fid']:.1f} ({r['fid_floor']:.1f}) | "
-            f"{r['kid']:.3g} +- {r['kid_std']:.2g} | {r['precision']:.3f} | {r['recall']:.3f} "
-            f"| {acc} |")
+            f" | {r['train_minutes']:.1f} | {' / '.join(f'{v:,}' for v in r['stage_images'])} | "
+            f"{per_stage} | {r['peak_rss_mb']:.0f} | {r['sampler']} | {r['sampling_ms']:.2f} | "
+            f"{r['fid']:.1f} ({r['fid_floor']:.1f}) | {r['kid']:.3g} +- {r['kid_std']:.2g} | "
+            f"{r['precision']:.3f} | {r['recall']:.3f} | {acc} |")
     done = [r for r in rows if "error" not in r]
     how = (f"{done[0]['samples']} samples per family, features: {done[0]['extractor']}"
            if done else "no family finished")
@@ -190,9 +216,10 @@ def markdown(rows: list[dict], c) -> str:
         f"family", "",
         f"{torch.get_num_threads()} CPU threads, device {device}, {precision}; "
         f"{how}. Training minutes are wall time of the training scripts (data, per-epoch "
-        f"evaluation and figures included); img/s counts only the epochs (LDM: autoencoder / "
-        f"latent UNet). FID is biased at small sample counts: compare it with the real-vs-real "
-        f"floor of the same size.", "", head, *lines, ""])
+        f"evaluation and figures included); images and img/s count only the epochs (LDM: "
+        f"autoencoder / latent UNet); peak RSS is the largest of the family's training and "
+        f"eval processes. FID is biased at small sample counts: compare it with the real-vs-real "
+        f"floor of the same size.", "", *lines, ""])
 
 
 def main(argv=None) -> list[dict]:
@@ -203,15 +230,18 @@ def main(argv=None) -> list[dict]:
         raise UserError(f"FAMILIES={c.FAMILIES!r}: choose from {', '.join(TRAINERS)}")
     if not 0 < c.AUTOENCODER_SHARE < 1:
         raise UserError(f"AUTOENCODER_SHARE must be in (0, 1), got {c.AUTOENCODER_SHARE}")
-    if not isinstance(c.OVERRIDES, dict):
-        raise UserError("OVERRIDES must be a dict of script name -> list of constants")
+    if not isinstance(c.OVERRIDES, dict) or not set(c.OVERRIDES) <= set(SCRIPTS):
+        raise UserError(f"OVERRIDES must map script names ({', '.join(SCRIPTS)}) to "
+                        f"lists of constants, got {c.OVERRIDES!r}")
     out = new_run(c.SAVE_ROOT, "compare", c.DATASET, f"{c.MINUTES:g}min").plots
     rows = []
     for family in c.FAMILIES:
         print(f"=== {LABELS[family]}: {c.MINUTES:g} minutes ===")
         try:
             rows.append(summarise(family, *TRAINERS[family](c)))
-        except UserError as err:  # one family failing still leaves the others' results
+        except Interrupted:
+            raise
+        except UserError as err:  # e.g. a diverged GAN: the other families still run
             print(f"{family} failed: {err}")
             rows.append({"family": family, "label": LABELS[family], "error": str(err)})
         (out / "results.json").write_text(json.dumps({"constants": vars(c), "rows": rows},

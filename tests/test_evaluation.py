@@ -98,3 +98,57 @@ def test_compare_families_smoke(evaluator_root, tmp_path):
     assert json.loads((out / "results.json").read_text())["rows"][0]["fid"] == rows[0]["fid"]
     with pytest.raises(UserError, match="FAMILIES"):
         compare_families.main(["--SAVE_ROOT", str(tmp_path), "--FAMILIES=('gan', 'flow')"])
+
+
+def test_inception_features_preprocess_like_imagenet_and_fail_offline(monkeypatch):
+    """No network here: a stand-in network checks the input Inception-v3 would get."""
+    import torchvision.models
+    from train.evaluator import inception_features
+
+    class StandIn(torch.nn.Module):  # returns each channel's mean, and the input size
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(1, 1)
+
+        def forward(self, x):
+            size = torch.full((len(x), 1), float(x.shape[-1]))
+            return self.fc(torch.cat([x.mean(dim=(2, 3)), size], dim=1))
+
+    monkeypatch.setattr(torchvision.models, "inception_v3", lambda weights: StandIn())
+    grey = torch.full((2, 1, 16, 16), 255, dtype=torch.uint8)  # white, one channel
+    features = inception_features(grey, CPU)
+    imagenet_white = (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224,
+                                                                                0.225])
+    assert features.shape == (2, 4) and (features[:, 3] == 299).all()  # resized to 299 x 299
+    assert torch.allclose(torch.from_numpy(features[:, :3]).float(), imagenet_white.expand(2, 3),
+                          atol=1e-5)
+
+    def offline(weights):
+        raise OSError("no network")
+
+    monkeypatch.setattr(torchvision.models, "inception_v3", offline)
+    with pytest.raises(UserError, match="EXTRACTOR='evaluator'"):
+        inception_features(grey, CPU)
+
+
+def test_compare_families_records_a_failed_family_and_stops_on_ctrl_c(tmp_path, monkeypatch):
+    import json
+    from benchmarks import compare_families
+    from utils.errors import Interrupted
+
+    def diverged(c):
+        raise UserError("training stopped: loss g_loss became nan at step 7")
+
+    def ctrl_c(c):
+        raise Interrupted("interrupted; checkpoint saved")
+
+    monkeypatch.setitem(compare_families.TRAINERS, "gan", diverged)
+    monkeypatch.setitem(compare_families.TRAINERS, "vae", ctrl_c)
+    with pytest.raises(Interrupted):
+        compare_families.main(["--SAVE_ROOT", str(tmp_path), "--FAMILIES=('gan', 'vae')"])
+    out = next((tmp_path / "saved_plots" / "compare").iterdir())
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert rows == [{"family": "gan", "label": "DCGAN", "error": "training stopped: loss g_loss "
+                     "became nan at step 7"}]
+    with pytest.raises(UserError, match="OVERRIDES"):
+        compare_families.main(["--SAVE_ROOT", str(tmp_path), "--OVERRIDES={'ganMain': []}"])

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from utils.data import ImageData, batches_per_epoch, iterate_batches
 from utils.device import rng_state, set_rng_state
-from utils.errors import UserError
+from utils.errors import Interrupted, UserError
 from utils.runs import MetricsLog, Run, load_state, save_checkpoint
 
 SYNC_EVERY = 10  # steps between host syncs: progress-bar losses and the NaN/inf check
@@ -134,7 +134,7 @@ def run_epochs(run: Run, start_epoch: int, epochs: int, checkpoint_every: int,
                 save(epoch)
     except KeyboardInterrupt:
         save(done)
-        raise UserError(f"interrupted; checkpoint saved to {run.checkpoint} "
+        raise Interrupted(f"interrupted; checkpoint saved to {run.checkpoint} "
                         f"(resume with --RESUME={run.name})") from None
     except NonFiniteLoss as err:
         kept = f"the last good checkpoint {run.checkpoint} is kept" if run.checkpoint.is_file() \

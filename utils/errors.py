@@ -3,8 +3,16 @@ import sys
 from typing import Callable
 
 
+INTERRUPTED_STATUS = 130  # the shell's status for a process stopped by Ctrl-C (128 + SIGINT)
+
+
 class UserError(Exception):
     """A wrong constant, unknown dataset, missing or corrupt checkpoint: reported as one line."""
+
+
+class Interrupted(UserError):
+    """Ctrl-C during training, after the checkpoint was saved (a caller running several jobs
+    stops instead of going on to the next)."""
 
 
 def run_cli(main: Callable[[], object]) -> None:
@@ -13,4 +21,4 @@ def run_cli(main: Callable[[], object]) -> None:
         main()
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(INTERRUPTED_STATUS if isinstance(err, Interrupted) else 2)

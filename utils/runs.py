@@ -46,7 +46,7 @@ def _run(save_root, family: str, name: str) -> Run:
     return Run(family, name, plots / name, models / name)
 
 
-def _existing(save_root, family: str) -> list[str]:
+def existing_runs(save_root, family: str) -> list[str]:
     names = set()
     for folder in _folders(save_root, family):
         if folder.is_dir():
@@ -56,7 +56,7 @@ def _existing(save_root, family: str) -> list[str]:
 
 def new_run(save_root: str | Path, family: str, dataset: str, tag: str = "") -> Run:
     """Create the next numbered run; never reuses or overwrites an existing one."""
-    existing = _existing(save_root, family)
+    existing = existing_runs(save_root, family)
     number = int(_RUN_NAME.match(existing[-1]).group(1)) + 1 if existing else 1
     while True:
         name = "-".join(p for p in (f"{number:03d}", family, dataset, tag) if p)
@@ -74,7 +74,7 @@ def find_run(save_root: str | Path, family: str, which: str = "latest",
              marker: str | None = None) -> Run:
     """An existing run by name (or number prefix), or the newest one with a checkpoint (or,
     given `marker`, with that file in its plots folder)."""
-    existing = _existing(save_root, family)
+    existing = existing_runs(save_root, family)
     plots_root, _ = _folders(save_root, family)
     if which == "latest":
         def complete(run: Run) -> bool:
