@@ -127,15 +127,15 @@ def run_epochs(run: Run, start_epoch: int, epochs: int, checkpoint_every: int,
                              if k.startswith("train_") and isinstance(v, float)}, refresh=False)
             if out_of_time() and epoch < epochs:
                 save(epoch)
-                print(f"time budget reached: stopped after epoch {epoch} of {epochs} "
-                      f"(cut short); resume with --RESUME={run.name}")
+                print(f"time budget reached: stopped after epoch {epoch} of {epochs}; "
+                      f"resume with --RESUME={run.name}")
                 break
             if epoch % checkpoint_every == 0 or epoch == epochs:
                 save(epoch)
     except KeyboardInterrupt:
         save(done)
         raise Interrupted(f"interrupted; checkpoint saved to {run.checkpoint} "
-                        f"(resume with --RESUME={run.name})") from None
+                          f"(resume with --RESUME={run.name})") from None
     except NonFiniteLoss as err:
         kept = f"the last good checkpoint {run.checkpoint} is kept" if run.checkpoint.is_file() \
             else "no checkpoint had been written yet"
