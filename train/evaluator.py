@@ -1,6 +1,7 @@
 """Train (once) and cache the evaluator classifier of a data set, and score generated samples
 against held-out real images with it: FID, KID, precision/recall, class accuracy, and the
 real-vs-real floor of each (Heusel et al. 2017 note FID's bias at small sample counts)."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,12 @@ def train_evaluator(train: ImageData, test: ImageData, device: torch.device, *,
     return model, float((predict(model, x)[1] == y).float().mean())
 
 
+def _as_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch of uint8 or [-1, 1] images as float [-1, 1] on the device."""
+    x = images.to(device)
+    return to_float(x) if x.dtype == torch.uint8 else x.float()
+
+
 @torch.no_grad()
 def predict(model: EvaluatorCNN, images: torch.Tensor, batch_size: int = 500):
     """(features (N, 128) float64 numpy, predicted classes) for uint8 or [-1, 1] images."""
@@ -57,9 +64,7 @@ def predict(model: EvaluatorCNN, images: torch.Tensor, batch_size: int = 500):
     model.eval()
     feats, classes = [], []
     for i in range(0, len(images), batch_size):
-        x = images[i:i + batch_size].to(device)
-        x = to_float(x) if x.dtype == torch.uint8 else x.float()
-        f = model.features(x)
+        f = model.features(_as_float(images[i:i + batch_size], device))
         feats.append(f.double().cpu())
         classes.append(model.head(f).argmax(1).cpu())
     return torch.cat(feats).numpy(), torch.cat(classes)
@@ -107,8 +112,7 @@ def inception_features(images: torch.Tensor, device: torch.device) -> np.ndarray
     out = []
     with torch.no_grad():
         for i in range(0, len(images), 100):
-            x = images[i:i + 100].to(device)
-            x = (to_float(x) if x.dtype == torch.uint8 else x.float()).add(1).div(2)
+            x = _as_float(images[i:i + 100], device).add(1).div(2)
             x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
             x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
             out.append(net((x - mean) / std).double().cpu())
@@ -162,7 +166,6 @@ def write_metrics(images: torch.Tensor, labels: torch.Tensor | None, dataset: st
                   seed: int = 0, sampling: dict | None = None) -> dict:
     """evaluate_samples into out/metrics.json, with a one-line summary printed; `sampling`
     (how the samples were drawn and their ms_per_image) is stored beside the scores."""
-    import json
     result = evaluate_samples(images, labels, dataset, device, extractor=extractor,
                               save_root=save_root, data_root=data_root, seed=seed)
     if sampling:

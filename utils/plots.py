@@ -115,21 +115,31 @@ def plot_panel(ax, records: Sequence[dict], keys: Sequence[str], title: str, log
         ax.legend(fontsize=7)
 
 
-def save_curves(records: Sequence[dict], panels: Sequence[tuple[str, Sequence[str]]], path: Path,
-                log_y: Sequence[str] = (), title: str | None = None) -> Path:
-    """One panel per (title, keys); each key is a line over epochs. Missing keys are skipped."""
-    n = len(panels)
-    cols = min(n, 3)
-    fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(4.6 * cols,
-                             3.4 * ((n + cols - 1) // cols)), squeeze=False)
-    for ax, (panel_title, keys) in zip(axes.flat, panels):
-        plot_panel(ax, records, keys, panel_title, panel_title in log_y)
+def _panel_grid(n: int, max_cols: int, panel_size: tuple[float, float]):
+    """A figure with n panels in rows of at most max_cols; (fig, 2-d array of axes)."""
+    cols = min(n, max_cols)
+    rows = (n + cols - 1) // cols
+    return plt.subplots(rows, cols, figsize=(panel_size[0] * cols, panel_size[1] * rows),
+                        squeeze=False)
+
+
+def _finish(fig, axes, n: int, path: Path, title: str | None) -> Path:
+    """Hide the unused panels after the first n, add the title, lay out and save."""
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def save_curves(records: Sequence[dict], panels: Sequence[tuple[str, Sequence[str]]], path: Path,
+                log_y: Sequence[str] = (), title: str | None = None) -> Path:
+    """One panel per (title, keys); each key is a line over epochs. Missing keys are skipped."""
+    fig, axes = _panel_grid(len(panels), 3, (4.6, 3.4))
+    for ax, (panel_title, keys) in zip(axes.flat, panels):
+        plot_panel(ax, records, keys, panel_title, panel_title in log_y)
+    return _finish(fig, axes, len(panels), path, title)
 
 
 def save_run_curves(runs: dict[str, Sequence[dict]], panels: Sequence[tuple[str, Sequence[str]]],
@@ -147,10 +157,7 @@ def save_run_curves(runs: dict[str, Sequence[dict]], panels: Sequence[tuple[str,
                        color=colours[r % len(colours)] if overlay else None)
         if not overlay:
             axes[r, 0].set_ylabel(name, fontsize=9)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, axes, axes.size, path, title)
 
 
 def save_strips_with_curves(strips: dict[str, torch.Tensor], col_labels: Sequence[str],
@@ -200,10 +207,7 @@ def save_latent_histogram(z: torch.Tensor, path: Path, title: str | None = None)
         ax.plot(grid, normal, "k--", linewidth=1, label="N(0, 1)")
         ax.set_title(f"channel {c}", fontsize=10)
         ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, axes, axes.size, path, title)
 
 
 def save_bar_charts(values: dict[str, dict], panels: Sequence[tuple[str, str]], path: Path,
@@ -212,10 +216,8 @@ def save_bar_charts(values: dict[str, dict], panels: Sequence[tuple[str, str]], 
     """One panel per (key, panel title) with a bar per entry of values ({name: {key: number}});
     a missing or None value is written as "n/a". Panels in `fractions` span 0..1; marks[key][name]
     draws a short dashed line on that bar (e.g. FID's real-vs-real floor)."""
-    names, n = list(values), len(panels)
-    cols = min(n, 4)
-    rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.0 * rows), squeeze=False)
+    names = list(values)
+    fig, axes = _panel_grid(len(panels), 4, (3.4, 3.0))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (key, panel_title) in zip(axes.flat, panels):
         for i, name in enumerate(names):
@@ -235,9 +237,4 @@ def save_bar_charts(values: dict[str, dict], panels: Sequence[tuple[str, str]], 
         ax.margins(y=0.15)
         if key in fractions:
             ax.set_ylim(0, 1.08)
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, axes, len(panels), path, title)
