@@ -17,7 +17,7 @@ from train.diffusion import build_diffusion, ema_samples, train_diffusion
 from utils.config import check_choice, check_positive, resolve_constants
 from utils.errors import run_cli
 from utils.plots import save_labelled_grid
-from utils.session import create_run, datasets, resume, start
+from utils.session import datasets, open_run, resume, start
 
 # data
 DATASET = "shapes"  # shapes, digits (embedded); cifar10, mnist, ... (online)
@@ -64,7 +64,8 @@ PROGRESSION_ROWS = 8  # fixed noise images followed across epochs
 def main(argv=None):
     """Train (or resume) a run; returns it."""
     c = resolve_constants(globals(), argv)
-    run, state, c = resume(c, "diffusion")
+    run, state, c = resume(c, "diffusion", argv,
+                           output_constants=("SAMPLER", "SAMPLE_STEPS"))
     check_choice("SCHEDULE", c.SCHEDULE, ("linear", "cosine"))
     check_choice("PREDICTION", c.PREDICTION, PREDICTION_TYPES)
     check_choice("SAMPLER", c.SAMPLER, ("ddim", "ddpm"))
@@ -82,7 +83,7 @@ def main(argv=None):
                         warmup_steps=c.WARMUP_STEPS, total_steps=total_steps,
                         lr_schedule=c.LR_SCHEDULE, ema_decay=c.EMA_DECAY, amp_dtype=amp_dtype,
                         prediction_type=c.PREDICTION, min_snr_gamma=c.MIN_SNR_GAMMA or None)
-    run = run or create_run(c, "diffusion", f"{c.SCHEDULE}-{c.PREDICTION}")
+    run = open_run(c, "diffusion", f"{c.SCHEDULE}-{c.PREDICTION}", resumed=run)
     if state is None:
         write_forward_strip(schedule, train.first(4)[0], run.plots / "forward_diffusion.png")
     noise = (state["fixed_noise"] if state else torch.randn(c.PROGRESSION_ROWS, *train.shape))

@@ -14,7 +14,7 @@ from train.gan import build_gan, sample, train_gan
 from utils.config import check_positive, resolve_constants
 from utils.errors import UserError, run_cli
 from utils.plots import save_grid
-from utils.session import create_run, datasets, resume, start
+from utils.session import datasets, open_run, resume, start
 
 # data
 DATASET = "shapes"  # shapes, digits (embedded); cifar10, mnist, fashionmnist, celeba, ... (online)
@@ -49,7 +49,8 @@ PROGRESSION_ROWS = 8  # how many of them the progression figure follows across e
 def main(argv=None):
     """Train (or resume) a run; returns it."""
     c = resolve_constants(globals(), argv)
-    run, state, c = resume(c, "gan")
+    run, state, c = resume(c, "gan", argv,
+                           output_constants=("CHANNELS_LAST",))
     check_positive(c, "BATCH_SIZE", "LR", "LATENT_DIM", "WIDTH", "CHECKPOINT_EVERY", "N_FIXED")
     if c.IMAGE_SIZE < 8 or c.IMAGE_SIZE & (c.IMAGE_SIZE - 1):
         raise UserError(f"IMAGE_SIZE={c.IMAGE_SIZE}: a DCGAN needs a power of two >= 8")
@@ -57,7 +58,7 @@ def main(argv=None):
     train, test = datasets(c)
     s = build_gan(c.LATENT_DIM, c.IMAGE_SIZE, train.shape[0], c.WIDTH, c.LR, c.BETAS, device,
                   amp_dtype, c.CHANNELS_LAST)
-    run = run or create_run(c, "gan", f"z{c.LATENT_DIM}")
+    run = open_run(c, "gan", f"z{c.LATENT_DIM}", run)
     fixed_z = state["fixed_z"] if state else torch.randn(c.N_FIXED, c.LATENT_DIM)
     with time_budget(c.MINUTES):
         frames = train_gan(s, train, test, run, epochs=c.EPOCHS, batch_size=c.BATCH_SIZE,

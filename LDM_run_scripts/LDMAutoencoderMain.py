@@ -22,7 +22,7 @@ from utils.config import check_choice, check_positive, resolve_constants
 from utils.errors import UserError, run_cli
 from utils.plots import save_curves, save_labelled_grid, save_latent_histogram
 from utils.runs import load_checkpoint, save_checkpoint
-from utils.session import create_run, datasets, resume, start
+from utils.session import datasets, open_run, resume, start
 
 # data
 DATASET = "shapes"  # shapes, digits (embedded); cifar10, mnist, ... (online)
@@ -75,7 +75,8 @@ N_RECON = 10  # held-out images in the reconstruction figure
 def main(argv=None):
     """Train (or resume) stage 1; returns the run."""
     c = resolve_constants(globals(), argv)
-    run, state, c = resume(c, "ldm_autoencoder")
+    run, state, c = resume(c, "ldm_autoencoder", argv,
+                           output_constants=("RECON_EVERY", "N_RECON"))
     check_choice("KL_MODE", c.KL_MODE, KL_MODES)
     check_choice("RECONSTRUCTION", c.RECONSTRUCTION, ("l1", "mse"))
     check_choice("DISC_LOSS", c.DISC_LOSS, ("hinge", "bce"))
@@ -98,7 +99,7 @@ def main(argv=None):
                               loss=loss, ema_decay=c.EMA_DECAY, amp_dtype=amp_dtype)
     except ValueError as err:  # e.g. IMAGE_SIZE not divisible by f
         raise UserError(str(err)) from None
-    run = run or create_run(c, "ldm_autoencoder", f"z{c.LATENT_CHANNELS}")
+    run = open_run(c, "ldm_autoencoder", f"z{c.LATENT_CHANNELS}", run)
     test_x = test.first(512)[0]
 
     def on_epoch(epoch: int, records: list[dict]) -> None:

@@ -20,7 +20,7 @@ from utils.config import check_choice, check_positive, resolve_constants
 from utils.errors import UserError, run_cli
 from utils.data import load_dataset
 from utils.runs import find_run
-from utils.session import create_run, resume, start
+from utils.session import open_run, resume, start
 
 # autoencoder
 AUTOENCODER_RUN = "latest"  # the stage-1 run (name or number) whose latents are modelled
@@ -64,7 +64,8 @@ SAMPLE_STEPS = 50  # DDIM steps of the per-epoch samples
 def main(argv=None):
     """Train (or resume) stage 2; returns the run."""
     c = resolve_constants(globals(), argv)
-    run, state, c = resume(c, "ldm")
+    run, state, c = resume(c, "ldm", argv,
+                           output_constants=("GUIDANCE", "SAMPLE_STEPS"))
     check_choice("SCHEDULE", c.SCHEDULE, ("linear", "cosine"))
     check_choice("PREDICTION", c.PREDICTION, PREDICTION_TYPES)
     check_choice("LR_SCHEDULE", c.LR_SCHEDULE, ("constant", "cosine"))
@@ -95,7 +96,7 @@ def main(argv=None):
                         lr_schedule=c.LR_SCHEDULE, ema_decay=c.EMA_DECAY, amp_dtype=amp_dtype,
                         prediction_type=c.PREDICTION, min_snr_gamma=c.MIN_SNR_GAMMA or None,
                         label_dropout=c.LABEL_DROPOUT)
-    run = run or create_run(c, "ldm", f"{c.PREDICTION}-cfg")
+    run = open_run(c, "ldm", f"{c.PREDICTION}-cfg", run)
     noise = state["fixed_noise"] if state else torch.randn(num_classes, *latent_shape)
     noise, labels = noise.to(device), torch.arange(num_classes, device=device)
     test = load_dataset(c.DATASET, "test", image_size=ae_config["IMAGE_SIZE"],

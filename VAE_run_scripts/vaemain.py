@@ -18,7 +18,7 @@ from train.vae_figures import write_vae_figures
 from utils.config import check_choice, check_positive, resolve_constants
 from utils.errors import UserError, run_cli
 from utils.runs import MetricsLog
-from utils.session import create_run, datasets, resume, start
+from utils.session import datasets, open_run, resume, start
 
 # data
 DATASET = "shapes"  # shapes, digits (embedded); cifar10, mnist, ... (online)
@@ -62,7 +62,8 @@ PROGRESSION_ROWS = 8  # fixed prior samples followed across epochs
 def main(argv=None):
     """Train (or resume) one run; returns (run, report)."""
     c = resolve_constants(globals(), argv)
-    run, state, c = resume(c, "vae")
+    run, state, c = resume(c, "vae", argv,
+                           output_constants=("TAG",))
     check_choice("BETA_MODE", c.BETA_MODE, BETA_MODES)
     check_positive(c, "BATCH_SIZE", "LR", "LATENT_DIM", "WIDTH", "BETA", "BETA_INIT",
                    "CHECKPOINT_EVERY", "PROGRESSION_ROWS", "KL_WARMUP_EPOCHS")
@@ -79,8 +80,8 @@ def main(argv=None):
                       warmup_steps=c.KL_WARMUP_EPOCHS * steps_per_epoch)
     except ValueError as err:  # the scheduler's bounds
         raise UserError(str(err)) from None
-    run = run or create_run(c, "vae", c.TAG or (f"beta{c.BETA:g}" if c.BETA_MODE == "fixed"
-                                                 else c.BETA_MODE))
+    run = open_run(c, "vae", c.TAG or (f"beta{c.BETA:g}" if c.BETA_MODE == "fixed"
+                                         else c.BETA_MODE), run)
     fixed_z = state["fixed_z"] if state else torch.randn(c.PROGRESSION_ROWS, c.LATENT_DIM)
     with time_budget(c.MINUTES):
         train_vae(s, train, test, run, epochs=c.EPOCHS, batch_size=c.BATCH_SIZE,

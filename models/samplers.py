@@ -20,9 +20,10 @@ def timestep_subset(timesteps: int, steps: int, start_t: int | None = None) -> l
     return sorted(set(chosen.tolist()), reverse=True)
 
 
-def sample_timesteps(batch: int, timesteps: int, device) -> torch.Tensor:
+def sample_timesteps(batch: int, timesteps: int, device,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
     """Uniform training timesteps t ~ U{0, ..., T-1}."""
-    return torch.randint(0, timesteps, (batch,), device=device)
+    return torch.randint(0, timesteps, (batch,), device=device, generator=generator)
 
 
 def classifier_free_guidance(model_fn: ModelFn, scale: float, null_label: int) -> ModelFn:

@@ -79,9 +79,11 @@ def elbo_loss(x: torch.Tensor, x_hat: torch.Tensor, mu: torch.Tensor, logvar: to
     return {"loss": recon + beta * kl, "recon": recon, "kl": kl, "kl_dims": kl_dims}
 
 
-def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """z = mu + sigma * eps, eps ~ N(0, I) (Kingma & Welling 2014)."""
-    return mu + (0.5 * logvar).exp() * torch.randn_like(mu)
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """z = mu + sigma * eps, eps ~ N(0, I) (Kingma & Welling 2014); eps from `generator`."""
+    eps = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)
+    return mu + (0.5 * logvar).exp() * eps
 
 
 def _levels(image_size: int) -> int:

@@ -17,6 +17,28 @@ def test_precision_choice():
         resolve_precision("fp16", cpu)
 
 
+@pytest.mark.parametrize("avx512_bf16, amx, fast", [(True, False, True), (False, True, True),
+                                                     (False, False, False)])
+def test_auto_precision_on_cpus_with_and_without_bf16(monkeypatch, avx512_bf16, amx, fast):
+    """Both answers of the capability check, whatever this machine's CPU has."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16,
+                        raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    cpu = torch.device("cpu")
+    assert bf16_is_fast(cpu) is fast
+    assert resolve_precision("auto", cpu) is (torch.bfloat16 if fast else None)
+    assert resolve_precision("fp32", cpu) is None  # an explicit choice always wins
+    assert resolve_precision("bf16", cpu) is torch.bfloat16
+
+
+@pytest.mark.parametrize("major, fast", [(7, False), (8, True), (9, True)])
+def test_auto_precision_on_gpus_by_compute_capability(monkeypatch, major, fast):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (major, 0))
+    cuda = torch.device("cuda")
+    assert bf16_is_fast(cuda) is fast
+    assert resolve_precision("auto", cuda) is (torch.bfloat16 if fast else None)
+
+
 def test_device_choice():
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")

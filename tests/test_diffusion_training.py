@@ -5,7 +5,8 @@ import torch
 
 from models.diffusion import NoiseSchedule
 from models.unet import UNet
-from train.diffusion import build_diffusion, diffusion_step, drop_labels, warmup_lr
+from train.common import LRPlan
+from train.diffusion import build_diffusion, diffusion_step, drop_labels
 
 CPU = torch.device("cpu")
 
@@ -21,7 +22,7 @@ def test_label_dropout_rate():
 
 
 def test_warmup_then_constant_or_cosine():
-    const, cos = warmup_lr(10, 110, "constant"), warmup_lr(10, 110, "cosine")
+    const, cos = LRPlan(10, 110, "constant"), LRPlan(10, 110, "cosine")
     assert const(0) == pytest.approx(0.1) and const(9) == 1.0 and const(500) == 1.0
     assert cos(10) == 1.0 and cos(60) == pytest.approx(0.5) and cos(110) == pytest.approx(0.0)
 
@@ -56,7 +57,8 @@ def test_diffusion_main_writes_outputs_and_resumes_exactly(tmp_path):
     straight, split = tmp_path / "a", tmp_path / "b"
     main_script.main([*TINY, "--SAVE_ROOT", str(straight), "--EPOCHS=2"])
     main_script.main([*TINY, "--SAVE_ROOT", str(split), "--EPOCHS=1"])
-    main_script.main(["--SAVE_ROOT", str(split), "--EPOCHS=2", "--RESUME=latest"])
+    main_script.main(["--SAVE_ROOT", str(split), "--EPOCHS=2", "--RESUME=latest",
+                      "--PRECISION=fp32"])
     run_a, run_b = find_run(straight, "diffusion"), find_run(split, "diffusion")
     a, b = load_checkpoint(run_a.checkpoint), load_checkpoint(run_b.checkpoint)
     for key in a["ema"]:

@@ -71,7 +71,8 @@ def test_resume_continues_exactly(tmp_path, tiny_gan):
     straight, split = tmp_path / "straight", tmp_path / "split"
     ganmain.main([*tiny_gan, "--SAVE_ROOT", str(straight), "--EPOCHS=2"])
     ganmain.main([*tiny_gan, "--SAVE_ROOT", str(split), "--EPOCHS=1"])
-    ganmain.main(["--SAVE_ROOT", str(split), "--EPOCHS=2", "--RESUME=latest"])
+    ganmain.main(["--SAVE_ROOT", str(split), "--EPOCHS=2", "--RESUME=latest",
+                  "--PRECISION=fp32"])
     (g_a, opt_a), (g_b, opt_b) = generator_weights(straight), generator_weights(split)
     for key in g_a:
         assert torch.equal(g_a[key], g_b[key]), key
@@ -146,6 +147,8 @@ def test_minutes_cuts_training_short_and_the_run_resumes(tmp_path, tiny_gan):
     state = load_checkpoint(run.checkpoint)
     assert (state["epoch"], state["step"]) == (1, 1)  # one batch of the first epoch, then stop
     assert (run.plots / "samples.png").is_file()
-    ganmain.main(["--SAVE_ROOT", str(tmp_path), "--RESUME=latest", "--EPOCHS=2"])
+    # the run keeps its budget of MINUTES per invocation unless the command line lifts it
+    ganmain.main(["--SAVE_ROOT", str(tmp_path), "--RESUME=latest", "--EPOCHS=2",
+                  "--MINUTES=None"])
     state = load_checkpoint(run.checkpoint)
     assert (state["epoch"], state["step"]) == (2, 1 + 128 // 32)

@@ -17,7 +17,8 @@ def test_vaemain_adaptive_resumes_exactly(tmp_path):
     args = [*TINY, "--WIDTH=8", "--BETA_WARMUP=1", "--CHECKPOINT_EVERY=1"]
     vaemain.main([*args, "--SAVE_ROOT", str(straight), "--EPOCHS=3"])
     vaemain.main([*args, "--SAVE_ROOT", str(split), "--EPOCHS=2"])
-    vaemain.main(["--SAVE_ROOT", str(split), "--EPOCHS=3", "--RESUME=latest"])
+    vaemain.main(["--SAVE_ROOT", str(split), "--EPOCHS=3", "--RESUME=latest",
+                  "--PRECISION=fp32"])
     a = load_checkpoint(find_run(straight, "vae").checkpoint)
     b = load_checkpoint(find_run(split, "vae").checkpoint)
     for key in a["model"]:

@@ -11,7 +11,8 @@ from models.autoencoder import (Autoencoder, PatchDiscriminator, adaptive_gan_we
                                 discriminator_loss, feature_matching, generator_adversarial,
                                 kl_term, reconstruction_term)
 from models.vae import AdaptiveBetaScheduler
-from train.common import LossMeter, epoch_batches, resume_point, run_epochs, save_training_state
+from train.common import (LossMeter, LRPlan, PlannedLR, epoch_batches, resume_point,
+                          run_epochs, save_training_state)
 from train.diffusion import ema_with_warmup
 from utils.data import ImageData, iterate_batches
 from utils.device import autocast
@@ -43,8 +44,8 @@ class AESetup:
     disc: PatchDiscriminator
     opt_ae: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
-    sched_ae: torch.optim.lr_scheduler.LRScheduler
-    sched_d: torch.optim.lr_scheduler.LRScheduler
+    sched_ae: PlannedLR
+    sched_d: PlannedLR
     device: torch.device
     loss: AELoss = field(default_factory=AELoss)
     beta: AdaptiveBetaScheduler | None = None  # KL-weight multiplier in kl_mode "adaptive"
@@ -87,11 +88,12 @@ def build_autoencoder(model_args: dict, disc_args: dict, device: torch.device, *
     disc = PatchDiscriminator(**disc_args).to(device)
     opt_ae = torch.optim.Adam(ae.parameters(), lr[0], betas=(0.5, 0.9))
     opt_d = torch.optim.Adam(disc.parameters(), lr[1], betas=(0.5, 0.9))
-    cosine = torch.optim.lr_scheduler.CosineAnnealingLR
     ema = AveragedModel(ae, multi_avg_fn=ema_with_warmup(ema_decay)) if ema_decay else None
     beta = AdaptiveBetaScheduler() if loss.kl_mode == "adaptive" else None
-    return AESetup(ae, disc, opt_ae, opt_d, cosine(opt_ae, max(1, total_steps), lr_min[0]),
-                   cosine(opt_d, max(1, total_steps), lr_min[1]), device, loss, beta, ema,
+    sched_ae, sched_d = (PlannedLR(opt, LRPlan(0, max(1, total_steps), "cosine", low / high))
+                         for opt, low, high in ((opt_ae, lr_min[0], lr[0]),
+                                                (opt_d, lr_min[1], lr[1])))
+    return AESetup(ae, disc, opt_ae, opt_d, sched_ae, sched_d, device, loss, beta, ema,
                    amp_dtype)
 
 

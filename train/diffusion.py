@@ -1,7 +1,6 @@
 """Diffusion training step (pixel DDPM and latent diffusion): loss on eps/x0/v, min-SNR weights,
 label dropout for classifier-free guidance, AdamW with warm-up, gradient clipping, EMA.
 """
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -12,7 +11,8 @@ from torch.optim.swa_utils import AveragedModel
 
 from models.diffusion import (NoiseSchedule, min_snr_weight, q_sample, sample,
                               sample_timesteps, training_target)
-from train.common import LossMeter, resume_point, run_epochs, save_training_state, stack_frames
+from train.common import (LossMeter, LRPlan, PlannedLR, eval_generator, resume_point,
+                          run_epochs, save_training_state, stack_frames)
 from utils.data import to_uint8
 from utils.device import autocast
 from utils.plots import save_curves, save_progression
@@ -27,7 +27,7 @@ class DiffusionSetup:
     model: torch.nn.Module
     ema: AveragedModel
     opt: torch.optim.Optimizer
-    lr_sched: torch.optim.lr_scheduler.LambdaLR
+    lr_sched: PlannedLR
     schedule: NoiseSchedule
     device: torch.device
     amp_dtype: torch.dtype | None = None
@@ -38,21 +38,6 @@ class DiffusionSetup:
     @property
     def modules(self) -> dict:
         return {"model": self.model, "ema": self.ema, "opt": self.opt, "lr_sched": self.lr_sched}
-
-
-def warmup_lr(warmup_steps: int, total_steps: int, kind: str = "constant"):
-    """LR multiplier: linear warm-up, then constant or cosine decay to 0 at total_steps."""
-    if kind not in ("constant", "cosine"):
-        raise ValueError(f"LR schedule must be 'constant' or 'cosine', got {kind!r}")
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if kind == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return 0.5 * (1 + math.cos(math.pi * progress))
-    return factor
 
 
 def ema_with_warmup(decay: float):
@@ -77,8 +62,7 @@ def build_diffusion(model: torch.nn.Module, schedule: NoiseSchedule, device: tor
     model = model.to(device)
     ema = AveragedModel(model, multi_avg_fn=ema_with_warmup(ema_decay))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_lr(warmup_steps, total_steps,
-                                                             lr_schedule))
+    sched = PlannedLR(opt, LRPlan(warmup_steps, total_steps, lr_schedule))
     return DiffusionSetup(model, ema, opt, sched, schedule, device, **options)
 
 
@@ -90,25 +74,30 @@ def sampling_setup(state: dict, model: torch.nn.Module, schedule: NoiseSchedule,
     return s
 
 
-def drop_labels(labels: torch.Tensor, rate: float, null_class: int) -> torch.Tensor:
+def drop_labels(labels: torch.Tensor, rate: float, null_class: int,
+                generator: torch.Generator | None = None) -> torch.Tensor:
     """Replace each label by the null class with probability `rate` (CFG training)."""
     if rate <= 0:
         return labels
-    drop = torch.rand(labels.shape, device=labels.device) < rate
+    drop = torch.rand(labels.shape, device=labels.device, generator=generator) < rate
     return torch.where(drop, torch.full_like(labels, null_class), labels)
 
 
-def diffusion_loss(s: DiffusionSetup, x0: torch.Tensor, labels: torch.Tensor | None = None):
-    """Per-sample weighted MSE to the target at random t; returns (loss, per-sample, t)."""
-    t = sample_timesteps(len(x0), s.schedule.timesteps, x0.device)
-    eps = torch.randn_like(x0)
+def diffusion_loss(s: DiffusionSetup, x0: torch.Tensor, labels: torch.Tensor | None = None, *,
+                   net: torch.nn.Module | None = None, generator: torch.Generator | None = None):
+    """Per-sample weighted MSE of `net` (default: the trained model) to the target at random t;
+    returns (loss, per-sample, t). t, eps and label dropout come from `generator` (None: the
+    global RNG)."""
+    net = s.model if net is None else net
+    t = sample_timesteps(len(x0), s.schedule.timesteps, x0.device, generator)
+    eps = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
     x_t = q_sample(s.schedule, x0, t, eps)
-    if labels is not None and getattr(s.model, "num_classes", 0):
-        labels = drop_labels(labels, s.label_dropout, s.model.null_class)
+    if labels is not None and getattr(net, "num_classes", 0):
+        labels = drop_labels(labels, s.label_dropout, net.null_class, generator)
     else:
         labels = None
     with autocast(s.device, s.amp_dtype):
-        out = s.model(x_t, t, labels)
+        out = net(x_t, t, labels)
     target = training_target(s.schedule, x0, t, eps, s.prediction_type)
     per_sample = F.mse_loss(out.float(), target, reduction="none").flatten(1).mean(1)
     weight = 1.0
@@ -151,25 +140,26 @@ def ema_samples(s: DiffusionSetup, noise: torch.Tensor, sampler: str, steps: int
                 labels=None) -> torch.Tensor:
     """Samples from fixed noise with the EMA weights and a (fast) sampler, as uint8 on the CPU."""
     x = sample(ema_denoiser(s), s.schedule, noise.clone(), sampler, steps, labels=labels,
-               prediction_type=s.prediction_type, clip_x0=True)
+               prediction_type=s.prediction_type, clip_x0=True,
+               generator=eval_generator(s.device))
     return to_uint8(x).cpu()
 
 
 @torch.no_grad()
-def held_out_loss(s: DiffusionSetup, x0: torch.Tensor, batch_size: int = 128) -> float:
-    """Unweighted loss of the EMA model on held-out images (fixed RNG, so epochs compare)."""
-    rng_state = torch.get_rng_state()
-    torch.manual_seed(1234)
-    model, total = s.model, 0.0
-    s.model = s.ema.module.eval()
+def held_out_loss(s: DiffusionSetup, net: torch.nn.Module, x0: torch.Tensor,
+                  batch_size: int = 128) -> float:
+    """Unweighted loss of `net` (in eval mode) on held-out data, with the same t and noise at
+    every call."""
+    generator, was_training = eval_generator(s.device), net.training
+    total = torch.zeros((), device=s.device)
+    net.eval()
     try:
         for start in range(0, len(x0), batch_size):
             batch = x0[start:start + batch_size].to(s.device)
-            total += diffusion_loss(s, batch)[1].sum().item()
+            total += diffusion_loss(s, batch, net=net, generator=generator)[1].sum()
     finally:
-        s.model = model
-        torch.set_rng_state(rng_state)
-    return total / len(x0)
+        net.train(was_training)
+    return total.item() / len(x0)
 
 
 def train_diffusion(s: DiffusionSetup, batches: Callable[[int], Iterable], test_x: torch.Tensor,
@@ -205,7 +195,8 @@ def train_diffusion(s: DiffusionSetup, batches: Callable[[int], Iterable], test_
         frames.append(snapshot())
         record = {"epoch": epoch, "step": step, "train_loss": meter.means()["loss"],
                   **{f"train_loss_q{i + 1}": q for i, q in enumerate(quarters)},
-                  "test_loss": held_out_loss(s, test_x), "lr": s.lr_sched.get_last_lr()[0],
+                  "test_loss": held_out_loss(s, s.ema.module, test_x),
+                  "lr": s.lr_sched.get_last_lr()[0],
                   "img_per_s": speed}
         records = [*MetricsLog(run.metrics_path).read(), record]
         save_progression(frames, [r["epoch"] for r in records], run.plots / "progression.png",

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from models.gan import Discriminator, Generator, discriminator_loss, generator_loss
-from train.common import (LossMeter, epoch_batches, resume_point, run_epochs,
+from train.common import (LossMeter, epoch_batches, eval_generator, resume_point, run_epochs,
                           save_training_state, stack_frames)
 from utils.data import ImageData, to_uint8
 from utils.device import autocast
@@ -80,10 +80,10 @@ def evaluate_gan(s: GANSetup, real: torch.Tensor, batch_size: int = 128) -> dict
     The discriminator only ever sees all-real or all-fake batches, so its running statistics
     describe neither; eval mode would report numbers unrelated to the trained model.
     """
-    meter = LossMeter(every=10**9)
+    meter, generator = LossMeter(every=10**9), eval_generator(s.device)
     for start in range(0, len(real), batch_size):
         x = real[start:start + batch_size].to(s.device)
-        z = torch.randn(len(x), s.generator.latent_dim, device=s.device)
+        z = torch.randn(len(x), s.generator.latent_dim, device=s.device, generator=generator)
         with autocast(s.device, s.amp_dtype):
             real_logits = s.discriminator(s.fmt(x))
             fake_logits = s.discriminator(s.generator(z))

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from models.vae import VAE, AdaptiveBetaScheduler, active_dims, elbo_loss
-from train.common import (LossMeter, epoch_batches, resume_point, run_epochs,
+from models.vae import VAE, AdaptiveBetaScheduler, active_dims, elbo_loss, reparameterize
+from train.common import (LossMeter, epoch_batches, eval_generator, resume_point, run_epochs,
                           save_training_state, stack_frames)
 from utils.data import ImageData, to_uint8
 from utils.device import autocast
@@ -78,19 +78,18 @@ def posterior_means(model: VAE, images: torch.Tensor, batch_size: int = 500) -> 
 
 @torch.no_grad()
 def evaluate_vae(s: VAESetup, x: torch.Tensor, beta: float, batch_size: int = 500) -> dict:
-    """Held-out ELBO terms (one z per image, fixed RNG so epochs compare) and active dims."""
-    rng = torch.get_rng_state()
-    torch.manual_seed(1234)
+    """Held-out ELBO terms (one z per image, the same eps at every call) and active dims."""
+    generator = eval_generator(s.device)
     sums, n = {}, 0
     for i in range(0, len(x), batch_size):
         batch = x[i:i + batch_size].to(s.device)
         with autocast(s.device, s.amp_dtype):
-            x_hat, mu, logvar = s.model(batch)
+            mu, logvar = s.model.encode(batch)
+            x_hat = s.model.decode(reparameterize(mu, logvar, generator))
         out = elbo_loss(batch, x_hat, mu, logvar, beta)
         for key, value in out.items():
             sums[key] = sums.get(key, 0) + value.float().cpu() * len(batch)
         n += len(batch)
-    torch.set_rng_state(rng)
     means = {key: value / n for key, value in sums.items()}
     return {"loss": means["loss"].item(), "recon": means["recon"].item(),
             "mse": means["recon"].item() / x[0].numel(),

@@ -112,6 +112,20 @@ def resolve_constants(namespace: dict, argv: Sequence[str] | None = None) -> Sim
     return SimpleNamespace(**values)
 
 
+def given_constants(argv: Sequence[str] | None = None) -> set[str]:
+    """The names of the constants typed on the command line (sys.argv by default)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return {name for name, _ in _split_args(argv)}
+
+
+def like_default(value: Any, default: Any) -> Any:
+    """A value read back from JSON in the type of the constant's default (lists to tuples)."""
+    if isinstance(default, tuple) and isinstance(value, list):
+        inner = default[0] if default else None
+        return tuple(like_default(v, inner) for v in value)
+    return value
+
+
 def save_config(config: SimpleNamespace | dict, path: Path) -> None:
     """Write the resolved constants as JSON."""
     data = vars(config) if isinstance(config, SimpleNamespace) else config

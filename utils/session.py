@@ -1,9 +1,10 @@
 """The first lines of every run script: seed, device, precision, datasets, run folder."""
 from types import SimpleNamespace
+from typing import Sequence
 
 import torch
 
-from utils.config import save_config
+from utils.config import given_constants, like_default, save_config
 from utils.data import ImageData, load_dataset
 from utils.device import resolve_device, resolve_precision, seed_everything
 from utils.errors import UserError
@@ -31,23 +32,53 @@ def datasets(c: SimpleNamespace, channels: int | None = None) -> tuple[ImageData
     return train, test
 
 
-# Constants a resumed run takes from the command line; all others come from its config.json.
-RESUME_OVERRIDES = ("EPOCHS", "MINUTES", "RESUME", "DEVICE", "PRECISION", "SAVE_ROOT", "DATA_ROOT")
+# Constants that locate the run being resumed: always the ones in force now.
+LOCATING = ("RESUME", "SAVE_ROOT")
+# Constants a resumed run may change when they are typed on the command line (each change is
+# printed); every other constant is the run's own, and typing a different value is refused.
+CHANGEABLE_ON_RESUME = ("EPOCHS", "MINUTES", "DEVICE", "PRECISION", "DATA_ROOT",
+                        "CHECKPOINT_EVERY")
 
 
-def resume(c: SimpleNamespace, family: str) -> tuple[Run | None, dict | None, SimpleNamespace]:
-    """With RESUME set: the run, its checkpoint and its saved constants (EPOCHS etc. from now)."""
+def resume(c: SimpleNamespace, family: str, argv: Sequence[str] | None = None,
+           output_constants: Sequence[str] = ()) -> tuple[Run | None, dict | None,
+                                                           SimpleNamespace]:
+    """With RESUME set: the run, its checkpoint and the constants it was started with.
+
+    Only constants typed on the command line (argv, default sys.argv) change a resumed run:
+    CHANGEABLE_ON_RESUME and the script's `output_constants` (those that only change figures)
+    are applied and printed; any other that differs from the run's own value is a UserError,
+    raised before anything is written.
+    """
     if not c.RESUME:
         return None, None, c
     run, state = find_resume(c.SAVE_ROOT, family, c.RESUME)
-    saved = dict(state["config"])
-    merged = {**vars(c), **{k: v for k, v in saved.items() if k in vars(c)}}
-    merged.update({k: getattr(c, k) for k in RESUME_OVERRIDES if hasattr(c, k)})
-    for key, value in merged.items():  # JSON turned tuples into lists
-        if isinstance(getattr(c, key), tuple) and isinstance(value, list):
-            merged[key] = tuple(value)
-    print(f"resuming {run.name} after epoch {state['epoch']} of {merged['EPOCHS']}")
-    return run, state, SimpleNamespace(**merged)
+    saved = state["config"]
+    values = {name: like_default(saved[name], default) if name in saved else default
+              for name, default in vars(c).items()}
+    values.update({name: getattr(c, name) for name in LOCATING})
+    changeable = set(CHANGEABLE_ON_RESUME) | set(output_constants)
+    changes = []
+    for name in sorted(given_constants(argv) - set(LOCATING)):
+        old, new = values[name], getattr(c, name)
+        if new == old:
+            continue
+        if name not in changeable:
+            raise UserError(f"--{name}={new!r} cannot change when resuming {run.name} (it was "
+                            f"started with {old!r}); start a new run for a different {name}")
+        values[name] = new
+        changes.append(f"{name} {old!r} -> {new!r}")
+    print(f"resuming {run.name} after epoch {state['epoch']} of {values['EPOCHS']}"
+          + (f"; changed: {', '.join(changes)}" if changes else ""))
+    return run, state, SimpleNamespace(**values)
+
+
+def open_run(c: SimpleNamespace, family: str, tag: str, resumed: Run | None = None) -> Run:
+    """The resumed run with its config.json brought up to date, or a new run (create_run)."""
+    if resumed is None:
+        return create_run(c, family, tag)
+    save_config(c, resumed.plots / "config.json")
+    return resumed
 
 
 def create_run(c: SimpleNamespace, family: str, tag: str) -> Run:
