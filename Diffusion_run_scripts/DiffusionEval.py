@@ -12,9 +12,10 @@ import json
 
 import torch
 
-from models.diffusion import NoiseSchedule, sample
+from models.diffusion import NoiseSchedule
+from models.samplers import SAMPLERS, sample
 from models.unet import UNet
-from train.diffusion import ema_denoiser, sampling_setup
+from train.diffusion import ema_network, make_denoiser
 from train.evaluator import write_metrics
 from train.diffusion_figures import (compare_samplers, forward_strip, noised_and_denoised,
                                      parse_sampler, reverse_strip, strip_timesteps)
@@ -48,7 +49,7 @@ DATA_ROOT = "data"  # where torchvision datasets are downloaded
 
 def main(argv=None) -> None:
     c = resolve_constants(globals(), argv)
-    check_choice("SAMPLER", c.SAMPLER, ("ddim", "ddpm"))
+    check_choice("SAMPLER", c.SAMPLER, tuple(SAMPLERS))
     check_positive(c, "STEPS", "GRID_SIZE", "STRIP_IMAGES", "STRIP_COLUMNS", "COMPARE_IMAGES")
     specs = list(c.COMPARE)
     [parse_sampler(spec) for spec in specs]  # reject a bad spec before any sampling
@@ -63,10 +64,9 @@ def main(argv=None) -> None:
     if any(not 0 <= t < T for t in c.NOISED_T):
         raise UserError(f"NOISED_T values must lie in [0, {T - 1}], got {c.NOISED_T}")
     schedule = NoiseSchedule(cfg["SCHEDULE"], T)
-    s = sampling_setup(state, UNet(**state["model_args"]), schedule, device,
-                       amp_dtype=resolve_precision(c.PRECISION, device),
-                       prediction_type=cfg["PREDICTION"])
-    model_fn, kind = ema_denoiser(s), dict(prediction_type=s.prediction_type)
+    net = ema_network(state, UNet(**state["model_args"]).to(device))
+    denoiser = make_denoiser(net, schedule, cfg["PREDICTION"],
+                             amp_dtype=resolve_precision(c.PRECISION, device))
     test = load_dataset(cfg["DATASET"], "test", image_size=cfg["IMAGE_SIZE"], root=c.DATA_ROOT,
                         channels=state["model_args"]["in_channels"], seed=cfg["SEED"],
                         n=max(c.STRIP_IMAGES, 16))
@@ -76,8 +76,7 @@ def main(argv=None) -> None:
 
     def generate(n: int) -> torch.Tensor:
         noise = torch.randn(n, *shape, device=device)
-        return sample(model_fn, schedule, noise, c.SAMPLER, c.STEPS, eta=c.ETA, clip_x0=True,
-                      **kind)
+        return sample(denoiser, noise, c.SAMPLER, c.STEPS, eta=c.ETA).x
 
     save_grid(generate(c.GRID_SIZE ** 2), out / "samples_grid.png", nrow=c.GRID_SIZE,
               title=f"{title}: {draw}")
@@ -95,19 +94,19 @@ def main(argv=None) -> None:
                             f"noise, T={T} (this run: {schedule.kind})")
 
     rows, row_labels, col_labels, _ = reverse_strip(
-        model_fn, schedule, torch.randn(c.STRIP_IMAGES, *shape, device=device),
-        sampler=c.SAMPLER, steps=c.STEPS, columns=c.STRIP_COLUMNS, **kind)
+        denoiser, torch.randn(c.STRIP_IMAGES, *shape, device=device),
+        sampler=c.SAMPLER, steps=c.STEPS, columns=c.STRIP_COLUMNS)
     save_labelled_grid(rows, out / "reverse_diffusion.png", row_labels, col_labels,
                        title=f"{title}: reverse diffusion ({draw})")
 
-    rows, row_labels = noised_and_denoised(model_fn, schedule, x0, list(c.NOISED_T),
-                                           sampler=c.SAMPLER, steps=c.STEPS, **kind)
+    rows, row_labels = noised_and_denoised(denoiser, x0, list(c.NOISED_T),
+                                           sampler=c.SAMPLER, steps=c.STEPS)
     save_labelled_grid(rows, out / "noised_real.png", row_labels,
                        ["x0"] + [f"t={t}" for t in c.NOISED_T],
                        title=f"{title}: test images noised to t, then denoised ({draw} stride)")
 
     noise = torch.randn(c.COMPARE_IMAGES, *shape, device=device)
-    rows, timings = compare_samplers(model_fn, schedule, noise, specs, **kind)
+    rows, timings = compare_samplers(denoiser, noise, specs)
     save_labelled_grid(rows, out / "sampler_comparison.png",
                        [f"{t['sampler']}: {t['seconds_per_image']:.3f} s/img" for t in timings],
                        title=f"{title}: the same noise through each sampler")

@@ -15,7 +15,8 @@ from models.diffusion import PREDICTION_TYPES, NoiseSchedule
 from models.unet import UNet
 from train.common import time_budget
 from train.diffusion import build_diffusion, train_diffusion
-from train.latents import class_samples, latent_batches, load_autoencoder, load_cache
+from train.latents import (class_samples, guided_denoiser, latent_batches, load_autoencoder,
+                           load_cache)
 from utils.config import check_choice, check_positive, resolve_constants
 from utils.errors import UserError, run_cli
 from utils.data import load_dataset
@@ -108,7 +109,8 @@ def main(argv=None):
         train_diffusion(
             s, lambda epoch: latent_batches(cache, scale, c.BATCH_SIZE, device, epoch, c.EPOCHS),
             held_out, run, epochs=c.EPOCHS, batch_size=c.BATCH_SIZE,
-            snapshot=lambda: class_samples(s, ae, scale, noise, labels, c.GUIDANCE, c.SAMPLE_STEPS),
+            snapshot=lambda: class_samples(guided_denoiser(s, c.GUIDANCE), ae, scale, noise,
+                                           labels, c.SAMPLE_STEPS),
             config=vars(c), checkpoint_every=c.CHECKPOINT_EVERY, state=state, model_args=model_args,
             fixed_noise=noise.cpu(), scale_factor=scale,
             sample_title=f"one sample per class (rows), CFG {c.GUIDANCE}, DDIM {c.SAMPLE_STEPS}",

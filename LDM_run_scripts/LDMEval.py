@@ -17,10 +17,11 @@ import torch
 from models.diffusion import NoiseSchedule
 from models.unet import UNet
 from train.autoencoder import psnr, reconstruct
-from train.diffusion import sampling_setup
+from train.diffusion import ema_network, make_denoiser
 from train.diffusion_figures import forward_strip, noised_and_denoised, strip_timesteps
 from train.evaluator import write_metrics
-from train.latents import class_samples, decode_latents, guided_denoiser, load_autoencoder
+from models.samplers import classifier_free_guidance
+from train.latents import class_samples, decode_latents, load_autoencoder
 from utils.config import check_positive, resolve_constants
 from utils.data import load_dataset
 from utils.device import resolve_device, resolve_precision, seed_everything
@@ -61,9 +62,11 @@ def main(argv=None) -> dict:
     ae, ae_state = load_autoencoder(find_run(c.SAVE_ROOT, "ldm_autoencoder",
                                              cfg["AUTOENCODER_RUN"]), device)
     scale, schedule = state["scale_factor"], NoiseSchedule(cfg["SCHEDULE"], cfg["TIMESTEPS"])
-    s = sampling_setup(state, UNet(**state["model_args"]), schedule, device,
-                       amp_dtype=resolve_precision(c.PRECISION, device),
-                       prediction_type=cfg["PREDICTION"])
+    net = ema_network(state, UNet(**state["model_args"]).to(device))
+    denoiser = make_denoiser(net, schedule, cfg["PREDICTION"], clip_x0=False,
+                             amp_dtype=resolve_precision(c.PRECISION, device))
+    def guided(scale_w: float):
+        return classifier_free_guidance(denoiser, scale_w, net.null_class)
     ae_cfg = ae_state["config"]
     test = load_dataset(ae_cfg["DATASET"], "test", image_size=ae_cfg["IMAGE_SIZE"],
                         channels=ae_state["model_args"]["channels"], root=c.DATA_ROOT,
@@ -73,7 +76,7 @@ def main(argv=None) -> dict:
 
     labels = torch.arange(len(classes), device=device)
     noise = torch.randn(len(classes), *latent_shape, device=device)
-    sweep = torch.stack([class_samples(s, ae, scale, noise, labels, w, c.STEPS)
+    sweep = torch.stack([class_samples(guided(w), ae, scale, noise, labels, c.STEPS)
                          for w in c.SCALES], dim=1)  # (classes, scales, C, H, W)
     save_labelled_grid(sweep, out / "cfg_sweep.png", classes, [f"w={w:g}" for w in c.SCALES],
                        title=f"{title}: classifier-free guidance sweep (same noise per row)",
@@ -86,10 +89,9 @@ def main(argv=None) -> dict:
     strip = forward_strip(schedule, z0[:1], ts, torch.randn_like(z0[:1]), decode)
     save_labelled_grid(strip, out / "forward_latent.png", col_labels=[f"t={t}" for t in ts],
                        title=f"{title}: forward diffusion of a latent, decoded")
-    rows, row_labels = noised_and_denoised(guided_denoiser(s, c.GUIDANCE), schedule, z0,
-                                           list(c.NOISED_T), sampler="ddim", steps=c.STEPS,
-                                           prediction_type=s.prediction_type, decode=decode,
-                                           labels=y.to(device), clip_x0=False)
+    rows, row_labels = noised_and_denoised(guided(c.GUIDANCE), z0, list(c.NOISED_T),
+                                           sampler="ddim", steps=c.STEPS, decode=decode,
+                                           labels=y.to(device))
     save_labelled_grid(rows, out / "noised_real.png", row_labels,
                        ["x0"] + [f"t={t}" for t in c.NOISED_T],
                        title=f"{title}: test latents noised to t, denoised with their class "
@@ -112,7 +114,7 @@ def main(argv=None) -> dict:
         def generate(start: int, k: int) -> torch.Tensor:  # classes in order, PER_CLASS each
             lab = (torch.arange(start, start + k) // c.PER_CLASS).to(device)
             z = torch.randn(k, *latent_shape, device=device)
-            return class_samples(s, ae, scale, z, lab, c.GUIDANCE, c.STEPS)
+            return class_samples(guided(c.GUIDANCE), ae, scale, z, lab, c.STEPS)
 
         n = c.PER_CLASS * len(classes)
         images, ms = draw_samples(generate, n, 100, device)

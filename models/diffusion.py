@@ -1,9 +1,12 @@
-"""Gaussian diffusion maths: noise schedules, q_sample, eps/x0/v conversions, DDPM and DDIM steps.
+"""Gaussian diffusion maths: noise schedules, q_sample, eps/x0/v conversions, the denoiser, and
+the DDPM and DDIM steps.
 
 Notation follows Ho et al. 2020: alpha_bar[t] = prod_{s<=t} (1 - beta[s]), index t = 0..T-1.
-The samplers built on these steps live in models/samplers.py (re-exported here).
+The samplers built on these steps live in models/samplers.py; they see only a Denoiser.
 """
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -59,15 +62,22 @@ def make_betas(kind: str, timesteps: int) -> torch.Tensor:
 
 
 def _at(values: torch.Tensor, t, like: torch.Tensor) -> torch.Tensor:
-    """values[t] shaped to broadcast against `like` (B, ...), in like's dtype and device."""
-    t = torch.as_tensor(t, device=values.device).long()
-    out = values[t].to(device=like.device, dtype=like.dtype)
+    """values[t] shaped to broadcast against `like` (B, ...), in like's dtype and on its device
+    (indexed there, so a device t costs no host sync)."""
+    t = torch.as_tensor(t, device=like.device).long()
+    out = values.to(device=like.device, dtype=like.dtype)[t]
     return out.reshape(-1, *([1] * (like.dim() - 1))) if out.dim() else out
+
+
+def sample_timesteps(batch: int, timesteps: int, device,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """Uniform training timesteps t ~ U{0, ..., T-1} (Ho et al. 2020, algorithm 1)."""
+    return torch.randint(0, timesteps, (batch,), device=device, generator=generator)
 
 
 def q_sample(schedule: NoiseSchedule, x0: torch.Tensor, t, noise: torch.Tensor) -> torch.Tensor:
     """x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps (Ho et al. 2020, eq. 4)."""
-    abar = _at(schedule.alphas_cumprod.to(x0.device), t, x0)
+    abar = _at(schedule.alphas_cumprod, t, x0)
     return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
 
 
@@ -128,22 +138,50 @@ def predict_x0_eps(schedule, model_output, t, x_t, prediction_type: str, clip_x0
     return x0, eps
 
 
-def min_snr_weight(schedule, t, prediction_type: str, gamma: float = 5.0) -> torch.Tensor:
+def min_snr_weight(schedule, t: torch.Tensor, prediction_type: str, gamma: float = 5.0
+                   ) -> torch.Tensor:
     """Min-SNR-gamma loss weight (Hang et al. 2023), expressed for the network's target."""
-    abar = schedule.alphas_cumprod[torch.as_tensor(t).long().cpu()]
+    t = torch.as_tensor(t)
+    abar = schedule.alphas_cumprod.to(t.device)[t.long()]
     snr = abar / (1 - abar)
     clipped = torch.clamp(snr, max=gamma)
     weight = {"epsilon": clipped / snr, "v": clipped / (snr + 1), "x0": clipped}[prediction_type]
     return weight.float()
 
 
-def ddpm_step(schedule: NoiseSchedule, model_output, t: int, x_t, prediction_type="epsilon",
-              noise=None, clip_x0=False) -> torch.Tensor:
-    """One ancestral step x_t -> x_{t-1}: posterior mean and variance beta-tilde (Ho et al. eq. 7).
+NetFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Denoiser:
+    """A network wrapped once with its schedule, prediction type and x0 clipping (as EDM wraps
+    its networks, Karras et al. 2022): called on (x_t, t, labels) it returns the predicted
+    (x0, eps). Samplers, guidance and the figure builders take only this.
+
+    net(x_t, t, labels) returns the raw network output; clip_x0 clips x0 to [-1, 1] (pixels) and
+    recomputes eps from it.
+    """
+    net: NetFn
+    schedule: NoiseSchedule
+    prediction_type: str = "epsilon"
+    clip_x0: bool = False
+
+    def __call__(self, x_t: torch.Tensor, t, labels: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.as_tensor(t, device=x_t.device).long()
+        if t.dim() == 0:
+            t = t.expand(len(x_t))
+        out = self.net(x_t, t, labels).to(x_t.dtype)
+        return predict_x0_eps(self.schedule, out, t, x_t, self.prediction_type, self.clip_x0)
+
+
+def ddpm_step(schedule: NoiseSchedule, x0: torch.Tensor, t: int, x_t: torch.Tensor,
+              noise: torch.Tensor | None = None) -> torch.Tensor:
+    """One ancestral step x_t -> x_{t-1} from the predicted x0: the mean and variance beta-tilde
+    of the posterior q(x_{t-1} | x_t, x0) (Ho et al. 2020, eq. 6-7).
 
     noise=None draws fresh noise; zeros give the posterior mean; t = 0 adds no noise.
     """
-    x0, _ = predict_x0_eps(schedule, model_output, t, x_t, prediction_type, clip_x0)
     abar, abar_prev = schedule.alphas_cumprod[t], schedule.alphas_cumprod_prev[t]
     beta = schedule.betas[t]
     coef_x0 = abar_prev.sqrt() * beta / (1 - abar)
@@ -156,13 +194,11 @@ def ddpm_step(schedule: NoiseSchedule, model_output, t: int, x_t, prediction_typ
     return mean + float(schedule.posterior_variance[t].sqrt()) * noise
 
 
-def ddim_step(schedule: NoiseSchedule, model_output, t: int, t_prev: int, x_t, eta=0.0,
-              prediction_type="epsilon", noise=None, clip_x0=False) -> torch.Tensor:
-    """One DDIM step x_t -> x_{t_prev} (Song et al. 2021, eq. 12; sigma from eta, eq. 16).
-
-    t_prev = -1 is the clean end (alpha_bar = 1): the step returns the predicted x0.
-    """
-    x0, eps = predict_x0_eps(schedule, model_output, t, x_t, prediction_type, clip_x0)
+def ddim_step(schedule: NoiseSchedule, x0: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int,
+              x_t: torch.Tensor, eta: float = 0.0, noise: torch.Tensor | None = None
+              ) -> torch.Tensor:
+    """One DDIM step x_t -> x_{t_prev} from the predicted (x0, eps) (Song et al. 2021, eq. 12;
+    sigma from eta, eq. 16). t_prev = -1 is the clean end (alpha_bar = 1): it returns x0."""
     abar = schedule.alphas_cumprod[t]
     abar_prev = schedule.alphas_cumprod[t_prev] if t_prev >= 0 else torch.tensor(
         1.0, dtype=torch.float64)
@@ -174,12 +210,3 @@ def ddim_step(schedule: NoiseSchedule, model_output, t: int, t_prev: int, x_t, e
             noise = torch.randn_like(x_t)
         x_prev = x_prev + float(sigma) * noise
     return x_prev
-
-
-from models.samplers import (classifier_free_guidance, ddim_sample, ddpm_sample,  # noqa: E402
-                             sample, sample_timesteps, timestep_subset)
-
-__all__ = ["NoiseSchedule", "make_betas", "q_sample", "eps_to_x0", "x0_to_eps", "v_target",
-           "v_to_x0", "v_to_eps", "training_target", "predict_x0_eps", "min_snr_weight",
-           "ddpm_step", "ddim_step", "ddpm_sample", "ddim_sample", "timestep_subset",
-           "sample", "sample_timesteps", "classifier_free_guidance", "PREDICTION_TYPES"]

@@ -4,11 +4,11 @@ import math
 import pytest
 import torch
 
-from models.samplers import sample
-from models.diffusion import (NoiseSchedule, classifier_free_guidance, ddim_sample, ddim_step,
-                              ddpm_sample, ddpm_step, eps_to_x0, make_betas, min_snr_weight,
-                              predict_x0_eps, q_sample, timestep_subset, training_target,
-                              v_target, v_to_eps, v_to_x0, x0_to_eps)
+from models.diffusion import (Denoiser, NoiseSchedule, ddim_step, ddpm_step, eps_to_x0,
+                              make_betas, min_snr_weight, predict_x0_eps, q_sample,
+                              training_target, v_target, v_to_eps, v_to_x0, x0_to_eps)
+from models.samplers import (classifier_free_guidance, ddim_sample, ddpm_sample, sample,
+                             timestep_subset)
 
 KINDS = ("linear", "cosine")
 
@@ -77,26 +77,26 @@ def test_ddpm_step_is_the_posterior_of_ho_eq_7():
     a, a_prev, b = s.alphas_cumprod[t], s.alphas_cumprod[t - 1], s.betas[t]
     mu = (a_prev.sqrt() * b / (1 - a)) * x0 + ((1 - b).sqrt() * (1 - a_prev) / (1 - a)) * x_t
     zero = torch.zeros(3, dtype=torch.float64)
-    assert torch.allclose(ddpm_step(s, x0, t, x_t, "x0", noise=zero), mu, atol=1e-12)
+    assert torch.allclose(ddpm_step(s, x0, t, x_t, noise=zero), mu, atol=1e-12)
     one = torch.ones(3, dtype=torch.float64)
     var = b * (1 - a_prev) / (1 - a)
-    assert torch.allclose(ddpm_step(s, x0, t, x_t, "x0", noise=one) - mu, var.sqrt() * one)
-    assert torch.equal(ddpm_step(s, x0, 0, x_t, "x0", noise=one),
-                       ddpm_step(s, x0, 0, x_t, "x0", noise=zero))  # no noise at t = 0
+    assert torch.allclose(ddpm_step(s, x0, t, x_t, noise=one) - mu, var.sqrt() * one)
+    assert torch.equal(ddpm_step(s, x0, 0, x_t, noise=one),
+                       ddpm_step(s, x0, 0, x_t, noise=zero))  # no noise at t = 0
 
 
 def test_ddim_last_step_returns_x0_and_eta0_is_deterministic():
     s = NoiseSchedule("cosine", 1000)
     x0, eps = torch.randn(5, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
     x_t = q_sample(s, x0, 30, eps)
-    assert torch.allclose(ddim_step(s, eps, 30, -1, x_t), x0, atol=1e-9)
+    assert torch.allclose(ddim_step(s, x0, eps, 30, -1, x_t), x0, atol=1e-9)
     # eta = 0 from t to t_prev: the same x0 and eps, re-noised deterministically
     expected = q_sample(s, x0, 10, eps)
-    assert torch.allclose(ddim_step(s, eps, 30, 10, x_t), expected, atol=1e-9)
-    model = lambda x, t, y: 0.5 * x
+    assert torch.allclose(ddim_step(s, x0, eps, 30, 10, x_t), expected, atol=1e-9)
+    denoiser = Denoiser(lambda x, t, y: 0.5 * x, s)
     start = torch.randn(8, dtype=torch.float64)
-    assert torch.equal(ddim_sample(model, s, start, steps=20), ddim_sample(model, s, start,
-                                                                           steps=20))
+    assert torch.equal(ddim_sample(denoiser, start, steps=20).x,
+                       ddim_sample(denoiser, start, steps=20).x)
 
 
 @pytest.mark.parametrize("steps, start", [(1000, None), (50, None), (7, None), (1, None),
@@ -112,14 +112,15 @@ def test_timestep_subsets_stay_in_range(steps, start):
 MU, STD, N = 0.4, 0.5, 20000
 
 
-def oracle(schedule, prediction_type):
-    """The ideal denoiser for data N(MU, STD^2): E[eps | x_t], expressed as eps, x0 or v."""
-    def model_fn(x, t, labels):
+def oracle(schedule, prediction_type="epsilon") -> Denoiser:
+    """The ideal denoiser for data N(MU, STD^2): E[eps | x_t], as a network predicting eps, x0
+    or v, wrapped in the Denoiser under test."""
+    def net(x, t, labels):
         a = schedule.alphas_cumprod[t].to(x.dtype)
         eps = (1 - a).sqrt() * (x - a.sqrt() * MU) / (a * STD ** 2 + 1 - a)
         x0 = eps_to_x0(schedule, x, t, eps)
         return {"epsilon": eps, "x0": x0, "v": v_target(schedule, x0, t, eps)}[prediction_type]
-    return model_fn
+    return Denoiser(net, schedule, prediction_type)
 
 
 SAMPLERS = {  # name: (kwargs for sample(), respaced DDPM or DDIM, eta)
@@ -167,8 +168,8 @@ def test_samplers_with_the_exact_denoiser_match_closed_form_moments(kind, predic
     sampler, steps, eta = SAMPLERS[name]
     torch.manual_seed(0)
     s = NoiseSchedule(kind, 1000)
-    x = sample(oracle(s, prediction_type), s, torch.randn(N, dtype=torch.float64), sampler,
-               steps, eta, prediction_type=prediction_type)
+    x = sample(oracle(s, prediction_type), torch.randn(N, dtype=torch.float64), sampler,
+               steps, eta).x
     mean, std = exact_moments(s, sampler, steps, eta)
     assert abs(x.mean().item() - mean) < 4 * std / math.sqrt(N)
     assert abs(x.std().item() - std) < 4 * std / math.sqrt(2 * N)
@@ -183,33 +184,41 @@ def test_denoising_from_an_intermediate_t_keeps_the_distribution():
     s = NoiseSchedule("cosine", 1000)
     x0 = MU + STD * torch.randn(N, dtype=torch.float64)
     x_t = q_sample(s, x0, 300, torch.randn(N, dtype=torch.float64))
-    for out in (ddpm_sample(oracle(s, "epsilon"), s, x_t, start_t=300),
-                ddim_sample(oracle(s, "epsilon"), s, x_t, steps=30, start_t=300)):
+    for out in (ddpm_sample(oracle(s), x_t, start_t=300).x,
+                ddim_sample(oracle(s), x_t, steps=30, start_t=300).x):
         assert abs(out.mean().item() - MU) < 4 * STD / math.sqrt(N)
         assert abs(out.std().item() - STD) < 4 * STD / math.sqrt(2 * N) + 0.005
     # and the result still remembers x0: a low t only perturbs it slightly
     x_low = q_sample(s, x0, 20, torch.randn(N, dtype=torch.float64))
-    back = ddim_sample(oracle(s, "epsilon"), s, x_low, steps=10, start_t=20)
+    back = ddim_sample(oracle(s), x_low, steps=10, start_t=20).x
     assert torch.corrcoef(torch.stack([back, x0]))[0, 1] > 0.95
 
 
 def test_snapshots_record_x_t_and_predicted_x0():
     s = NoiseSchedule("linear", 100)
-    x, frames = ddim_sample(oracle(s, "epsilon"), s, torch.randn(10, dtype=torch.float64),
-                            steps=20, snapshots=5)
+    x, frames = ddim_sample(oracle(s), torch.randn(10, dtype=torch.float64), steps=20,
+                            snapshots=5)
     assert [t for t, _, _ in frames][0] == 99 and len(frames) == 5
     assert frames[-1][2].shape == x.shape
 
 
-def test_classifier_free_guidance():
-    def model(x, t, labels):  # conditional output depends on the label, null class -> 0
-        return x + labels.to(x.dtype)[:, None]
-    x, t = torch.randn(4, 3), torch.zeros(4, dtype=torch.long)
+@pytest.mark.parametrize("prediction_type", ["epsilon", "x0", "v"])
+def test_classifier_free_guidance(prediction_type):
+    """Guidance on the network output is the same combination of x0 and eps (they are affine in
+    it): scale 0 is unconditional, 1 conditional, w extrapolates by w."""
+    s = NoiseSchedule("cosine", 100)
+
+    def net(x, t, labels):  # conditional output depends on the label, null class -> 0
+        return 0.3 * x + labels.to(x.dtype)[:, None]
+    x, t = torch.randn(4, 3, dtype=torch.float64), torch.tensor([5, 50, 90, 99])
     y, null = torch.tensor([1, 2, 3, 1]), 0
-    assert torch.allclose(classifier_free_guidance(model, 1.0, null)(x, t, y), model(x, t, y))
-    assert torch.allclose(classifier_free_guidance(model, 0.0, null)(x, t, y), x)
-    expected = x + 3.0 * y[:, None]
-    assert torch.allclose(classifier_free_guidance(model, 3.0, null)(x, t, y), expected)
+    plain = Denoiser(net, s, prediction_type)
+    x0_c, eps_c = plain(x, t, y)
+    x0_u, eps_u = plain(x, t, torch.zeros_like(y))
+    for w in (0.0, 1.0, 3.0):
+        x0_w, eps_w = classifier_free_guidance(plain, w, null)(x, t, y)
+        assert torch.allclose(x0_w, x0_u + w * (x0_c - x0_u), atol=1e-9)
+        assert torch.allclose(eps_w, eps_u + w * (eps_c - eps_u), atol=1e-9)
 
 
 def test_min_snr_weights():

@@ -4,7 +4,7 @@ so every sampler, from any start t, must land on `point`."""
 import pytest
 import torch
 
-from models.diffusion import NoiseSchedule, q_sample
+from models.diffusion import Denoiser, NoiseSchedule, q_sample
 from train.diffusion_figures import (compare_samplers, forward_strip, noised_and_denoised,
                                      parse_sampler, reverse_strip, steps_from, strip_timesteps)
 from utils.errors import UserError
@@ -13,9 +13,12 @@ SCHEDULE = NoiseSchedule("cosine", 200)
 POINT = torch.linspace(-0.8, 0.8, 3 * 4 * 4, dtype=torch.float64).view(1, 3, 4, 4)
 
 
-def oracle(x_t, t, labels):
+def point_eps(x_t, t, labels):
     a = SCHEDULE.alphas_cumprod[t].view(-1, 1, 1, 1)
     return (x_t - a.sqrt() * POINT) / (1 - a).sqrt()
+
+
+ORACLE = Denoiser(point_eps, SCHEDULE, "epsilon", clip_x0=True)
 
 
 def test_strip_timesteps_and_stride():
@@ -39,8 +42,8 @@ def test_forward_strip_is_q_sample_per_column():
 @pytest.mark.parametrize("sampler,steps", [("ddim", 20), ("ddpm", 200), ("ddpm", 10)])
 def test_denoising_a_noised_point_returns_it(sampler, steps):
     x0 = POINT.expand(2, -1, -1, -1).clone()
-    rows, labels = noised_and_denoised(oracle, SCHEDULE, x0, [10, 120, 199], sampler=sampler,
-                                       steps=steps, prediction_type="epsilon")
+    rows, labels = noised_and_denoised(ORACLE, x0, [10, 120, 199], sampler=sampler,
+                                       steps=steps)
     assert rows.shape == (4, 4, 3, 4, 4) and labels[:2] == ["noised #0", "denoised #0"]
     assert torch.allclose(rows[1::2], POINT.expand(2, 4, -1, -1, -1), atol=1e-6)
     assert not torch.allclose(rows[0, 3], POINT[0], atol=0.1)  # t=199 is mostly noise
@@ -48,14 +51,13 @@ def test_denoising_a_noised_point_returns_it(sampler, steps):
 
 def test_reverse_strip_predicts_the_point_and_sampler_comparison_agrees():
     noise = torch.randn(2, 3, 4, 4, dtype=torch.float64)
-    rows, row_labels, col_labels, final = reverse_strip(
-        oracle, SCHEDULE, noise, sampler="ddim", steps=10, columns=4, prediction_type="epsilon")
+    rows, row_labels, col_labels, final = reverse_strip(ORACLE, noise, sampler="ddim", steps=10,
+                                                        columns=4)
     assert rows.shape == (4, 4, 3, 4, 4) and col_labels[0] == "t=199"
     assert row_labels == ["x_t #0", "pred x0 #0", "x_t #1", "pred x0 #1"]
     assert torch.allclose(rows[1::2], POINT.expand(2, 4, -1, -1, -1), atol=1e-6)
     assert torch.allclose(final, POINT.expand(2, -1, -1, -1), atol=1e-6)
-    images, timings = compare_samplers(oracle, SCHEDULE, noise, ["ddpm-200", "ddim-5"],
-                                       prediction_type="epsilon")
+    images, timings = compare_samplers(ORACLE, noise, ["ddpm-200", "ddim-5"])
     assert images.shape == (2, 2, 3, 4, 4)
     assert torch.allclose(images, POINT.expand(2, 2, -1, -1, -1), atol=1e-6)
     assert [t["sampler"] for t in timings] == ["ddpm-200", "ddim-5"]

@@ -68,16 +68,26 @@ def test_scale_factor_gives_unit_std_and_psnr():
     assert psnr(4.0) == pytest.approx(0.0) and psnr(0.04) == pytest.approx(20.0)
 
 
-def test_cfg_scale_zero_and_one():
-    def model_fn(x, t, labels):  # conditional on the label, "unconditional" for null = 9
-        return x * 0 + labels.view(-1, 1).float()
-    x, t, labels = torch.zeros(3, 2), torch.zeros(3, dtype=torch.long), torch.tensor([1, 2, 3])
-    assert torch.equal(classifier_free_guidance(model_fn, 0.0, 9)(x, t, labels),
-                       torch.full((3, 2), 9.0))
-    assert torch.equal(classifier_free_guidance(model_fn, 1.0, 9)(x, t, labels),
-                       labels.view(-1, 1).float().expand(3, 2))
-    assert torch.allclose(classifier_free_guidance(model_fn, 3.0, 9)(x, t, labels),
-                          (9 + 3 * (labels - 9)).view(-1, 1).float().expand(3, 2))
+def test_cfg_wiring_with_a_class_conditional_unet():
+    """The guided latent denoiser of a real UNet: scale 1 is the conditional prediction, scale 0
+    the prediction for the network's null class, in one batched forward pass."""
+    from models.diffusion import NoiseSchedule
+    from models.unet import UNet
+    from train.diffusion import make_denoiser
+    torch.manual_seed(0)
+    net = UNet(2, 4, base=8, channel_mult=(1,), blocks=1, attention_resolutions=(),
+               num_classes=3)
+    for p in net.parameters():  # zero-initialised output layers made random
+        torch.nn.init.normal_(p, std=0.1)
+    plain = make_denoiser(net, NoiseSchedule("cosine", 50), "v", clip_x0=False)
+    x, t, labels = torch.randn(3, 2, 4, 4), torch.tensor([3, 20, 49]), torch.tensor([0, 1, 2])
+    cond = plain(x, t, labels)
+    uncond = plain(x, t, torch.full_like(labels, net.null_class))
+    assert not torch.allclose(cond[0], uncond[0])
+    for w, expected in ((1.0, cond), (0.0, uncond)):
+        for got, want in zip(classifier_free_guidance(plain, w, net.null_class)(x, t, labels),
+                             expected):
+            assert torch.allclose(got, want, atol=1e-5)
 
 
 AE_TINY = ["--IMAGE_SIZE=16", "--N_TRAIN=128", "--BASE=8", "--BATCH_SIZE=32", "--EPOCHS=2",

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel
 
-from models.diffusion import (NoiseSchedule, min_snr_weight, q_sample, sample,
+from models.diffusion import (Denoiser, NoiseSchedule, min_snr_weight, q_sample,
                               sample_timesteps, training_target)
+from models.samplers import sample
 from train.common import (LossMeter, LRPlan, PlannedLR, eval_generator, resume_point,
                           run_epochs, save_training_state, stack_frames)
 from utils.data import to_uint8
@@ -66,14 +67,6 @@ def build_diffusion(model: torch.nn.Module, schedule: NoiseSchedule, device: tor
     return DiffusionSetup(model, ema, opt, sched, schedule, device, **options)
 
 
-def sampling_setup(state: dict, model: torch.nn.Module, schedule: NoiseSchedule,
-                   device: torch.device, **options) -> DiffusionSetup:
-    """A setup whose EMA weights come from a training checkpoint (for eval scripts)."""
-    s = build_diffusion(model, schedule, device, lr=0.0, warmup_steps=1, total_steps=1, **options)
-    load_state(s.ema, state["ema"], "EMA denoiser")
-    return s
-
-
 def drop_labels(labels: torch.Tensor, rate: float, null_class: int,
                 generator: torch.Generator | None = None) -> torch.Tensor:
     """Replace each label by the null class with probability `rate` (CFG training)."""
@@ -125,23 +118,39 @@ def diffusion_step(s: DiffusionSetup, x0: torch.Tensor, labels=None, clip: float
     return {"loss": loss.detach(), "quarter_sums": sums, "quarter_counts": counts}
 
 
-def ema_denoiser(s: DiffusionSetup):
-    """model_fn(x_t, t, labels) of the EMA weights (eval mode, autocast, float32 output)."""
-    net = s.ema.module.eval()  # the EMA copy is only ever used for inference
+def make_denoiser(net: torch.nn.Module, schedule: NoiseSchedule, prediction_type: str, *,
+                  amp_dtype: torch.dtype | None = None, clip_x0: bool = True) -> Denoiser:
+    """The Denoiser of a network used for inference (eval mode, autocast, float32 output).
+    clip_x0 for pixels in [-1, 1]; off for latents."""
+    device = next(net.parameters()).device
+    net.eval()
 
-    def model_fn(x, t, labels):
-        with autocast(s.device, s.amp_dtype):
+    def net_fn(x, t, labels):
+        with autocast(device, amp_dtype):
             return net(x, t, labels).float()
-    return model_fn
+    return Denoiser(net_fn, schedule, prediction_type, clip_x0)
+
+
+def ema_denoiser(s: DiffusionSetup, clip_x0: bool = True) -> Denoiser:
+    """The Denoiser of the EMA weights (the copy only ever used for inference)."""
+    return make_denoiser(s.ema.module, s.schedule, s.prediction_type, amp_dtype=s.amp_dtype,
+                         clip_x0=clip_x0)
+
+
+def ema_network(state: dict, model: torch.nn.Module) -> torch.nn.Module:
+    """`model` with the EMA weights of a training checkpoint (no optimizer is built)."""
+    ema = state["ema"]
+    weights = {k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")}
+    load_state(model, weights, "EMA denoiser")
+    return model.eval().requires_grad_(False)
 
 
 @torch.no_grad()
 def ema_samples(s: DiffusionSetup, noise: torch.Tensor, sampler: str, steps: int,
                 labels=None) -> torch.Tensor:
     """Samples from fixed noise with the EMA weights and a (fast) sampler, as uint8 on the CPU."""
-    x = sample(ema_denoiser(s), s.schedule, noise.clone(), sampler, steps, labels=labels,
-               prediction_type=s.prediction_type, clip_x0=True,
-               generator=eval_generator(s.device))
+    x = sample(ema_denoiser(s), noise.clone(), sampler, steps, labels=labels,
+               generator=eval_generator(s.device)).x
     return to_uint8(x).cpu()
 
 

@@ -7,8 +7,8 @@ from typing import Callable
 
 import torch
 
-from models.diffusion import NoiseSchedule, q_sample, sample
-from models.samplers import ModelFn
+from models.diffusion import Denoiser, NoiseSchedule, q_sample
+from models.samplers import SAMPLERS, sample
 from utils.device import synchronize
 from utils.errors import UserError
 
@@ -31,15 +31,13 @@ def forward_strip(schedule: NoiseSchedule, x0: torch.Tensor, ts: list[int], nois
     return torch.stack(rows, dim=1)
 
 
-def reverse_strip(model_fn: ModelFn, schedule: NoiseSchedule, noise: torch.Tensor, *,
-                  sampler: str, steps: int, columns: int, prediction_type: str,
-                  decode: Decode = _identity, labels=None):
+def reverse_strip(denoiser: Denoiser, noise: torch.Tensor, *, sampler: str, steps: int,
+                  columns: int, decode: Decode = _identity, labels=None):
     """Rows x_t and predicted x0 per image at `columns` points of one sampling run.
 
     Returns (rows (2N, K, C, H, W), row labels, column labels, final samples).
     """
-    x, frames = sample(model_fn, schedule, noise.clone(), sampler, steps, labels=labels,
-                       prediction_type=prediction_type, clip_x0=True, snapshots=columns)
+    x, frames = sample(denoiser, noise.clone(), sampler, steps, labels=labels, snapshots=columns)
     x_t = torch.stack([decode(f[1]) for f in frames], dim=1)  # (N, K, C, H, W)
     x0 = torch.stack([decode(f[2]) for f in frames], dim=1)
     rows = torch.stack([x_t, x0], dim=1).flatten(0, 1)  # x_t row, then its x0 row
@@ -52,24 +50,21 @@ def steps_from(t: int, timesteps: int, steps: int) -> int:
     return max(1, round(steps * (t + 1) / timesteps))
 
 
-def noised_and_denoised(model_fn: ModelFn, schedule: NoiseSchedule, x0: torch.Tensor,
-                        ts: list[int], *, sampler: str, steps: int, prediction_type: str,
-                        decode: Decode = _identity, labels=None, generator=None,
-                        clip_x0: bool = True):
-    """Each image noised to every t in ts, then denoised from there by the sampler
-    (clip_x0 for pixels in [-1, 1]; off for latents).
+def noised_and_denoised(denoiser: Denoiser, x0: torch.Tensor, ts: list[int], *, sampler: str,
+                        steps: int, decode: Decode = _identity, labels=None, generator=None):
+    """Each image noised to every t in ts, then denoised from there by the sampler.
 
     Returns (rows (2N, 1 + len(ts), C, H, W): original | x_t ... and original | denoised ...,
     row labels). Small t gives the image back; near T the model invents a new one.
     """
+    schedule = denoiser.schedule
     noise = torch.randn(x0.shape, generator=generator, device=x0.device)
     noised, denoised = [], []
     for t in ts:
         x_t = q_sample(schedule, x0, t, noise)
         noised.append(decode(x_t))
-        out = sample(model_fn, schedule, x_t, sampler, steps_from(t, schedule.timesteps, steps),
-                     start_t=t, labels=labels, prediction_type=prediction_type, clip_x0=clip_x0,
-                     generator=generator)
+        out = sample(denoiser, x_t, sampler, steps_from(t, schedule.timesteps, steps),
+                     start_t=t, labels=labels, generator=generator).x
         denoised.append(decode(out))
     original = decode(x0).unsqueeze(1)
     top = torch.cat([original, torch.stack(noised, dim=1)], dim=1)
@@ -82,27 +77,24 @@ def noised_and_denoised(model_fn: ModelFn, schedule: NoiseSchedule, x0: torch.Te
 def parse_sampler(spec: str) -> tuple[str, int]:
     """'ddim-50' -> ('ddim', 50)."""
     name, _, steps = spec.partition("-")
-    if name not in ("ddpm", "ddim") or not steps.isdigit() or int(steps) < 1:
-        raise UserError(f"sampler spec {spec!r} must look like 'ddpm-1000' or 'ddim-50'")
+    if name not in SAMPLERS or not steps.isdigit() or int(steps) < 1:
+        raise UserError(f"sampler spec {spec!r} must look like 'ddpm-1000' or 'ddim-50' "
+                        f"(samplers: {', '.join(SAMPLERS)})")
     return name, int(steps)
 
 
-def compare_samplers(model_fn: ModelFn, schedule: NoiseSchedule, noise: torch.Tensor,
-                     specs: list[str], *, prediction_type: str, decode: Decode = _identity,
-                     labels=None) -> tuple[torch.Tensor, list[dict]]:
+def compare_samplers(denoiser: Denoiser, noise: torch.Tensor, specs: list[str], *,
+                     decode: Decode = _identity, labels=None) -> tuple[torch.Tensor, list[dict]]:
     """The same noise through each sampler spec: (rows (S, N, C, H, W), timings per spec)."""
     rows, timings = [], []
     for spec in specs:
         name, steps = parse_sampler(spec)
         synchronize(noise.device)
         started = time.perf_counter()
-        x = sample(model_fn, schedule, noise.clone(), name, steps, labels=labels,
-                   prediction_type=prediction_type, clip_x0=True)
-        images = decode(x)
+        images = decode(sample(denoiser, noise.clone(), name, steps, labels=labels).x)
         synchronize(noise.device)
         seconds = time.perf_counter() - started
         rows.append(images)
         timings.append({"sampler": spec, "seconds_per_image": seconds / len(noise),
                         "images": len(noise)})
     return torch.stack(rows), timings
-

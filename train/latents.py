@@ -4,6 +4,7 @@ import torch
 from tqdm.auto import tqdm
 
 from models.autoencoder import Autoencoder
+from models.diffusion import Denoiser
 from models.samplers import classifier_free_guidance, sample
 from train.common import until_out_of_time
 from train.diffusion import DiffusionSetup, ema_denoiser
@@ -65,15 +66,15 @@ def decode_latents(ae: Autoencoder, z: torch.Tensor, scale: float) -> torch.Tens
     return ae.decode(z / scale).float().clamp(-1, 1)
 
 
-def guided_denoiser(s: DiffusionSetup, guidance: float):
-    """The EMA model with classifier-free guidance at `guidance` (one batched forward pass)."""
-    return classifier_free_guidance(ema_denoiser(s), guidance, s.model.null_class)
+def guided_denoiser(s: DiffusionSetup, guidance: float) -> Denoiser:
+    """The EMA latent denoiser (no clipping) with classifier-free guidance at `guidance`."""
+    return classifier_free_guidance(ema_denoiser(s, clip_x0=False), guidance,
+                                    s.model.null_class)
 
 
 @torch.no_grad()
-def class_samples(s: DiffusionSetup, ae: Autoencoder, scale: float, noise: torch.Tensor,
-                  labels: torch.Tensor, guidance: float, steps: int = 50) -> torch.Tensor:
-    """Decoded DDIM samples for the given labels with CFG, as uint8 on the CPU."""
-    z = sample(guided_denoiser(s, guidance), s.schedule, noise.clone(), "ddim", steps,
-               labels=labels, prediction_type=s.prediction_type)
+def class_samples(denoiser: Denoiser, ae: Autoencoder, scale: float, noise: torch.Tensor,
+                  labels: torch.Tensor, steps: int = 50) -> torch.Tensor:
+    """Decoded DDIM samples of a (guided) latent denoiser for the given labels, uint8 on the CPU."""
+    z = sample(denoiser, noise.clone(), "ddim", steps, labels=labels).x
     return to_uint8(decode_latents(ae, z, scale)).cpu()
