@@ -9,22 +9,22 @@ and the predicted x0 during sampling), noised_real.png (test images noised to t,
 sampler_comparison.png + sampler_comparison.json (seconds per image), samples.npz, metrics.json.
 """
 import json
+from pathlib import Path
 
 import torch
 
-from models.diffusion import NoiseSchedule
+from models.diffusion import Denoiser, NoiseSchedule
 from models.samplers import SAMPLERS, sample
-from models.unet import UNet
-from train.diffusion import ema_network, make_denoiser
-from train.evaluator import write_metrics
+from train.checkpoints import load_run
+from train.diffusion import checkpoint_denoiser
 from train.diffusion_figures import (compare_samplers, forward_strip, noised_and_denoised,
                                      parse_sampler, reverse_strip, strip_timesteps)
+from train.evaluator import write_metrics
 from utils.config import check_choice, check_positive, resolve_constants
-from utils.data import load_dataset, to_uint8
+from utils.data import to_uint8
 from utils.device import resolve_device, resolve_precision, seed_everything
 from utils.errors import UserError, run_cli
 from utils.plots import save_grid, save_labelled_grid, save_strips_with_curves
-from utils.runs import find_run, load_checkpoint
 from utils.samples import draw_samples, save_samples_npz
 
 RUN = "latest"  # run name or number (e.g. 003), or latest
@@ -51,28 +51,19 @@ def main(argv=None) -> None:
     c = resolve_constants(globals(), argv)
     check_choice("SAMPLER", c.SAMPLER, tuple(SAMPLERS))
     check_positive(c, "STEPS", "GRID_SIZE", "STRIP_IMAGES", "STRIP_COLUMNS", "COMPARE_IMAGES")
-    specs = list(c.COMPARE)
-    [parse_sampler(spec) for spec in specs]  # reject a bad spec before any sampling
-    run = find_run(c.SAVE_ROOT, "diffusion", c.RUN)
-    state = load_checkpoint(run.checkpoint)
-    if "model_args" not in state or "ema" not in state:
-        raise UserError(f"{run.checkpoint} is not a diffusion checkpoint")
-    cfg = state["config"]
+    [parse_sampler(spec) for spec in c.COMPARE]  # reject a bad spec before any sampling
     seed_everything(c.SEED)
     device = resolve_device(c.DEVICE)
-    T = cfg["TIMESTEPS"]
+    loaded = load_run(c.SAVE_ROOT, "diffusion", c.RUN, device)
+    denoiser = checkpoint_denoiser(loaded.state, loaded.nets["net"],
+                                   amp_dtype=resolve_precision(c.PRECISION, device))
+    T = denoiser.schedule.timesteps
     if any(not 0 <= t < T for t in c.NOISED_T):
         raise UserError(f"NOISED_T values must lie in [0, {T - 1}], got {c.NOISED_T}")
-    schedule = NoiseSchedule(cfg["SCHEDULE"], T)
-    net = ema_network(state, UNet(**state["model_args"]).to(device))
-    denoiser = make_denoiser(net, schedule, cfg["PREDICTION"],
-                             amp_dtype=resolve_precision(c.PRECISION, device))
-    test = load_dataset(cfg["DATASET"], "test", image_size=cfg["IMAGE_SIZE"], root=c.DATA_ROOT,
-                        channels=state["model_args"]["in_channels"], seed=cfg["SEED"],
-                        n=max(c.STRIP_IMAGES, 16))
-    shape, out = test.shape, run.plots / "eval"
-    title = f"{run.name} (epoch {state['epoch']})"
+    test_x = loaded.data.held_out(max(c.STRIP_IMAGES, 16), c.DATA_ROOT).first(c.STRIP_IMAGES)[0]
+    out, title = loaded.run.plots / "eval", loaded.title
     draw = f"{c.SAMPLER}-{c.STEPS}" + (f", eta {c.ETA}" if c.SAMPLER == "ddim" else "")
+    shape = (loaded.data.channels, loaded.data.image_size, loaded.data.image_size)
 
     def generate(n: int) -> torch.Tensor:
         noise = torch.randn(n, *shape, device=device)
@@ -80,32 +71,52 @@ def main(argv=None) -> None:
 
     save_grid(generate(c.GRID_SIZE ** 2), out / "samples_grid.png", nrow=c.GRID_SIZE,
               title=f"{title}: {draw}")
-
-    x0 = test.first(c.STRIP_IMAGES)[0].to(device)
-    ts = strip_timesteps(T, c.STRIP_COLUMNS)
-    noise = torch.randn_like(x0[:1])
-    strips = {kind_: forward_strip(NoiseSchedule(kind_, T), x0[:1], ts, noise)[0]
-              for kind_ in ("linear", "cosine")}
-    curves = {kind_: (range(T), NoiseSchedule(kind_, T).log_snr().numpy())
-              for kind_ in ("linear", "cosine")}
-    save_strips_with_curves(strips, [f"t={t}" for t in ts], curves,
-                            out / "forward_schedules.png", "log SNR = log(alpha_bar / (1 - "
-                            "alpha_bar))", marks=ts, title=f"Forward diffusion, same image and "
-                            f"noise, T={T} (this run: {schedule.kind})")
-
-    rows, row_labels, col_labels, _ = reverse_strip(
-        denoiser, torch.randn(c.STRIP_IMAGES, *shape, device=device),
-        sampler=c.SAMPLER, steps=c.STEPS, columns=c.STRIP_COLUMNS)
-    save_labelled_grid(rows, out / "reverse_diffusion.png", row_labels, col_labels,
-                       title=f"{title}: reverse diffusion ({draw})")
-
-    rows, row_labels = noised_and_denoised(denoiser, x0, list(c.NOISED_T),
+    write_forward_schedules(test_x[:1].to(device), T, c.STRIP_COLUMNS, denoiser.schedule.kind,
+                            out / "forward_schedules.png")
+    write_reverse_strip(denoiser, torch.randn(c.STRIP_IMAGES, *shape, device=device), c,
+                        out / "reverse_diffusion.png", f"{title}: reverse diffusion ({draw})")
+    rows, row_labels = noised_and_denoised(denoiser, test_x.to(device), list(c.NOISED_T),
                                            sampler=c.SAMPLER, steps=c.STEPS)
     save_labelled_grid(rows, out / "noised_real.png", row_labels,
                        ["x0"] + [f"t={t}" for t in c.NOISED_T],
                        title=f"{title}: test images noised to t, then denoised ({draw} stride)")
+    write_sampler_comparison(denoiser, torch.randn(c.COMPARE_IMAGES, *shape, device=device),
+                             list(c.COMPARE), out, title)
+    if c.N_SAMPLES > 0:
+        images, ms = draw_samples(lambda _, k: to_uint8(generate(k)), c.N_SAMPLES, 250, device)
+        save_samples_npz(images, out / "samples.npz")
+        if c.METRICS:
+            write_metrics(images, None, loaded.data.dataset, out, device,
+                          extractor=c.EXTRACTOR, save_root=c.SAVE_ROOT, data_root=c.DATA_ROOT,
+                          seed=loaded.data.seed, sampling={"sampler": draw, "ms_per_image": ms})
+    print(f"done: figures in {out}")
 
-    noise = torch.randn(c.COMPARE_IMAGES, *shape, device=device)
+
+def write_forward_schedules(x0: torch.Tensor, T: int, columns: int, this_run: str,
+                            path: Path) -> None:
+    """One image noised by the linear and the cosine schedule (same noise), with log-SNR."""
+    ts = strip_timesteps(T, columns)
+    noise = torch.randn_like(x0)
+    kinds = ("linear", "cosine")
+    strips = {kind: forward_strip(NoiseSchedule(kind, T), x0, ts, noise)[0] for kind in kinds}
+    curves = {kind: (range(T), NoiseSchedule(kind, T).log_snr().numpy()) for kind in kinds}
+    save_strips_with_curves(strips, [f"t={t}" for t in ts], curves, path,
+                            "log SNR = log(alpha_bar / (1 - alpha_bar))", marks=ts,
+                            title=f"Forward diffusion, same image and noise, T={T} "
+                                  f"(this run: {this_run})")
+
+
+def write_reverse_strip(denoiser: Denoiser, noise: torch.Tensor, c, path: Path, title: str
+                        ) -> None:
+    """x_t and the predicted x0 at evenly spaced steps of one sampling run per image."""
+    rows, row_labels, col_labels, _ = reverse_strip(denoiser, noise, sampler=c.SAMPLER,
+                                                    steps=c.STEPS, columns=c.STRIP_COLUMNS)
+    save_labelled_grid(rows, path, row_labels, col_labels, title=title)
+
+
+def write_sampler_comparison(denoiser: Denoiser, noise: torch.Tensor, specs: list[str],
+                             out: Path, title: str) -> None:
+    """The same noise through each sampler spec, timed: figure and JSON."""
     rows, timings = compare_samplers(denoiser, noise, specs)
     save_labelled_grid(rows, out / "sampler_comparison.png",
                        [f"{t['sampler']}: {t['seconds_per_image']:.3f} s/img" for t in timings],
@@ -113,15 +124,6 @@ def main(argv=None) -> None:
     (out / "sampler_comparison.json").write_text(json.dumps(timings, indent=2))
     for t in timings:
         print(f"{t['sampler']:>10s}: {t['seconds_per_image']:.3f} s/img")
-
-    if c.N_SAMPLES > 0:
-        images, ms = draw_samples(lambda _, k: to_uint8(generate(k)), c.N_SAMPLES, 250, device)
-        save_samples_npz(images, out / "samples.npz")
-        if c.METRICS:
-            write_metrics(images, None, cfg["DATASET"], out, device, extractor=c.EXTRACTOR,
-                          save_root=c.SAVE_ROOT, data_root=c.DATA_ROOT, seed=cfg["SEED"],
-                          sampling={"sampler": draw, "ms_per_image": ms})
-    print(f"done: figures in {out}")
 
 
 if __name__ == "__main__":

@@ -11,13 +11,14 @@ forward_diffusion.png, config.json, metrics.jsonl; weights to saved_models/diffu
 import torch
 
 from models.diffusion import PREDICTION_TYPES, NoiseSchedule, q_sample
-from models.unet import UNet
-from train.common import epoch_batches, time_budget
+from models.samplers import SAMPLERS
+from train.common import Deadline
 from train.diffusion import build_diffusion, ema_samples, train_diffusion
 from utils.config import check_choice, check_positive, resolve_constants
+from utils.data import batches_per_epoch, iterate_batches
 from utils.errors import run_cli
 from utils.plots import save_labelled_grid
-from utils.session import datasets, open_run, resume, start
+from utils.session import load_splits, open_run, resume_run, seed_and_device
 
 # data
 DATASET = "shapes"  # shapes, digits (embedded); cifar10, mnist, ... (online)
@@ -64,38 +65,40 @@ PROGRESSION_ROWS = 8  # fixed noise images followed across epochs
 def main(argv=None):
     """Train (or resume) a run; returns it."""
     c = resolve_constants(globals(), argv)
-    run, state, c = resume(c, "diffusion", argv,
-                           output_constants=("SAMPLER", "SAMPLE_STEPS"))
+    run, state, c = resume_run(c, "diffusion", argv,
+                               output_constants=("SAMPLER", "SAMPLE_STEPS"))
     check_choice("SCHEDULE", c.SCHEDULE, ("linear", "cosine"))
     check_choice("PREDICTION", c.PREDICTION, PREDICTION_TYPES)
-    check_choice("SAMPLER", c.SAMPLER, ("ddim", "ddpm"))
+    check_choice("SAMPLER", c.SAMPLER, tuple(SAMPLERS))
     check_choice("LR_SCHEDULE", c.LR_SCHEDULE, ("constant", "cosine"))
     check_positive(c, "BATCH_SIZE", "LR", "BASE", "TIMESTEPS", "SAMPLE_STEPS", "WARMUP_STEPS",
                    "CHECKPOINT_EVERY", "PROGRESSION_ROWS")
-    device, amp_dtype = start(c)
-    train, test = datasets(c)
-    model_args = dict(in_channels=train.shape[0], image_size=c.IMAGE_SIZE, base=c.BASE,
-                      channel_mult=tuple(c.CHANNEL_MULT), blocks=c.BLOCKS,
-                      attention_resolutions=tuple(c.ATTENTION), heads=c.HEADS, dropout=c.DROPOUT)
+    deadline = Deadline(c.MINUTES)
+    device, amp_dtype = seed_and_device(c)
+    data, train, test = load_splits(c)
+    model_args = {"unet": dict(in_channels=data.channels, image_size=c.IMAGE_SIZE, base=c.BASE,
+                               channel_mult=tuple(c.CHANNEL_MULT), blocks=c.BLOCKS,
+                               attention_resolutions=tuple(c.ATTENTION), heads=c.HEADS,
+                               dropout=c.DROPOUT)}
     schedule = NoiseSchedule(c.SCHEDULE, c.TIMESTEPS)
-    total_steps = c.EPOCHS * max(1, len(train) // c.BATCH_SIZE)
-    s = build_diffusion(UNet(**model_args), schedule, device, lr=c.LR,
-                        warmup_steps=c.WARMUP_STEPS, total_steps=total_steps,
-                        lr_schedule=c.LR_SCHEDULE, ema_decay=c.EMA_DECAY, amp_dtype=amp_dtype,
-                        prediction_type=c.PREDICTION, min_snr_gamma=c.MIN_SNR_GAMMA or None)
+    steps_per_epoch = batches_per_epoch(train, c.BATCH_SIZE)
+    setup = build_diffusion(model_args, schedule, device, lr=c.LR, warmup_steps=c.WARMUP_STEPS,
+                            total_steps=c.EPOCHS * max(1, steps_per_epoch),
+                            lr_schedule=c.LR_SCHEDULE, ema_decay=c.EMA_DECAY,
+                            amp_dtype=amp_dtype, prediction_type=c.PREDICTION,
+                            min_snr_gamma=c.MIN_SNR_GAMMA or None)
     run = open_run(c, "diffusion", f"{c.SCHEDULE}-{c.PREDICTION}", resumed=run)
     if state is None:
         write_forward_strip(schedule, train.first(4)[0], run.plots / "forward_diffusion.png")
     noise = (state["fixed_noise"] if state else torch.randn(c.PROGRESSION_ROWS, *train.shape))
     noise, train = noise.to(device), train.to(device)
-    with time_budget(c.MINUTES):
-        train_diffusion(
-            s, lambda epoch: epoch_batches(train, c.BATCH_SIZE, device, c.FLIP, epoch, c.EPOCHS),
-            test.first(512)[0], run, epochs=c.EPOCHS, batch_size=c.BATCH_SIZE,
-            snapshot=lambda: ema_samples(s, noise, c.SAMPLER, c.SAMPLE_STEPS), config=vars(c),
-            checkpoint_every=c.CHECKPOINT_EVERY, state=state, model_args=model_args,
-            fixed_noise=noise.cpu(),
-            sample_title=f"EMA samples from fixed noise ({c.SAMPLER}, {c.SAMPLE_STEPS} steps)")
+    train_diffusion(
+        setup, lambda epoch: iterate_batches(train, c.BATCH_SIZE, device, flip=c.FLIP),
+        steps_per_epoch, test.first(512)[0], run, kind="diffusion", data=data,
+        epochs=c.EPOCHS, batch_size=c.BATCH_SIZE, fixed_noise=noise,
+        snapshot=lambda: ema_samples(setup, noise, c.SAMPLER, c.SAMPLE_STEPS), config=vars(c),
+        deadline=deadline, checkpoint_every=c.CHECKPOINT_EVERY, state=state,
+        sample_title=f"EMA samples from fixed noise ({c.SAMPLER}, {c.SAMPLE_STEPS} steps)")
     print(f"done: figures in {run.plots}")
     return run
 

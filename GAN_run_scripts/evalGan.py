@@ -9,13 +9,14 @@ against held-out images, with the real-vs-real floor).
 """
 import torch
 
+from train.checkpoints import load_run
 from train.evaluator import write_metrics
-from train.gan import build_gan, sample, write_figures
+from train.gan import generate, write_figures
 from utils.config import resolve_constants
 from utils.device import resolve_device, seed_everything
-from utils.errors import UserError, run_cli
+from utils.errors import run_cli
 from utils.plots import save_grid, save_labelled_grid
-from utils.runs import MetricsLog, find_run, load_checkpoint, load_state
+from utils.runs import MetricsLog
 from utils.samples import draw_samples, save_samples_npz, slerp
 
 RUN = "latest"  # run name or number (e.g. 001), or latest
@@ -33,36 +34,36 @@ DATA_ROOT = "data"  # where torchvision datasets are downloaded
 
 def main(argv=None) -> None:
     c = resolve_constants(globals(), argv)
-    run = find_run(c.SAVE_ROOT, "gan", c.RUN)
-    state = load_checkpoint(run.checkpoint)
-    if "model_args" not in state:
-        raise UserError(f"{run.checkpoint} is not a GAN checkpoint (no model_args)")
     seed_everything(c.SEED)
     device = resolve_device(c.DEVICE)
-    s = build_gan(**state["model_args"], lr=0.0, betas=(0.5, 0.999), device=device)
-    load_state(s.generator, state["generator"], "generator")
-    out = run.plots / "eval"
-
-    latent_dim = s.generator.latent_dim
-    z = torch.randn(c.GRID_SIZE ** 2, latent_dim, device=device)
-    save_grid(sample(s.generator, z), out / "samples_grid.png", nrow=c.GRID_SIZE,
-              title=f"{run.name}: {c.GRID_SIZE ** 2} samples (epoch {state['epoch']})")
-    ends = torch.randn(2, c.N_PAIRS, latent_dim, device=device)
-    path = slerp(ends[0], ends[1], c.STEPS)  # (P, S, D)
-    images = sample(s.generator, path.flatten(0, 1)).unflatten(0, (c.N_PAIRS, c.STEPS))
-    save_labelled_grid(images, out / "interpolations.png", title="Spherical interpolation "
-                       "between latent pairs", xlabel="from z_a (left) to z_b (right)")
-    write_figures(out, list(state["frames"]), MetricsLog(run.metrics_path).read(), run.name)
+    loaded = load_run(c.SAVE_ROOT, "gan", c.RUN, device)
+    generator, run, out = loaded.nets["generator"], loaded.run, loaded.run.plots / "eval"
+    z = torch.randn(c.GRID_SIZE ** 2, generator.latent_dim, device=device)
+    save_grid(generate(generator, z), out / "samples_grid.png", nrow=c.GRID_SIZE,
+              title=f"{run.name}: {c.GRID_SIZE ** 2} samples (epoch {loaded.state['epoch']})")
+    write_interpolations(generator, c.N_PAIRS, c.STEPS, out / "interpolations.png")
+    write_figures(out, list(loaded.state["frames"]), MetricsLog(run.metrics_path).read(),
+                  run.name)
     if c.N_SAMPLES > 0:
         images, ms = draw_samples(
-            lambda _, k: sample(s.generator, torch.randn(k, latent_dim, device=device)),
+            lambda _, k: generate(generator, torch.randn(k, generator.latent_dim, device=device)),
             c.N_SAMPLES, 500, device)
         save_samples_npz(images, out / "samples.npz")
         if c.METRICS:
-            write_metrics(images, None, state["config"]["DATASET"], out, device,
-                          extractor=c.EXTRACTOR, save_root=c.SAVE_ROOT, data_root=c.DATA_ROOT,
+            write_metrics(images, None, loaded.data.dataset, out, device, extractor=c.EXTRACTOR,
+                          save_root=c.SAVE_ROOT, data_root=c.DATA_ROOT, seed=loaded.data.seed,
                           sampling={"sampler": "generator", "ms_per_image": ms})
     print(f"done: figures in {out}")
+
+
+def write_interpolations(generator, pairs: int, steps: int, path) -> None:
+    """Spherical interpolation between `pairs` random latent pairs, `steps` images each."""
+    device = next(generator.parameters()).device
+    ends = torch.randn(2, pairs, generator.latent_dim, device=device)
+    path_z = slerp(ends[0], ends[1], steps)  # (P, S, D)
+    images = generate(generator, path_z.flatten(0, 1)).unflatten(0, (pairs, steps))
+    save_labelled_grid(images, path, title="Spherical interpolation between latent pairs",
+                       xlabel="from z_a (left) to z_b (right)")
 
 
 if __name__ == "__main__":

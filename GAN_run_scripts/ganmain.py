@@ -9,12 +9,12 @@ samples.png, config.json, metrics.jsonl; weights to saved_models/gan/<run>/lates
 """
 import torch
 
-from train.common import time_budget
-from train.gan import build_gan, sample, train_gan
+from train.common import Deadline
+from train.gan import build_gan, generate, train_gan
 from utils.config import check_positive, resolve_constants
 from utils.errors import UserError, run_cli
 from utils.plots import save_grid
-from utils.session import datasets, open_run, resume, start
+from utils.session import load_splits, open_run, resume_run, seed_and_device
 
 # data
 DATASET = "shapes"  # shapes, digits (embedded); cifar10, mnist, fashionmnist, celeba, ... (online)
@@ -49,23 +49,22 @@ PROGRESSION_ROWS = 8  # how many of them the progression figure follows across e
 def main(argv=None):
     """Train (or resume) a run; returns it."""
     c = resolve_constants(globals(), argv)
-    run, state, c = resume(c, "gan", argv,
-                           output_constants=("CHANNELS_LAST",))
+    run, state, c = resume_run(c, "gan", argv, output_constants=("CHANNELS_LAST",))
     check_positive(c, "BATCH_SIZE", "LR", "LATENT_DIM", "WIDTH", "CHECKPOINT_EVERY", "N_FIXED")
     if c.IMAGE_SIZE < 8 or c.IMAGE_SIZE & (c.IMAGE_SIZE - 1):
         raise UserError(f"IMAGE_SIZE={c.IMAGE_SIZE}: a DCGAN needs a power of two >= 8")
-    device, amp_dtype = start(c)
-    train, test = datasets(c)
-    s = build_gan(c.LATENT_DIM, c.IMAGE_SIZE, train.shape[0], c.WIDTH, c.LR, c.BETAS, device,
-                  amp_dtype, c.CHANNELS_LAST)
+    deadline = Deadline(c.MINUTES)
+    device, amp_dtype = seed_and_device(c)
+    data, train, test = load_splits(c)
+    setup = build_gan(c.LATENT_DIM, c.IMAGE_SIZE, data.channels, c.WIDTH, c.LR, c.BETAS, device,
+                      amp_dtype, c.CHANNELS_LAST)
     run = open_run(c, "gan", f"z{c.LATENT_DIM}", run)
     fixed_z = state["fixed_z"] if state else torch.randn(c.N_FIXED, c.LATENT_DIM)
-    with time_budget(c.MINUTES):
-        frames = train_gan(s, train, test, run, epochs=c.EPOCHS, batch_size=c.BATCH_SIZE,
-                           fixed_z=fixed_z.to(device), config=vars(c),
-                           checkpoint_every=c.CHECKPOINT_EVERY,
-                           progression_rows=c.PROGRESSION_ROWS, flip=c.FLIP, state=state)
-    save_grid(sample(s.generator, fixed_z.to(device), amp_dtype), run.plots / "samples.png",
+    frames = train_gan(setup, train, test, run, data=data, epochs=c.EPOCHS,
+                       batch_size=c.BATCH_SIZE, fixed_z=fixed_z.to(device), config=vars(c),
+                       deadline=deadline, checkpoint_every=c.CHECKPOINT_EVERY,
+                       progression_rows=c.PROGRESSION_ROWS, flip=c.FLIP, state=state)
+    save_grid(generate(setup.generator, fixed_z.to(device), amp_dtype), run.plots / "samples.png",
               nrow=8, title=f"DCGAN samples after {len(frames)} epochs")
     print(f"done: figures in {run.plots}")
     return run

@@ -12,16 +12,13 @@ metrics.jsonl; weights to saved_models/ldm/<run>/. Never runs the encoder: it re
 import torch
 
 from models.diffusion import PREDICTION_TYPES, NoiseSchedule
-from models.unet import UNet
-from train.common import time_budget
-from train.diffusion import build_diffusion, train_diffusion
-from train.latents import (class_samples, guided_denoiser, latent_batches, load_autoencoder,
-                           load_cache)
+from train.checkpoints import load_run
+from train.common import Deadline
+from train.diffusion import build_diffusion, ema_denoiser, train_diffusion
+from train.latents import class_samples, guided, latent_batches, load_cache
 from utils.config import check_choice, check_positive, resolve_constants
 from utils.errors import UserError, run_cli
-from utils.data import load_dataset
-from utils.runs import find_run
-from utils.session import open_run, resume, start
+from utils.session import open_run, resume_run, seed_and_device
 
 # autoencoder
 AUTOENCODER_RUN = "latest"  # the stage-1 run (name or number) whose latents are modelled
@@ -65,8 +62,7 @@ SAMPLE_STEPS = 50  # DDIM steps of the per-epoch samples
 def main(argv=None):
     """Train (or resume) stage 2; returns the run."""
     c = resolve_constants(globals(), argv)
-    run, state, c = resume(c, "ldm", argv,
-                           output_constants=("GUIDANCE", "SAMPLE_STEPS"))
+    run, state, c = resume_run(c, "ldm", argv, output_constants=("GUIDANCE", "SAMPLE_STEPS"))
     check_choice("SCHEDULE", c.SCHEDULE, ("linear", "cosine"))
     check_choice("PREDICTION", c.PREDICTION, PREDICTION_TYPES)
     check_choice("LR_SCHEDULE", c.LR_SCHEDULE, ("constant", "cosine"))
@@ -74,47 +70,49 @@ def main(argv=None):
                    "CHECKPOINT_EVERY")
     if not 0 <= c.LABEL_DROPOUT < 1:
         raise UserError(f"LABEL_DROPOUT must be in [0, 1), got {c.LABEL_DROPOUT}")
-    device, amp_dtype = start(c)
-    ae_run = find_run(c.SAVE_ROOT, "ldm_autoencoder", c.AUTOENCODER_RUN)
-    c.AUTOENCODER_RUN = ae_run.name  # a resumed run keeps using this exact autoencoder
-    ae, ae_state = load_autoencoder(ae_run, device)
-    cache = load_cache(ae_run)
-    scale = ae_state["latent_stats"]["scale_factor"]
-    ae_config = ae_state["config"]
-    c.DATASET = ae_config["DATASET"]
+    deadline = Deadline(c.MINUTES)
+    device, amp_dtype = seed_and_device(c)
+    stage1 = load_run(c.SAVE_ROOT, "ldm_autoencoder", c.AUTOENCODER_RUN, device)
+    if "latent_stats" not in stage1.state:
+        raise UserError(f"{stage1.run.name} has not finished training (no latent statistics); "
+                        f"finish or resume LDMAutoencoderMain first")
+    c.AUTOENCODER_RUN = stage1.run.name  # a resumed run keeps using this exact autoencoder
+    ae, cache = stage1.nets["autoencoder"], load_cache(stage1.run)
+    scale = stage1.state["latent_stats"]["scale_factor"]
     num_classes = int(cache["labels"].max()) + 1
     latent_shape = tuple(cache["mean"].shape[1:])
-    print(f"autoencoder {ae_run.name}: {len(cache['labels'])} cached latents of shape "
+    print(f"autoencoder {stage1.run.name}: {len(cache['labels'])} cached latents of shape "
           f"{latent_shape}, scale factor {scale:.4f}, {num_classes} classes")
-    model_args = dict(in_channels=latent_shape[0], image_size=latent_shape[-1], base=c.BASE,
-                      channel_mult=tuple(c.CHANNEL_MULT), blocks=c.BLOCKS,
-                      attention_resolutions=tuple(c.ATTENTION), heads=c.HEADS,
-                      dropout=c.DROPOUT, num_classes=num_classes)
-    schedule = NoiseSchedule(c.SCHEDULE, c.TIMESTEPS)
-    total_steps = c.EPOCHS * max(1, len(cache["labels"]) // c.BATCH_SIZE)
-    s = build_diffusion(UNet(**model_args), schedule, device, lr=c.LR,
-                        warmup_steps=c.WARMUP_STEPS, total_steps=total_steps,
-                        lr_schedule=c.LR_SCHEDULE, ema_decay=c.EMA_DECAY, amp_dtype=amp_dtype,
-                        prediction_type=c.PREDICTION, min_snr_gamma=c.MIN_SNR_GAMMA or None,
-                        label_dropout=c.LABEL_DROPOUT)
-    run = open_run(c, "ldm", f"{c.PREDICTION}-cfg", run)
+    model_args = {"unet": dict(in_channels=latent_shape[0], image_size=latent_shape[-1],
+                               base=c.BASE, channel_mult=tuple(c.CHANNEL_MULT), blocks=c.BLOCKS,
+                               attention_resolutions=tuple(c.ATTENTION), heads=c.HEADS,
+                               dropout=c.DROPOUT, num_classes=num_classes)}
+    steps_per_epoch = max(1, len(cache["labels"]) // c.BATCH_SIZE)
+    setup = build_diffusion(model_args, NoiseSchedule(c.SCHEDULE, c.TIMESTEPS), device,
+                            lr=c.LR, warmup_steps=c.WARMUP_STEPS,
+                            total_steps=c.EPOCHS * steps_per_epoch, lr_schedule=c.LR_SCHEDULE,
+                            ema_decay=c.EMA_DECAY, amp_dtype=amp_dtype,
+                            prediction_type=c.PREDICTION, min_snr_gamma=c.MIN_SNR_GAMMA or None,
+                            label_dropout=c.LABEL_DROPOUT)
+    run = open_run(c, "ldm", f"{c.PREDICTION}-cfg", run, dataset=stage1.data.dataset)
     noise = state["fixed_noise"] if state else torch.randn(num_classes, *latent_shape)
     noise, labels = noise.to(device), torch.arange(num_classes, device=device)
-    test = load_dataset(c.DATASET, "test", image_size=ae_config["IMAGE_SIZE"],
-                        channels=ae_state["model_args"]["channels"], root=c.DATA_ROOT,
-                        seed=ae_config["SEED"], n=512)
     with torch.no_grad():  # encoded once, for the held-out loss
-        held_out = scale * ae.encode(test.first(512)[0].to(device))[0].float()
-    with time_budget(c.MINUTES):
-        train_diffusion(
-            s, lambda epoch: latent_batches(cache, scale, c.BATCH_SIZE, device, epoch, c.EPOCHS),
-            held_out, run, epochs=c.EPOCHS, batch_size=c.BATCH_SIZE,
-            snapshot=lambda: class_samples(guided_denoiser(s, c.GUIDANCE), ae, scale, noise,
-                                           labels, c.SAMPLE_STEPS),
-            config=vars(c), checkpoint_every=c.CHECKPOINT_EVERY, state=state, model_args=model_args,
-            fixed_noise=noise.cpu(), scale_factor=scale,
-            sample_title=f"one sample per class (rows), CFG {c.GUIDANCE}, DDIM {c.SAMPLE_STEPS}",
-            row_labels=tuple(cache.get("class_names", ())))
+        test_x = stage1.data.held_out(512, c.DATA_ROOT).first(512)[0].to(device)
+        held_out = scale * ae.encode(test_x)[0].float()
+
+    def snapshot() -> torch.Tensor:
+        denoiser = guided(ema_denoiser(setup, clip_x0=False), setup.model, c.GUIDANCE)
+        return class_samples(denoiser, ae, scale, noise, labels, c.SAMPLE_STEPS)
+
+    train_diffusion(
+        setup, lambda epoch: latent_batches(cache, scale, c.BATCH_SIZE, device),
+        steps_per_epoch, held_out, run, kind="ldm", data=stage1.data, epochs=c.EPOCHS,
+        batch_size=c.BATCH_SIZE, snapshot=snapshot, config=vars(c), fixed_noise=noise,
+        deadline=deadline, checkpoint_every=c.CHECKPOINT_EVERY, state=state,
+        sample_title=f"one sample per class (rows), CFG {c.GUIDANCE}, DDIM {c.SAMPLE_STEPS}",
+        row_labels=tuple(cache.get("class_names", ())),
+        extras={"autoencoder_run": stage1.run.name, "scale_factor": scale})
     print(f"done: figures in {run.plots}")
     return run
 

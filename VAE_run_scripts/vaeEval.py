@@ -11,14 +11,14 @@ active dims), samples.npz (decoded prior samples, uint8 NHWC `images`) and metri
 """
 import torch
 
+from train.checkpoints import load_run
 from train.evaluator import write_metrics
-from train.vae import build_vae
 from train.vae_figures import decode, write_vae_figures
 from utils.config import check_positive, resolve_constants
-from utils.data import load_dataset, to_uint8
+from utils.data import to_uint8
 from utils.device import resolve_device, seed_everything
 from utils.errors import UserError, run_cli
-from utils.runs import MetricsLog, find_run, load_checkpoint, load_state
+from utils.runs import MetricsLog
 from utils.samples import draw_samples, save_samples_npz
 
 RUN = "latest"  # run name or number (e.g. 002), or latest
@@ -37,32 +37,27 @@ DATA_ROOT = "data"  # where torchvision datasets are downloaded
 def main(argv=None) -> dict:
     c = resolve_constants(globals(), argv)
     check_positive(c, "N_IMAGES", "N_VALUES")
-    run = find_run(c.SAVE_ROOT, "vae", c.RUN)
-    state = load_checkpoint(run.checkpoint)
-    if "model_args" not in state or "model" not in state:
-        raise UserError(f"{run.checkpoint} is not a VAE checkpoint")
-    args, cfg = state["model_args"], state["config"]
-    if c.DIM is not None and not 0 <= c.DIM < args["latent_dim"]:
-        raise UserError(f"DIM={c.DIM} is not a latent index (0..{args['latent_dim'] - 1})")
     seed_everything(c.SEED)
     device = resolve_device(c.DEVICE)
-    s = build_vae(args, device, lr=0.0, beta_mode="fixed")
-    load_state(s.model, state["model"], "VAE")
-    test = load_dataset(cfg["DATASET"], "test", image_size=cfg["IMAGE_SIZE"],
-                        channels=args["channels"], root=c.DATA_ROOT, seed=cfg["SEED"])
-    records = MetricsLog(run.metrics_path).read()[:state["epoch"]]
-    kl_dims = records[-1]["test_kl_dims"] if records else [0.0] * args["latent_dim"]
+    loaded = load_run(c.SAVE_ROOT, "vae", c.RUN, device)
+    model, run, latent_dim = loaded.nets["vae"], loaded.run, loaded.nets["vae"].latent_dim
+    if c.DIM is not None and not 0 <= c.DIM < latent_dim:
+        raise UserError(f"DIM={c.DIM} is not a latent index (0..{latent_dim - 1})")
+    test = loaded.data.held_out(root=c.DATA_ROOT)
+    records = MetricsLog(run.metrics_path).read()[:loaded.state["epoch"]]
+    kl_dims = records[-1]["test_kl_dims"] if records else [0.0] * latent_dim
     out = run.plots / "eval"
-    report = write_vae_figures(s.model, test, kl_dims, out, f"{run.name} (epoch {state['epoch']})",
-                               n_images=c.N_IMAGES, n_values=c.N_VALUES, seed=c.SEED, dim=c.DIM)
+    report = write_vae_figures(model, test, kl_dims, out, loaded.title, n_images=c.N_IMAGES,
+                               n_values=c.N_VALUES, seed=c.SEED, dim=c.DIM)
     if c.N_SAMPLES > 0:
         images, ms = draw_samples(
-            lambda _, k: to_uint8(decode(s.model, torch.randn(k, args["latent_dim"]))),
+            lambda _, k: to_uint8(decode(model, torch.randn(k, latent_dim))),
             c.N_SAMPLES, 500, device)
         save_samples_npz(images, out / "samples.npz")
         if c.METRICS:
-            write_metrics(images, None, cfg["DATASET"], out, device, extractor=c.EXTRACTOR,
-                          save_root=c.SAVE_ROOT, data_root=c.DATA_ROOT, seed=cfg["SEED"],
+            write_metrics(images, None, loaded.data.dataset, out, device,
+                          extractor=c.EXTRACTOR, save_root=c.SAVE_ROOT, data_root=c.DATA_ROOT,
+                          seed=loaded.data.seed,
                           sampling={"sampler": "decoder of prior samples", "ms_per_image": ms})
     for f in report["factors"]:
         print(f"{f['factor']:>10s}: best latent z{f['best_latent']}, MIG {f['mig']:.3f}")

@@ -12,13 +12,13 @@ per-dim KL), config.json, metrics.jsonl; weights to saved_models/vae/<run>/.
 """
 import torch
 
-from train.common import time_budget
+from train.common import Deadline
 from train.vae import BETA_MODES, build_vae, train_vae
 from train.vae_figures import write_vae_figures
 from utils.config import check_choice, check_positive, resolve_constants
 from utils.errors import UserError, run_cli
 from utils.runs import MetricsLog
-from utils.session import datasets, open_run, resume, start
+from utils.session import load_splits, open_run, resume_run, seed_and_device
 
 # data
 DATASET = "shapes"  # shapes, digits (embedded); cifar10, mnist, ... (online)
@@ -62,35 +62,34 @@ PROGRESSION_ROWS = 8  # fixed prior samples followed across epochs
 def main(argv=None):
     """Train (or resume) one run; returns (run, report)."""
     c = resolve_constants(globals(), argv)
-    run, state, c = resume(c, "vae", argv,
-                           output_constants=("TAG",))
+    run, state, c = resume_run(c, "vae", argv, output_constants=("TAG",))
     check_choice("BETA_MODE", c.BETA_MODE, BETA_MODES)
     check_positive(c, "BATCH_SIZE", "LR", "LATENT_DIM", "WIDTH", "BETA", "BETA_INIT",
                    "CHECKPOINT_EVERY", "PROGRESSION_ROWS", "KL_WARMUP_EPOCHS")
-    device, amp_dtype = start(c)
-    train, test = datasets(c)
-    model_args = dict(image_size=c.IMAGE_SIZE, channels=train.shape[0],
+    deadline = Deadline(c.MINUTES)
+    device, amp_dtype = seed_and_device(c)
+    data, train, test = load_splits(c)
+    model_args = dict(image_size=c.IMAGE_SIZE, channels=data.channels,
                       latent_dim=c.LATENT_DIM, width=c.WIDTH)
     scheduler_args = dict(beta_init=c.BETA_INIT, gamma=c.BETA_GAMMA, eta=c.BETA_ETA,
                           beta_min=c.BETA_MIN, beta_max=c.BETA_MAX, warmup=c.BETA_WARMUP)
     steps_per_epoch = max(1, len(train) // c.BATCH_SIZE)
     try:
-        s = build_vae(model_args, device, lr=c.LR, beta_mode=c.BETA_MODE, beta=c.BETA,
-                      scheduler_args=scheduler_args, amp_dtype=amp_dtype,
-                      warmup_steps=c.KL_WARMUP_EPOCHS * steps_per_epoch)
+        setup = build_vae(model_args, device, lr=c.LR, beta_mode=c.BETA_MODE, beta=c.BETA,
+                          scheduler_args=scheduler_args, amp_dtype=amp_dtype,
+                          warmup_steps=c.KL_WARMUP_EPOCHS * steps_per_epoch)
     except ValueError as err:  # the scheduler's bounds
         raise UserError(str(err)) from None
-    run = open_run(c, "vae", c.TAG or (f"beta{c.BETA:g}" if c.BETA_MODE == "fixed"
-                                         else c.BETA_MODE), run)
+    tag = c.TAG or (f"beta{c.BETA:g}" if c.BETA_MODE == "fixed" else c.BETA_MODE)
+    run = open_run(c, "vae", tag, run)
     fixed_z = state["fixed_z"] if state else torch.randn(c.PROGRESSION_ROWS, c.LATENT_DIM)
-    with time_budget(c.MINUTES):
-        train_vae(s, train, test, run, epochs=c.EPOCHS, batch_size=c.BATCH_SIZE,
-                  fixed_z=fixed_z.to(device), config=vars(c), checkpoint_every=c.CHECKPOINT_EVERY,
-                  progression_rows=c.PROGRESSION_ROWS, flip=c.FLIP, model_args=model_args,
-                  state=state)
+    train_vae(setup, train, test, run, data=data, epochs=c.EPOCHS, batch_size=c.BATCH_SIZE,
+              fixed_z=fixed_z.to(device), config=vars(c), deadline=deadline,
+              checkpoint_every=c.CHECKPOINT_EVERY, progression_rows=c.PROGRESSION_ROWS,
+              flip=c.FLIP, state=state)
     records = MetricsLog(run.metrics_path).read()
     last = records[-1] if records else {"epoch": 0, "test_kl_dims": [0.0] * c.LATENT_DIM}
-    report = write_vae_figures(s.model, test, last["test_kl_dims"], run.plots,
+    report = write_vae_figures(setup.model, test, last["test_kl_dims"], run.plots,
                                f"{run.name} (epoch {last['epoch']})")
     mig = "n/a" if report["mig"] is None else f"{report['mig']:.3f}"
     print(f"MIG {mig}, active dims {report['active_dims']}; done: figures in {run.plots}")

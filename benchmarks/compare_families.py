@@ -23,16 +23,13 @@ import time
 
 import torch
 
-from models.autoencoder import Autoencoder, PatchDiscriminator
-from models.gan import Discriminator, Generator
-from models.unet import UNet
-from models.vae import VAE
+from models.autoencoder import PatchDiscriminator
+from train.checkpoints import Loaded, load_run
 from utils.config import check_positive, resolve_constants
-from utils.data import load_dataset
 from utils.device import resolve_device, resolve_precision
 from utils.errors import INTERRUPTED_STATUS, Interrupted, UserError, run_cli
 from utils.plots import save_bar_charts
-from utils.runs import MetricsLog, Run, existing_runs, find_run, load_checkpoint, new_run
+from utils.runs import MetricsLog, Run, existing_runs, find_run, new_run
 
 DATASET = "shapes"  # shapes, digits (embedded); cifar10, mnist, ... (online)
 IMAGE_SIZE = 32  # pixels
@@ -99,19 +96,19 @@ def call(c, script: str, args: list[str]) -> dict:
             "peak_rss_mb": usage.ru_maxrss / 1024}  # ru_maxrss is in kilobytes on Linux
 
 
-def train(c, script: str, family: str, args: list[str]) -> tuple[Run, dict, dict]:
-    """Run a training script; returns its new run, what it did, and its checkpoint."""
+def train(c, script: str, family: str, args: list[str]) -> tuple[Run, dict, Loaded]:
+    """Run a training script; returns its new run, what it did, and the run loaded (on the CPU)."""
     before = set(existing_runs(c.SAVE_ROOT, family))
     cost = call(c, script, args)
     run = find_run(c.SAVE_ROOT, family, "latest")
     if run.name in before:
         raise UserError(f"{script} finished but left no new {family} run in {c.SAVE_ROOT}")
-    state = load_checkpoint(run.checkpoint)
+    loaded = load_run(c.SAVE_ROOT, family, run.name, torch.device("cpu"))
+    state = loaded.state
     seconds = sum(r["seconds"] for r in MetricsLog(run.metrics_path).read()[:state["epoch"]])
-    images = state["step"] * state["config"]["BATCH_SIZE"]
     return run, {"run": run.name, "epochs": state["epoch"], "steps": state["step"],
-                 "images": images, "loop_seconds": seconds,
-                 "img_per_s": images / max(seconds, 1e-9), **cost}, state
+                 "images": state["images"], "loop_seconds": seconds,
+                 "img_per_s": state["images"] / max(seconds, 1e-9), **cost}, loaded
 
 
 def evaluate(c, script: str, run: Run, info: dict, *args: str) -> None:
@@ -120,46 +117,40 @@ def evaluate(c, script: str, run: Run, info: dict, *args: str) -> None:
 
 
 def train_gan(c) -> tuple[list[dict], Run, tuple[int, int]]:
-    run, info, state = train(c, "GAN_run_scripts.ganmain", "gan", train_args(c, c.MINUTES))
+    run, info, loaded = train(c, "GAN_run_scripts.ganmain", "gan", train_args(c, c.MINUTES))
     evaluate(c, "GAN_run_scripts.evalGan", run, info, f"--N_SAMPLES={c.N_SAMPLES}")
-    a = state["model_args"]
-    g = Generator(a["latent_dim"], a["image_size"], a["channels"], a["width"])
-    d = Discriminator(a["image_size"], a["channels"], a["width"])
+    g, d = loaded.nets["generator"], loaded.nets["discriminator"]
     return [info], run, (n_params(g, d), n_params(g))
 
 
 def train_vae(c) -> tuple[list[dict], Run, tuple[int, int]]:
-    run, info, state = train(c, "VAE_run_scripts.vaemain", "vae", train_args(c, c.MINUTES))
+    run, info, loaded = train(c, "VAE_run_scripts.vaemain", "vae", train_args(c, c.MINUTES))
     evaluate(c, "VAE_run_scripts.vaeEval", run, info, f"--N_SAMPLES={c.N_SAMPLES}")
-    model = VAE(**state["model_args"])
+    model = loaded.nets["vae"]
     return [info], run, (n_params(model), n_params(model.decoder))
 
 
 def train_diffusion(c) -> tuple[list[dict], Run, tuple[int, int]]:
-    run, info, state = train(c, "Diffusion_run_scripts.DiffusionMain", "diffusion",
-                             train_args(c, c.MINUTES))
+    run, info, loaded = train(c, "Diffusion_run_scripts.DiffusionMain", "diffusion",
+                              train_args(c, c.MINUTES))
     evaluate(c, "Diffusion_run_scripts.DiffusionEval", run, info, f"--N_SAMPLES={c.N_SAMPLES}",
              f"--PRECISION={c.PRECISION}", "--COMPARE=('ddim-10',)", "--COMPARE_IMAGES=1")
-    unet = n_params(UNet(**state["model_args"]))
+    unet = n_params(loaded.nets["net"])
     return [info], run, (unet, unet)
 
 
 def train_ldm(c) -> tuple[list[dict], Run, tuple[int, int]]:
     stage1 = c.MINUTES * c.AUTOENCODER_SHARE
-    ae_run, ae_info, ae_state = train(c, "LDM_run_scripts.LDMAutoencoderMain", "ldm_autoencoder",
-                                      train_args(c, stage1))
-    run, info, state = train(c, "LDM_run_scripts.LDMDiffusionMain", "ldm", [
+    ae_run, ae_info, ae_loaded = train(c, "LDM_run_scripts.LDMAutoencoderMain",
+                                       "ldm_autoencoder", train_args(c, stage1))
+    run, info, loaded = train(c, "LDM_run_scripts.LDMDiffusionMain", "ldm", [
         *train_args(c, c.MINUTES - stage1, data=False), f"--AUTOENCODER_RUN={ae_run.name}"])
-    classes = len(load_dataset(c.DATASET, "test", image_size=c.IMAGE_SIZE, root=c.DATA_ROOT,
-                               n=1).class_names)
+    classes = len(loaded.data.held_out(1, c.DATA_ROOT).class_names)
     evaluate(c, "LDM_run_scripts.LDMEval", run, info,
              f"--PER_CLASS={max(1, c.N_SAMPLES // classes)}", f"--PRECISION={c.PRECISION}")
-    cfg = ae_state["config"]
-    ae = Autoencoder(**ae_state["model_args"])
-    disc = PatchDiscriminator(channels=ae_state["model_args"]["channels"],
-                              width=cfg["DISC_WIDTH"], layers=cfg["DISC_LAYERS"],
-                              spectral_norm=cfg["SPECTRAL_NORM"])
-    unet = UNet(**state["model_args"])
+    ae = ae_loaded.nets["autoencoder"]
+    disc = PatchDiscriminator(**ae_loaded.state["model_args"]["discriminator"])
+    unet = loaded.nets["net"]
     return [ae_info, info], run, (n_params(ae, disc, unet), n_params(ae.decoder, unet))
 
 

@@ -16,7 +16,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from Diffusion_run_scripts import DiffusionMain as defaults
 from models.diffusion import NoiseSchedule
-from models.unet import UNet
 from train.diffusion import build_diffusion, diffusion_step, ema_samples
 from utils.config import resolve_constants
 from utils.device import resolve_device, resolve_precision, synchronize
@@ -54,9 +53,10 @@ def matmul_peak(n: int, dtype, device) -> float:
 
 def build(c, device, amp_dtype):
     torch.manual_seed(0)
-    model = UNet(3, c.IMAGE_SIZE, base=c.BASE, channel_mult=tuple(c.CHANNEL_MULT),
-                 blocks=c.BLOCKS, attention_resolutions=tuple(c.ATTENTION))
-    return build_diffusion(model, NoiseSchedule("cosine"), device, lr=2e-4, warmup_steps=1,
+    args = {"unet": dict(in_channels=3, image_size=c.IMAGE_SIZE, base=c.BASE,
+                         channel_mult=tuple(c.CHANNEL_MULT), blocks=c.BLOCKS,
+                         attention_resolutions=tuple(c.ATTENTION))}
+    return build_diffusion(args, NoiseSchedule("cosine"), device, lr=2e-4, warmup_steps=1,
                            total_steps=100, amp_dtype=amp_dtype)
 
 

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm as sn
 
 from models.layers import Attention, Downsample, ResBlock, Upsample, group_norm
+from models.vae import reparameterize
 
 LOGVAR_RANGE = (-30.0, 20.0)  # clamp on the encoder's log-variance, as in Rombach et al.'s code
 
@@ -94,8 +95,7 @@ class Autoencoder(nn.Module):
     def forward(self, x: torch.Tensor):
         """(reconstruction from a posterior sample, mean, logvar)."""
         mean, logvar = self.encode(x)
-        z = mean + (0.5 * logvar).exp() * torch.randn_like(mean)
-        return self.decode(z), mean, logvar
+        return self.decode(reparameterize(mean, logvar)), mean, logvar
 
 
 class PatchDiscriminator(nn.Module):

@@ -7,9 +7,8 @@ import torch
 
 import GAN_run_scripts.ganmain as ganmain
 from models.diffusion import NoiseSchedule
-from models.unet import UNet
 from train.autoencoder import AELoss, build_autoencoder
-from train.common import LRPlan, PlannedLR
+from train.lr import LRPlan, PlannedLR
 from train.diffusion import build_diffusion, held_out_loss
 from train.gan import build_gan, evaluate_gan
 from train.vae import build_vae, evaluate_vae
@@ -91,8 +90,9 @@ def _extend(make_sched, short: int, long: int) -> list[float]:
 
 
 def _diffusion_sched(total: int) -> PlannedLR:
-    model = UNet(1, 8, base=8, channel_mult=(1,), blocks=1, attention_resolutions=())
-    return build_diffusion(model, NoiseSchedule("cosine", 10), CPU, lr=1e-3, warmup_steps=10,
+    args = {"unet": dict(in_channels=1, image_size=8, base=8, channel_mult=(1,), blocks=1,
+                         attention_resolutions=())}
+    return build_diffusion(args, NoiseSchedule("cosine", 10), CPU, lr=1e-3, warmup_steps=10,
                            total_steps=total, lr_schedule="cosine").lr_sched
 
 
@@ -143,14 +143,14 @@ def _training_draws_after(evaluate) -> torch.Tensor:
 
 def _evaluations():
     x = torch.rand(8, 1, 8, 8) * 2 - 1
-    model = UNet(1, 8, base=8, channel_mult=(1,), blocks=1, attention_resolutions=(),
-                 num_classes=3)
-    diffusion = build_diffusion(model, NoiseSchedule("cosine", 10), CPU, lr=1e-3,
+    args = {"unet": dict(in_channels=1, image_size=8, base=8, channel_mult=(1,), blocks=1,
+                         attention_resolutions=(), num_classes=3)}
+    diffusion = build_diffusion(args, NoiseSchedule("cosine", 10), CPU, lr=1e-3,
                                 warmup_steps=1, total_steps=1, label_dropout=0.5)
     vae = build_vae(dict(image_size=8, channels=1, latent_dim=2, width=4), CPU, lr=1e-3,
                     beta_mode="fixed")
     gan = build_gan(4, 8, 1, 4, 1e-3, (0.5, 0.999), CPU)
-    return {"diffusion held-out loss": lambda: held_out_loss(diffusion, model, x),
+    return {"diffusion held-out loss": lambda: held_out_loss(diffusion, diffusion.model, x),
             "vae evaluation": lambda: evaluate_vae(vae, x, 1.0)["loss"],
             "gan evaluation": lambda: evaluate_gan(gan, x)["d_loss"]}
 

@@ -1,15 +1,17 @@
+import itertools
+
 import pytest
 import torch
 
 from utils.errors import UserError
-from utils.runs import (MetricsLog, find_run, load_checkpoint, load_state, new_run,
-                        save_checkpoint)
+from utils.runs import (CHECKPOINT_VERSION, MetricsLog, find_run, load_checkpoint, load_state,
+                        new_run, save_checkpoint)
 
 
 def test_checkpoint_round_trip(tmp_path):
     model = torch.nn.Linear(3, 2)
     state = {"model": model.state_dict(), "epoch": 4, "config": {"LR": 0.1}, "rng":
-             {"python": [3, [1, 2], None]}}
+             {"python": [3, [1, 2], None]}, "version": CHECKPOINT_VERSION, "kind": "gan"}
     save_checkpoint(state, tmp_path / "a" / "latest.pt")
     loaded = load_checkpoint(tmp_path / "a" / "latest.pt")
     assert loaded["epoch"] == 4 and loaded["config"] == {"LR": 0.1}
@@ -40,6 +42,17 @@ def test_missing_corrupt_and_foreign_checkpoints_are_one_line_errors(tmp_path):
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(UserError, match="not a checkpoint of this project"):
         load_checkpoint(tmp_path / "other.pt")
+
+
+def test_older_and_foreign_checkpoints_are_one_line_errors(tmp_path):
+    save_checkpoint({"epoch": 1, "config": {}, "model_args": {}}, tmp_path / "v1.pt")
+    with pytest.raises(UserError, match="format version 1, this code reads version 2"):
+        load_checkpoint(tmp_path / "v1.pt")
+    save_checkpoint({"epoch": 1, "config": {}, "version": CHECKPOINT_VERSION, "kind": "vae"},
+                    tmp_path / "vae.pt")
+    assert load_checkpoint(tmp_path / "vae.pt", "vae")["kind"] == "vae"
+    with pytest.raises(UserError, match="is a 'vae' checkpoint, not 'gan'"):
+        load_checkpoint(tmp_path / "vae.pt", "gan")
 
 
 def test_pickled_objects_are_refused(tmp_path):
@@ -94,25 +107,30 @@ def test_samples_npz_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("minutes, batches", [(1.0, [9]), (100 / 60, [10, 5]), (0.05, [1])])
-def test_time_budget_cuts_the_running_epoch_and_stops(tmp_path, monkeypatch, minutes, batches):
+def test_deadline_cuts_the_running_epoch_and_stops_the_gan_loop(tmp_path, monkeypatch, tiny_gan,
+                                                                minutes, batches):
+    """Each batch takes 7 s of a fake clock; the epoch in progress when the deadline passes is
+    cut short, evaluated and saved, and no further epoch starts."""
+    import GAN_run_scripts.ganmain as ganmain
+    import train.gan
     from train import common
     clock = [0.0]
     monkeypatch.setattr(common.time, "monotonic", lambda: clock[0])
-    run = new_run(tmp_path, "gan", "shapes")
-    seen, saved = {}, []
+    real_step = train.gan.gan_step
 
-    def train_epoch(epoch: int) -> dict:
-        for _ in common.until_out_of_time(range(10)):  # each batch takes 7 s of the fake clock
-            seen[epoch] = seen.get(epoch, 0) + 1
-            clock[0] += 7.0
-        return {}
+    def timed_step(s, real):
+        clock[0] += 7.0
+        return real_step(s, real)
+    monkeypatch.setattr(train.gan, "gan_step", timed_step)
+    run = ganmain.main([*tiny_gan, "--N_TRAIN=320", "--EPOCHS=5", f"--MINUTES={minutes}"])
+    records = MetricsLog(run.metrics_path).read()
+    assert [r["step"] for r in records] == list(itertools.accumulate(batches))
+    assert load_checkpoint(run.checkpoint)["epoch"] == len(batches)
 
-    assert list(common.until_out_of_time(range(3))) == [0, 1, 2]  # no budget: no limit
-    with common.time_budget(minutes):
-        done = common.run_epochs(run, 0, 5, 100, train_epoch, saved.append)
-    assert list(seen.values()) == batches and done == len(batches) and saved == [done]
-    assert [r["epoch"] for r in MetricsLog(run.metrics_path).read()] == list(range(1, done + 1))
-    assert not common.out_of_time()  # the budget ends with its block
+
+def test_deadline_rejects_a_non_positive_budget_and_allows_none():
+    from train.common import Deadline, until
     with pytest.raises(UserError, match="MINUTES"):
-        with common.time_budget(0):
-            pass
+        Deadline(0)
+    assert list(until(Deadline(None), range(3))) == [0, 1, 2]  # no budget: no limit
+    assert list(until(None, range(3))) == [0, 1, 2]

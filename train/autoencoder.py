@@ -1,5 +1,7 @@
-"""Stage 1 of latent diffusion: the VAE-GAN autoencoder loop (reconstruction + KL + adversarial +
-feature matching, a patch discriminator), then latent statistics and the latent cache."""
+"""Stage 1 of latent diffusion (kind "ldm_autoencoder"): the VAE-GAN autoencoder step
+(reconstruction + KL + adversarial + feature matching against a patch discriminator), the loop,
+its figures, and its checkpoint, which ends with the latent statistics and scale factor."""
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -10,13 +12,17 @@ from torch.optim.swa_utils import AveragedModel
 from models.autoencoder import (Autoencoder, PatchDiscriminator, adaptive_gan_weight,
                                 discriminator_loss, feature_matching, generator_adversarial,
                                 kl_term, reconstruction_term)
-from models.vae import AdaptiveBetaScheduler
-from train.common import (LossMeter, LRPlan, PlannedLR, epoch_batches, resume_point,
-                          run_epochs, save_training_state)
-from train.diffusion import ema_with_warmup
-from utils.data import ImageData, iterate_batches
+from models.vae import AdaptiveBetaScheduler, reparameterize
+from train.common import (Deadline, LossMeter, Progress, checkpoint_due, checkpoint_frame,
+                          epoch_batches, epoch_range, report_stop, resume_point, show_losses,
+                          stop_guard, stopped_early)
+from train.diffusion import ema_network, ema_with_warmup
+from train.latents import encode_dataset, latent_statistics, save_cache
+from train.lr import LRPlan, PlannedLR
+from utils.data import DataSpec, ImageData
 from utils.device import autocast
-from utils.runs import MetricsLog, Run
+from utils.plots import save_curves, save_labelled_grid, save_latent_histogram
+from utils.runs import MetricsLog, Run, load_state, save_checkpoint
 
 KL_MODES = ("fixed", "warmup", "adaptive")
 
@@ -51,6 +57,7 @@ class AESetup:
     beta: AdaptiveBetaScheduler | None = None  # KL-weight multiplier in kl_mode "adaptive"
     ema: AveragedModel | None = None
     amp_dtype: torch.dtype | None = None
+    model_args: dict | None = None  # {"autoencoder": kwargs, "discriminator": kwargs}
 
     @property
     def modules(self) -> dict:
@@ -94,28 +101,28 @@ def build_autoencoder(model_args: dict, disc_args: dict, device: torch.device, *
                          for opt, low, high in ((opt_ae, lr_min[0], lr[0]),
                                                 (opt_d, lr_min[1], lr[1])))
     return AESetup(ae, disc, opt_ae, opt_d, sched_ae, sched_d, device, loss, beta, ema,
-                   amp_dtype)
+                   amp_dtype, {"autoencoder": dict(model_args), "discriminator": dict(disc_args)})
 
 
 def ae_step(s: AESetup, x: torch.Tensor, step: int, clip: float = 1.0) -> dict[str, torch.Tensor]:
     """One autoencoder step on the weighted loss, then one discriminator step."""
-    L, ramp = s.loss, s.adv_ramp(step)
+    weights, ramp = s.loss, s.adv_ramp(step)
     with autocast(s.device, s.amp_dtype):
         x_hat, mean, logvar = s.ae(x)
-    rec = reconstruction_term(x, x_hat.float(), L.reconstruction)
+    rec = reconstruction_term(x, x_hat.float(), weights.reconstruction)
     kl = kl_term(mean, logvar)
     total = rec + s.kl_weight(step) * kl
     zero = torch.zeros((), device=x.device)
     adv, fm, ratio = zero, zero, zero
-    if ramp > 0 and (L.adv_weight > 0 or L.fm_weight > 0):
+    if ramp > 0 and (weights.adv_weight > 0 or weights.fm_weight > 0):
         with autocast(s.device, s.amp_dtype):
             fake_logits, fake_feats = s.disc(x_hat)
             _, real_feats = s.disc(x)
-        adv = generator_adversarial(fake_logits, L.disc_loss)
+        adv = generator_adversarial(fake_logits, weights.disc_loss)
         fm = feature_matching(real_feats, fake_feats)
-        ratio = (adaptive_gan_weight(rec, adv, s.ae.last_layer, L.adv_max) if L.adaptive_adv
-                 else torch.ones((), device=x.device))
-        total = total + ramp * (L.adv_weight * ratio * adv + L.fm_weight * fm)
+        ratio = (adaptive_gan_weight(rec, adv, s.ae.last_layer, weights.adv_max)
+                 if weights.adaptive_adv else torch.ones((), device=x.device))
+        total = total + ramp * (weights.adv_weight * ratio * adv + weights.fm_weight * fm)
     s.opt_ae.zero_grad(set_to_none=True)
     total.backward()
     torch.nn.utils.clip_grad_norm_(s.ae.parameters(), clip)
@@ -126,7 +133,7 @@ def ae_step(s: AESetup, x: torch.Tensor, step: int, clip: float = 1.0) -> dict[s
     with autocast(s.device, s.amp_dtype):
         real_logits, _ = s.disc(x)
         fake_logits, _ = s.disc(x_hat.detach())
-    d_loss = discriminator_loss(real_logits, fake_logits, L.disc_loss)
+    d_loss = discriminator_loss(real_logits, fake_logits, weights.disc_loss)
     s.opt_d.zero_grad(set_to_none=True)
     d_loss.backward()
     torch.nn.utils.clip_grad_norm_(s.disc.parameters(), clip)
@@ -158,60 +165,118 @@ def held_out_mse(ae: Autoencoder, x: torch.Tensor) -> float:
 
 
 def train_autoencoder(s: AESetup, train_data: ImageData, test_x: torch.Tensor, run: Run, *,
-                      epochs: int, batch_size: int, config: dict, on_epoch=None,
-                      checkpoint_every: int = 1, state: dict | None = None, **extra) -> None:
-    """Train for `epochs` total epochs (continuing `state`). on_epoch(epoch, records) draws
-    figures; `extra` goes into every checkpoint."""
-    epoch0, step, frames = resume_point(s.modules, state)
+                      data: DataSpec, epochs: int, batch_size: int, config: dict,
+                      deadline: Deadline | None = None, checkpoint_every: int = 1,
+                      recon_every: int = 1, n_recon: int = 10, state: dict | None = None
+                      ) -> dict:
+    """Train for `epochs` total epochs (continuing `state`); then encode the training set into
+    the latent cache and measure the latents. Returns the latent statistics."""
+    progress, _ = resume_point(s.modules, state)
+    log = MetricsLog(run.metrics_path)
+    log.truncate(progress.epoch)  # epochs logged after the checkpoint being resumed are redone
     train_data = train_data.to(s.device)
+    stats = None
 
-    def train_epoch(epoch: int) -> dict:
-        nonlocal step
-        meter, started = LossMeter(), time.perf_counter()
-        kl_w, adv_w = s.kl_weight(step), s.loss.adv_weight * s.adv_ramp(step)
-        for x, _ in epoch_batches(train_data, batch_size, s.device, False, epoch, epochs):
-            meter.update(step + 1, ae_step(s, x, step))
-            step += 1
-        train = meter.means()
-        if s.beta is not None:  # once per epoch, as in the beta-VAE
-            s.beta.update(train["kl"], train["rec"])
-        mse = held_out_mse(s.inference_ae, test_x)
-        s.ae.train()
-        record = {"step": step, **{f"train_{k}": v for k, v in train.items()},
-                  "test_mse": mse, "test_psnr": psnr(mse), "kl_weight": kl_w,
-                  "adv_weight": adv_w, "lr_ae": s.sched_ae.get_last_lr()[0],
-                  "img_per_s": meter.count * batch_size / (time.perf_counter() - started)}
-        if on_epoch:
-            on_epoch(epoch, [*MetricsLog(run.metrics_path).read(), {"epoch": epoch, **record}])
-        return record
+    def save() -> None:
+        save_checkpoint(autoencoder_checkpoint(s, progress, data, config, stats), run.checkpoint)
 
-    def save(epoch: int) -> None:
-        save_training_state(run.checkpoint, s.modules, epoch, step, config,
-                            frames=torch.zeros(0), **extra)
-
-    run_epochs(run, epoch0, epochs, checkpoint_every, train_epoch, save)
-
-
-@torch.no_grad()
-def encode_dataset(ae: Autoencoder, data: ImageData, batch_size: int = 256) -> dict:
-    """The posterior (mean, logvar) of every image, with its label, on the CPU (the cache)."""
-    device = next(ae.parameters()).device
-    ae.eval()
-    means, logvars, labels = [], [], []
-    for x, y in iterate_batches(data, batch_size, device, shuffle=False, drop_last=False):
-        mean, logvar = ae.encode(x)
-        means.append(mean.float().cpu())
-        logvars.append(logvar.float().cpu())
-        labels.append(y.cpu())
-    return {"mean": torch.cat(means), "logvar": torch.cat(logvars), "labels": torch.cat(labels)}
+    with stop_guard(run, progress, save):
+        for epoch in (bar := epoch_range(run, progress.epoch, epochs)):
+            meter, started = LossMeter(), time.perf_counter()
+            kl_w, adv_w = s.kl_weight(progress.step), s.loss.adv_weight * s.adv_ramp(progress.step)
+            for x, _ in epoch_batches(train_data, batch_size, s.device, False, epoch, epochs,
+                                      deadline):
+                losses = ae_step(s, x, progress.step)
+                meter.update(progress.advance(x), losses)
+            speed = meter.count * batch_size / (time.perf_counter() - started)
+            record = {"epoch": epoch, "step": progress.step,
+                      **evaluate(s, meter, test_x), "kl_weight": kl_w, "adv_weight": adv_w,
+                      "lr_ae": s.sched_ae.get_last_lr()[0], "img_per_s": speed}
+            records = [*log.read(), record]
+            write_figures(run, s.inference_ae, records, test_x[:n_recon],
+                          epoch % recon_every == 0 or epoch == epochs)
+            log.append({**record, "seconds": time.perf_counter() - started})
+            progress.epoch = epoch
+            show_losses(bar, record)
+            if checkpoint_due(epoch, epochs, checkpoint_every, deadline):
+                save()
+            if stopped_early(deadline, epoch, epochs):
+                report_stop(run, epoch, epochs)
+                break
+        stats = measure_latents(s.inference_ae, train_data, run, data.seed, config)
+        save()
+    return stats
 
 
-def latent_statistics(cache: dict, seed: int = 0) -> dict:
-    """Per-channel mean and std of posterior samples z = mean + sigma * eps over the cache, and
-    the scale factor s = 1 / std over all latent elements (Rombach et al. 2022, sec. G)."""
-    g = torch.Generator().manual_seed(seed)
-    mean, logvar = cache["mean"].double(), cache["logvar"].double()
-    z = mean + (0.5 * logvar).exp() * torch.randn(mean.shape, generator=g, dtype=torch.float64)
-    return {"channel_mean": z.mean(dim=(0, 2, 3)).tolist(),
-            "channel_std": z.std(dim=(0, 2, 3)).tolist(),
-            "mean": z.mean().item(), "std": z.std().item(), "scale_factor": 1 / z.std().item()}
+def evaluate(s: AESetup, meter: LossMeter, test_x: torch.Tensor) -> dict:
+    """Mean training terms (the adaptive KL weight is updated from them once per epoch, as in
+    the beta-VAE) and the held-out reconstruction error of the inference autoencoder."""
+    train = meter.means()
+    if s.beta is not None:
+        s.beta.update(train["kl"], train["rec"])
+    mse = held_out_mse(s.inference_ae, test_x)
+    s.ae.train()
+    return {**{f"train_{k}": v for k, v in train.items()}, "test_mse": mse,
+            "test_psnr": psnr(mse)}
+
+
+def write_figures(run: Run, ae: Autoencoder, records: list[dict], x: torch.Tensor,
+                  reconstructions: bool) -> None:
+    """The loss curves and, when asked, held-out originals over their reconstructions."""
+    save_curves(records, LOSS_PANELS, run.plots / "losses.png", log_y=["reconstruction"],
+                title=f"VAE-GAN autoencoder {run.name}")
+    if reconstructions:
+        rows = torch.stack([x, reconstruct(ae, x)])
+        save_labelled_grid(rows, run.plots / "reconstructions.png",
+                           ["original", "reconstruction"], title=f"{run.name}, epoch "
+                           f"{records[-1]['epoch']}: held-out PSNR "
+                           f"{records[-1]['test_psnr']:.1f} dB")
+        ae.train()
+
+
+def measure_latents(ae: Autoencoder, train_data: ImageData, run: Run, seed: int,
+                    config: dict) -> dict:
+    """Encode the training set into the latent cache, measure the latents' statistics and scale
+    factor, and draw the scaled latents' histogram."""
+    cache = encode_dataset(ae, train_data)
+    stats = latent_statistics(cache, seed)
+    save_cache({**cache, "class_names": train_data.class_names}, run, config)
+    (run.plots / "latent_stats.json").write_text(json.dumps(stats, indent=2))
+    generator = torch.Generator().manual_seed(seed)
+    mean, logvar = cache["mean"][:4000], cache["logvar"][:4000]
+    scaled = stats["scale_factor"] * reparameterize(mean, logvar, generator)
+    save_latent_histogram(scaled, run.plots / "latent_histogram.png", title=f"{run.name}: "
+                          f"scaled posterior samples s * z, s = {stats['scale_factor']:.3f}")
+    return stats
+
+
+def autoencoder_checkpoint(s: AESetup, progress: Progress, data: DataSpec, config: dict,
+                           latent_stats: dict | None = None) -> dict:
+    """The LDM autoencoder checkpoint: version, kind "ldm_autoencoder", model_args
+    {"autoencoder", "discriminator"}, data (DataSpec), epoch, step, rng, config (the run's
+    constants), the state_dicts of ae, disc, opt_ae, opt_d, sched_ae, sched_d, beta_scheduler
+    (KL mode adaptive) and ema (with EMA_DECAY), and once training has ended latent_stats
+    (per-channel and overall mean and std of posterior samples, scale_factor = 1 / std)."""
+    state = checkpoint_frame("ldm_autoencoder", s.model_args, data, progress, config, s.modules)
+    if latent_stats is not None:
+        state["latent_stats"] = latent_stats
+    return state
+
+
+def load_autoencoder_networks(state: dict, device: torch.device) -> dict[str, torch.nn.Module]:
+    """{"autoencoder": its inference weights (EMA if trained with one)}, in eval mode. The
+    discriminator only serves training; PatchDiscriminator(**model_args["discriminator"])
+    rebuilds it."""
+    ae = Autoencoder(**state["model_args"]["autoencoder"]).to(device)
+    if "ema" in state:
+        ema_network(state, ae)
+    else:
+        load_state(ae, state["ae"], "autoencoder")
+    return {"autoencoder": ae.eval().requires_grad_(False)}
+
+
+LOSS_PANELS = [("reconstruction", ["train_rec"]), ("KL (summed over the latent)", ["train_kl"]),
+               ("adversarial and feature matching", ["train_adv", "train_fm"]),
+               ("discriminator", ["train_d_loss", "train_d_real", "train_d_recon"]),
+               ("held-out PSNR (dB)", ["test_psnr"]),
+               ("weights", ["kl_weight", "adv_weight", "train_adv_ratio"])]

@@ -1,5 +1,7 @@
-"""Diffusion training step (pixel DDPM and latent diffusion): loss on eps/x0/v, min-SNR weights,
-label dropout for classifier-free guidance, AdamW with warm-up, gradient clipping, EMA.
+"""The diffusion family (pixel DDPM, kind "diffusion", and latent diffusion, kind "ldm"): the
+loss on eps/x0/v with min-SNR weights and label dropout for classifier-free guidance, the AdamW
+step with warm-up, clipping and EMA, the loop, its figures, its checkpoint, and the Denoiser of
+the EMA weights that samplers take.
 """
 import time
 from dataclasses import dataclass
@@ -12,12 +14,15 @@ from torch.optim.swa_utils import AveragedModel
 from models.diffusion import (Denoiser, NoiseSchedule, min_snr_weight, q_sample,
                               sample_timesteps, training_target)
 from models.samplers import sample
-from train.common import (LossMeter, LRPlan, PlannedLR, eval_generator, resume_point,
-                          run_epochs, save_training_state, stack_frames)
-from utils.data import to_uint8
+from models.unet import UNet
+from train.common import (Deadline, LossMeter, Progress, batch_bar, checkpoint_due,
+                          checkpoint_frame, epoch_range, eval_generator, report_stop,
+                          resume_point, show_losses, stack_frames, stop_guard, stopped_early)
+from train.lr import LRPlan, PlannedLR
+from utils.data import DataSpec, to_uint8
 from utils.device import autocast
 from utils.plots import save_curves, save_progression
-from utils.runs import MetricsLog, Run, load_state
+from utils.runs import MetricsLog, Run, load_state, save_checkpoint
 
 QUARTERS = 4  # the loss is also logged per quarter of the timestep range
 
@@ -35,6 +40,7 @@ class DiffusionSetup:
     prediction_type: str = "epsilon"
     min_snr_gamma: float | None = None
     label_dropout: float = 0.0
+    model_args: dict | None = None  # {"unet": kwargs}
 
     @property
     def modules(self) -> dict:
@@ -55,16 +61,26 @@ def ema_with_warmup(decay: float):
     return update
 
 
-def build_diffusion(model: torch.nn.Module, schedule: NoiseSchedule, device: torch.device, *,
+NETWORKS = {"unet": UNet}  # model_args names the denoising network's class
+
+
+def build_network(model_args: dict) -> torch.nn.Module:
+    """The denoising network of model_args ({"unet": kwargs})."""
+    (name, kwargs), = model_args.items()
+    return NETWORKS[name](**kwargs)
+
+
+def build_diffusion(model_args: dict, schedule: NoiseSchedule, device: torch.device, *,
                     lr: float, warmup_steps: int, total_steps: int, lr_schedule: str = "constant",
                     ema_decay: float = 0.999, weight_decay: float = 0.0, **options
                     ) -> DiffusionSetup:
-    """AdamW, warm-up LR schedule and an EMA copy of the weights around a denoiser."""
-    model = model.to(device)
+    """The network of model_args, AdamW, the warm-up LR plan and an EMA copy of the weights."""
+    model = build_network(model_args).to(device)
     ema = AveragedModel(model, multi_avg_fn=ema_with_warmup(ema_decay))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = PlannedLR(opt, LRPlan(warmup_steps, total_steps, lr_schedule))
-    return DiffusionSetup(model, ema, opt, sched, schedule, device, **options)
+    return DiffusionSetup(model, ema, opt, sched, schedule, device, model_args=model_args,
+                          **options)
 
 
 def drop_labels(labels: torch.Tensor, rate: float, null_class: int,
@@ -103,7 +119,7 @@ def diffusion_step(s: DiffusionSetup, x0: torch.Tensor, labels=None, clip: float
                    ) -> dict[str, torch.Tensor]:
     """One optimiser step with gradient clipping, LR schedule and EMA update.
 
-    Returns the loss and the unweighted loss summed and counted per quarter of [0, T).
+    Returns the loss and the unweighted loss summed and counted per quarter of [0, T) (2, 4).
     """
     loss, per_sample, t = diffusion_loss(s, x0, labels)
     s.opt.zero_grad(set_to_none=True)
@@ -115,7 +131,7 @@ def diffusion_step(s: DiffusionSetup, x0: torch.Tensor, labels=None, clip: float
     quarter = t * QUARTERS // s.schedule.timesteps
     sums = torch.zeros(QUARTERS, device=x0.device).index_add_(0, quarter, per_sample)
     counts = torch.bincount(quarter, minlength=QUARTERS).float()
-    return {"loss": loss.detach(), "quarter_sums": sums, "quarter_counts": counts}
+    return {"loss": loss.detach(), "quarters": torch.stack([sums, counts])}
 
 
 def make_denoiser(net: torch.nn.Module, schedule: NoiseSchedule, prediction_type: str, *,
@@ -171,55 +187,99 @@ def held_out_loss(s: DiffusionSetup, net: torch.nn.Module, x0: torch.Tensor,
     return total.item() / len(x0)
 
 
-def train_diffusion(s: DiffusionSetup, batches: Callable[[int], Iterable], test_x: torch.Tensor,
-                    run: Run, *, epochs: int, batch_size: int,
-                    snapshot: Callable[[], torch.Tensor], config: dict,
+def train_diffusion(s: DiffusionSetup, batches: Callable[[int], Iterable], steps_per_epoch: int,
+                    test_x: torch.Tensor, run: Run, *, kind: str, data: DataSpec, epochs: int,
+                    batch_size: int, snapshot: Callable[[], torch.Tensor], config: dict,
+                    fixed_noise: torch.Tensor, deadline: Deadline | None = None,
                     checkpoint_every: int = 1, state: dict | None = None,
                     sample_title: str = "EMA samples", row_labels: tuple = (),
-                    **extra) -> list[torch.Tensor]:
+                    extras: dict | None = None) -> list[torch.Tensor]:
     """Train for `epochs` total epochs (continuing `state`); returns the per-epoch frames.
 
     batches(epoch) yields (x0, labels) for one epoch (pixels or scaled latents); snapshot()
-    returns that epoch's uint8 sample frame; test_x gives the held-out loss; `extra` (e.g. the
-    fixed noise) goes into every checkpoint.
+    returns that epoch's uint8 sample frame; test_x gives the held-out loss; `extras` go into
+    the checkpoint (see diffusion_checkpoint).
     """
-    epoch0, step, frames = resume_point(s.modules, state)
+    progress, frames = resume_point(s.modules, state)
+    log = MetricsLog(run.metrics_path)
+    log.truncate(progress.epoch)  # epochs logged after the checkpoint being resumed are redone
 
-    def train_epoch(epoch: int) -> dict:
-        nonlocal step
-        meter, started = LossMeter(), time.perf_counter()
-        sums = torch.zeros(QUARTERS, device=s.device)
-        counts = torch.zeros(QUARTERS, device=s.device)
-        bar = batches(epoch)
-        for x0, labels in bar:
-            out = diffusion_step(s, x0, labels)
-            step += 1
-            sums += out["quarter_sums"]
-            counts += out["quarter_counts"]
-            latest = meter.update(step, {"loss": out["loss"]})
-            if latest and hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{latest['loss']:.4f}", refresh=False)
-        speed = meter.count * batch_size / (time.perf_counter() - started)
-        quarters = (sums / counts.clamp(min=1)).tolist()
-        frames.append(snapshot())
-        record = {"epoch": epoch, "step": step, "train_loss": meter.means()["loss"],
-                  **{f"train_loss_q{i + 1}": q for i, q in enumerate(quarters)},
-                  "test_loss": held_out_loss(s, s.ema.module, test_x),
-                  "lr": s.lr_sched.get_last_lr()[0],
-                  "img_per_s": speed}
-        records = [*MetricsLog(run.metrics_path).read(), record]
-        save_progression(frames, [r["epoch"] for r in records], run.plots / "progression.png",
-                         title=sample_title, row_labels=row_labels)
-        save_curves(records, LOSS_PANELS, run.plots / "losses.png", log_y=["loss"],
-                    title=f"diffusion {run.name}")
-        return record
+    def save() -> None:
+        save_checkpoint(diffusion_checkpoint(s, kind, progress, data, config, fixed_noise,
+                                             frames, **(extras or {})), run.checkpoint)
 
-    def save(epoch: int) -> None:
-        save_training_state(run.checkpoint, s.modules, epoch, step, config,
-                            frames=stack_frames(frames, epoch), **extra)
-
-    run_epochs(run, epoch0, epochs, checkpoint_every, train_epoch, save)
+    with stop_guard(run, progress, save):
+        for epoch in (bar := epoch_range(run, progress.epoch, epochs)):
+            meter, started = LossMeter(), time.perf_counter()
+            quarters = torch.zeros(2, QUARTERS, device=s.device)  # loss sums, counts
+            for x0, labels in batch_bar(batches(epoch), steps_per_epoch, epoch, epochs,
+                                        deadline):
+                out = diffusion_step(s, x0, labels)
+                quarters += out["quarters"]
+                meter.update(progress.advance(x0), {"loss": out["loss"]})
+            speed = meter.count * batch_size / (time.perf_counter() - started)
+            frames.append(snapshot())
+            record = {"epoch": epoch, "step": progress.step,
+                      **evaluate(s, meter, quarters, test_x), "img_per_s": speed}
+            write_figures(run, frames, [*log.read(), record], sample_title, row_labels)
+            log.append({**record, "seconds": time.perf_counter() - started})
+            progress.epoch = epoch
+            show_losses(bar, record)
+            if checkpoint_due(epoch, epochs, checkpoint_every, deadline):
+                save()
+            if stopped_early(deadline, epoch, epochs):
+                report_stop(run, epoch, epochs)
+                break
     return frames
+
+
+def evaluate(s: DiffusionSetup, meter: LossMeter, quarters: torch.Tensor, test_x: torch.Tensor
+             ) -> dict:
+    """The epoch's record: training loss (overall and per quarter of t), the EMA model's
+    held-out loss, and the learning rate."""
+    per_quarter = (quarters[0] / quarters[1].clamp(min=1)).tolist()
+    return {"train_loss": meter.means()["loss"],
+            **{f"train_loss_q{i + 1}": q for i, q in enumerate(per_quarter)},
+            "test_loss": held_out_loss(s, s.ema.module, test_x),
+            "lr": s.lr_sched.get_last_lr()[0]}
+
+
+def write_figures(run: Run, frames: list[torch.Tensor], records: list[dict], sample_title: str,
+                  row_labels: tuple = ()) -> None:
+    """The progression of EMA samples from fixed noise and the loss curves."""
+    save_progression(frames, [r["epoch"] for r in records], run.plots / "progression.png",
+                     title=sample_title, row_labels=row_labels)
+    save_curves(records, LOSS_PANELS, run.plots / "losses.png", log_y=["loss"],
+                title=f"diffusion {run.name}")
+
+
+def diffusion_checkpoint(s: DiffusionSetup, kind: str, progress: Progress, data: DataSpec,
+                         config: dict, fixed_noise: torch.Tensor, frames: list[torch.Tensor],
+                         **extras) -> dict:
+    """The diffusion checkpoint: version, kind ("diffusion" for pixels, "ldm" for latents),
+    model_args {"unet"}, data (DataSpec; for "ldm" the autoencoder run's), epoch, step, rng,
+    config (the run's constants), the state_dicts of model, ema, opt and lr_sched, diffusion
+    {schedule, timesteps, prediction} (what the Denoiser needs), fixed_noise and frames (the
+    progression), and the family's extras (for "ldm": autoencoder_run and scale_factor)."""
+    process = {"schedule": s.schedule.kind, "timesteps": s.schedule.timesteps,
+               "prediction": s.prediction_type}
+    return {**checkpoint_frame(kind, s.model_args, data, progress, config, s.modules),
+            "diffusion": process, "fixed_noise": fixed_noise.cpu(),
+            "frames": stack_frames(frames, progress.epoch), **extras}
+
+
+def load_diffusion_networks(state: dict, device: torch.device) -> dict[str, torch.nn.Module]:
+    """{"net": the denoising network with the checkpoint's EMA weights}, in eval mode."""
+    return {"net": ema_network(state, build_network(state["model_args"]).to(device))}
+
+
+def checkpoint_denoiser(state: dict, net: torch.nn.Module, *, amp_dtype=None,
+                        clip_x0: bool = True) -> Denoiser:
+    """The Denoiser of a loaded network with the schedule and prediction type it trained with."""
+    process = state["diffusion"]
+    schedule = NoiseSchedule(process["schedule"], process["timesteps"])
+    return make_denoiser(net, schedule, process["prediction"], amp_dtype=amp_dtype,
+                         clip_x0=clip_x0)
 
 
 LOSS_PANELS = [("loss", ["train_loss", "test_loss"]),

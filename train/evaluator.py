@@ -13,7 +13,7 @@ from utils.data import ImageData, iterate_batches, load_dataset, to_float
 from utils.errors import UserError
 from utils.metrics import (feature_statistics, frechet_distance, kernel_inception_distance,
                            precision_recall)
-from utils.runs import load_checkpoint, load_state, save_checkpoint
+from utils.runs import CHECKPOINT_VERSION, load_checkpoint, load_state, save_checkpoint
 
 THRESHOLDS = {"shapes": 0.98, "digits": 0.95}  # held-out accuracy an evaluator must reach
 EXTRACTORS = ("evaluator", "inception")
@@ -76,10 +76,14 @@ def get_evaluator(dataset: str, image_size: int, channels: int, device: torch.de
     """The cached evaluator for (dataset, size, channels), trained and saved on first use."""
     path = evaluator_path(save_root, dataset, image_size, channels)
     if path.is_file():
-        state = load_checkpoint(path)
-        model = EvaluatorCNN(**state["model_args"]).to(device)
-        load_state(model, state["model"], "evaluator")
-        return model, state["info"]
+        try:
+            state = load_checkpoint(path, "evaluator")
+        except UserError as err:  # a cache written by an older version: train it again
+            print(f"{err}; retraining the evaluator")
+        else:
+            model = EvaluatorCNN(**state["model_args"]).to(device)
+            load_state(model, state["model"], "evaluator")
+            return model, state["info"]
     kwargs = dict(image_size=image_size, channels=channels, root=data_root, seed=seed)
     train = load_dataset(dataset, "train", n=n_train, **kwargs)
     test = load_dataset(dataset, "test", **kwargs)
@@ -91,7 +95,8 @@ def get_evaluator(dataset: str, image_size: int, channels: int, device: torch.de
     if threshold and accuracy < threshold:
         print(f"warning: the {dataset} evaluator reached {accuracy:.3f} held-out accuracy, "
               f"below {threshold}; its features are weaker")
-    save_checkpoint({"model": model.state_dict(), "info": info, "config": info,
+    save_checkpoint({"version": CHECKPOINT_VERSION, "kind": "evaluator",
+                     "model": model.state_dict(), "info": info, "config": info,
                      "model_args": {"channels": channels, "num_classes": train.num_classes}},
                     path)
     return model, info

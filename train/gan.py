@@ -1,4 +1,5 @@
-"""The DCGAN training loop: alternating D and G Adam steps, per-epoch eval, progression frames."""
+"""The DCGAN family: built objects, the training step, the loop (alternating D and G Adam steps,
+per-epoch held-out losses and progression frames), its figures and its checkpoint."""
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -6,12 +7,13 @@ from pathlib import Path
 import torch
 
 from models.gan import Discriminator, Generator, discriminator_loss, generator_loss
-from train.common import (LossMeter, epoch_batches, eval_generator, resume_point, run_epochs,
-                          save_training_state, stack_frames)
-from utils.data import ImageData, to_uint8
+from train.common import (Deadline, LossMeter, Progress, checkpoint_due, checkpoint_frame,
+                          epoch_batches, epoch_range, eval_generator, report_stop, resume_point,
+                          show_losses, stack_frames, stop_guard, stopped_early)
+from utils.data import DataSpec, ImageData, to_uint8
 from utils.device import autocast
 from utils.plots import save_curves, save_progression
-from utils.runs import MetricsLog, Run
+from utils.runs import MetricsLog, Run, load_state, save_checkpoint
 
 LOSS_PANELS = [("losses", ["train_d_loss", "train_g_loss", "test_d_loss", "test_g_loss"]),
                ("discriminator outputs", ["train_d_real", "train_d_fake", "test_d_real",
@@ -28,7 +30,7 @@ class GANSetup:
     device: torch.device
     amp_dtype: torch.dtype | None = None
     channels_last: bool = False
-    model_args: dict | None = None  # what build_gan needs to rebuild the networks
+    model_args: dict | None = None  # {"generator": kwargs, "discriminator": kwargs}
 
     @property
     def modules(self) -> dict:
@@ -46,7 +48,9 @@ def build_gan(latent_dim: int, image_size: int, channels: int, width: int, lr: f
     memory = torch.channels_last if channels_last else torch.contiguous_format
     g = Generator(latent_dim, image_size, channels, width).to(device, memory_format=memory)
     d = Discriminator(image_size, channels, width).to(device, memory_format=memory)
-    args = dict(latent_dim=latent_dim, image_size=image_size, channels=channels, width=width)
+    args = {"generator": dict(latent_dim=latent_dim, image_size=image_size, channels=channels,
+                              width=width),
+            "discriminator": dict(image_size=image_size, channels=channels, width=width)}
     return GANSetup(g, d, torch.optim.Adam(g.parameters(), lr, betas=betas),
                     torch.optim.Adam(d.parameters(), lr, betas=betas), device, amp_dtype,
                     channels_last, args)
@@ -118,7 +122,7 @@ def recalibrate_batchnorm(generator: Generator, batches: int = 16, batch_size: i
 
 
 @torch.no_grad()
-def sample(generator: Generator, z: torch.Tensor, amp_dtype=None) -> torch.Tensor:
+def generate(generator: Generator, z: torch.Tensor, amp_dtype=None) -> torch.Tensor:
     """Images for latents z, generator in eval mode, as uint8 on the CPU."""
     was_training = generator.training
     generator.eval()
@@ -129,41 +133,70 @@ def sample(generator: Generator, z: torch.Tensor, amp_dtype=None) -> torch.Tenso
 
 
 def train_gan(s: GANSetup, train_data: ImageData, test_data: ImageData, run: Run, *,
-              epochs: int, batch_size: int, fixed_z: torch.Tensor, config: dict,
-              checkpoint_every: int = 5, progression_rows: int = 8, flip: bool = False,
-              state: dict | None = None) -> list[torch.Tensor]:
+              data: DataSpec, epochs: int, batch_size: int, fixed_z: torch.Tensor, config: dict,
+              deadline: Deadline | None = None, checkpoint_every: int = 5,
+              progression_rows: int = 8, flip: bool = False, state: dict | None = None
+              ) -> list[torch.Tensor]:
     """Train for `epochs` total epochs (continuing `state` if given); returns progression frames."""
-    epoch0, step, frames = resume_point(s.modules, state)
+    progress, frames = resume_point(s.modules, state)
+    log = MetricsLog(run.metrics_path)
+    log.truncate(progress.epoch)  # epochs logged after the checkpoint being resumed are redone
     train_data = train_data.to(s.device)
     test_x, _ = test_data.first(1000)
 
-    def train_epoch(epoch: int) -> dict:
-        nonlocal step
-        meter, started = LossMeter(), time.perf_counter()
-        bar = epoch_batches(train_data, batch_size, s.device, flip, epoch, epochs)
-        for real, _ in bar:
-            losses = gan_step(s, real)
-            step += 1
-            latest = meter.update(step, losses)
-            if latest:
-                bar.set_postfix({k: f"{v:.3f}" for k, v in latest.items()}, refresh=False)
-        train = meter.means()
-        speed = meter.count * batch_size / (time.perf_counter() - started)
-        recalibrate_batchnorm(s.generator)
-        frames.append(sample(s.generator, fixed_z[:progression_rows], s.amp_dtype))
-        record = {"epoch": epoch, "step": step, **{f"train_{k}": v for k, v in train.items()},
-                  **{f"test_{k}": v for k, v in evaluate_gan(s, test_x).items()},
-                  "img_per_s": speed}
-        write_figures(run.plots, frames, [*MetricsLog(run.metrics_path).read(), record], run.name)
-        return record
+    def save() -> None:
+        save_checkpoint(gan_checkpoint(s, progress, data, config, fixed_z, frames),
+                        run.checkpoint)
 
-    def save(epoch: int) -> None:
-        save_training_state(run.checkpoint, s.modules, epoch, step, config,
-                            model_args=s.model_args, fixed_z=fixed_z.cpu(),
-                            frames=stack_frames(frames, epoch))
-
-    run_epochs(run, epoch0, epochs, checkpoint_every, train_epoch, save)
+    with stop_guard(run, progress, save):
+        for epoch in (bar := epoch_range(run, progress.epoch, epochs)):
+            meter, started = LossMeter(), time.perf_counter()
+            for real, _ in epoch_batches(train_data, batch_size, s.device, flip, epoch, epochs,
+                                         deadline):
+                losses = gan_step(s, real)
+                meter.update(progress.advance(real), losses)
+            record = evaluate(s, meter, test_x, batch_size / (time.perf_counter() - started))
+            recalibrate_batchnorm(s.generator)
+            frames.append(generate(s.generator, fixed_z[:progression_rows], s.amp_dtype))
+            record = {"epoch": epoch, "step": progress.step, **record}
+            write_figures(run.plots, frames, [*log.read(), record], run.name)
+            log.append({**record, "seconds": time.perf_counter() - started})
+            progress.epoch = epoch
+            show_losses(bar, record)
+            if checkpoint_due(epoch, epochs, checkpoint_every, deadline):
+                save()
+            if stopped_early(deadline, epoch, epochs):
+                report_stop(run, epoch, epochs)
+                break
     return frames
+
+
+def evaluate(s: GANSetup, meter: LossMeter, test_x: torch.Tensor, steps_per_s: float) -> dict:
+    """The epoch's record: mean training terms, held-out terms and training speed."""
+    return {**{f"train_{k}": v for k, v in meter.means().items()},
+            **{f"test_{k}": v for k, v in evaluate_gan(s, test_x).items()},
+            "img_per_s": meter.count * steps_per_s}
+
+
+def gan_checkpoint(s: GANSetup, progress: Progress, data: DataSpec, config: dict,
+                   fixed_z: torch.Tensor, frames: list[torch.Tensor]) -> dict:
+    """The GAN checkpoint: version, kind "gan", model_args {"generator", "discriminator"}, data
+    (DataSpec), epoch, step, rng, config (the run's constants), the state_dicts of generator,
+    discriminator, opt_g and opt_d, fixed_z (the progression latents) and frames (uint8
+    progression images of the completed epochs)."""
+    return {**checkpoint_frame("gan", s.model_args, data, progress, config, s.modules),
+            "fixed_z": fixed_z.cpu(), "frames": stack_frames(frames, progress.epoch)}
+
+
+def load_gan(state: dict, device: torch.device) -> dict[str, torch.nn.Module]:
+    """The networks of a GAN checkpoint, weights loaded, in eval mode (no optimizer)."""
+    args = state["model_args"]
+    nets = {"generator": Generator(**args["generator"]),
+            "discriminator": Discriminator(**args["discriminator"])}
+    for name, net in nets.items():
+        load_state(net, state[name], name)
+        net.to(device).eval().requires_grad_(False)
+    return nets
 
 
 def write_figures(folder: Path, frames: list[torch.Tensor], records: list[dict], name: str

@@ -1,23 +1,49 @@
-"""Between the stages of latent diffusion: the frozen autoencoder, scaled latents, the cache,
-and decoding (class-conditional, guided) samples."""
+"""Between the stages of latent diffusion: the latent cache and its statistics (written at the end
+of stage 1), scaled latent batches for stage 2, and decoding (class-conditional, guided) samples.
+"""
+from typing import Iterator
+
 import torch
-from tqdm.auto import tqdm
 
 from models.autoencoder import Autoencoder
 from models.diffusion import Denoiser
 from models.samplers import classifier_free_guidance, sample
-from train.common import until_out_of_time
-from train.diffusion import DiffusionSetup, ema_denoiser
-from utils.data import to_uint8
+from models.vae import reparameterize
+from utils.data import ImageData, iterate_batches, to_uint8
 from utils.errors import UserError
-from utils.runs import Run, load_checkpoint, load_state, save_checkpoint
+from utils.runs import CHECKPOINT_VERSION, Run, load_checkpoint, save_checkpoint
 
 CACHE = "latent_cache.pt"  # in the autoencoder run's saved_models folder
 
 
+@torch.no_grad()
+def encode_dataset(ae: Autoencoder, data: ImageData, batch_size: int = 256) -> dict:
+    """The posterior (mean, logvar) of every image, with its label, on the CPU (the cache)."""
+    device = next(ae.parameters()).device
+    ae.eval()
+    means, logvars, labels = [], [], []
+    for x, y in iterate_batches(data, batch_size, device, shuffle=False, drop_last=False):
+        mean, logvar = ae.encode(x)
+        means.append(mean.float().cpu())
+        logvars.append(logvar.float().cpu())
+        labels.append(y.cpu())
+    return {"mean": torch.cat(means), "logvar": torch.cat(logvars), "labels": torch.cat(labels)}
+
+
+def latent_statistics(cache: dict, seed: int = 0) -> dict:
+    """Per-channel mean and std of posterior samples z = mean + sigma * eps over the cache, and
+    the scale factor s = 1 / std over all latent elements (Rombach et al. 2022, sec. G)."""
+    generator = torch.Generator().manual_seed(seed)
+    z = reparameterize(cache["mean"].double(), cache["logvar"].double(), generator)
+    return {"channel_mean": z.mean(dim=(0, 2, 3)).tolist(),
+            "channel_std": z.std(dim=(0, 2, 3)).tolist(),
+            "mean": z.mean().item(), "std": z.std().item(), "scale_factor": 1 / z.std().item()}
+
+
 def save_cache(cache: dict, run: Run, config: dict) -> None:
     """The encoded training set (mean, logvar, label), written atomically."""
-    save_checkpoint({**cache, "config": config}, run.models / CACHE)
+    save_checkpoint({**cache, "version": CHECKPOINT_VERSION, "kind": "latent_cache",
+                     "config": config}, run.models / CACHE)
 
 
 def load_cache(run: Run) -> dict:
@@ -25,39 +51,18 @@ def load_cache(run: Run) -> dict:
     if not path.is_file():
         raise UserError(f"{run.name} has no latent cache ({path}); finish LDMAutoencoderMain "
                         f"for it (or resume it) first")
-    cache = load_checkpoint(path)
-    if not {"mean", "logvar", "labels"} <= set(cache):
-        raise UserError(f"{path} is not a latent cache")
-    return cache
+    return load_checkpoint(path, "latent_cache")
 
 
-def load_autoencoder(run: Run, device: torch.device) -> tuple[Autoencoder, dict]:
-    """The frozen (EMA if trained with one) autoencoder of a finished stage-1 run, and its
-    checkpoint (with latent_stats)."""
-    state = load_checkpoint(run.checkpoint)
-    if "ae_final" not in state or "latent_stats" not in state:
-        raise UserError(f"{run.checkpoint} is not a finished LDM autoencoder checkpoint (no "
-                        f"latent statistics); finish or resume LDMAutoencoderMain first")
-    ae = Autoencoder(**state["model_args"]).to(device)
-    load_state(ae, state["ae_final"], "autoencoder")
-    ae.eval().requires_grad_(False)
-    return ae, state
-
-
-def latent_batches(cache: dict, scale: float, batch_size: int, device: torch.device,
-                   epoch: int, epochs: int):
+def latent_batches(cache: dict, scale: float, batch_size: int, device: torch.device
+                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch of scaled posterior samples s * (mean + sigma * eps), shuffled, with labels."""
     n = len(cache["labels"])
     order = torch.randperm(n)
-
-    def batches():
-        for start in range(0, n - n % batch_size if n >= batch_size else n, batch_size):
-            index = order[start:start + batch_size]
-            mean = cache["mean"][index].to(device)
-            std = (0.5 * cache["logvar"][index].to(device)).exp()
-            yield scale * (mean + std * torch.randn_like(mean)), cache["labels"][index].to(device)
-    return tqdm(until_out_of_time(batches()), total=max(1, n // batch_size),
-                desc=f"epoch {epoch}/{epochs}", leave=False, dynamic_ncols=True, mininterval=1.0)
+    for start in range(0, n - n % batch_size if n >= batch_size else n, batch_size):
+        index = order[start:start + batch_size]
+        mean, logvar = cache["mean"][index].to(device), cache["logvar"][index].to(device)
+        yield scale * reparameterize(mean, logvar), cache["labels"][index].to(device)
 
 
 @torch.no_grad()
@@ -66,10 +71,9 @@ def decode_latents(ae: Autoencoder, z: torch.Tensor, scale: float) -> torch.Tens
     return ae.decode(z / scale).float().clamp(-1, 1)
 
 
-def guided_denoiser(s: DiffusionSetup, guidance: float) -> Denoiser:
-    """The EMA latent denoiser (no clipping) with classifier-free guidance at `guidance`."""
-    return classifier_free_guidance(ema_denoiser(s, clip_x0=False), guidance,
-                                    s.model.null_class)
+def guided(denoiser: Denoiser, net: torch.nn.Module, guidance: float) -> Denoiser:
+    """A latent denoiser with classifier-free guidance at `guidance` (the net's null class)."""
+    return classifier_free_guidance(denoiser, guidance, net.null_class)
 
 
 @torch.no_grad()

@@ -8,12 +8,13 @@ from dataclasses import dataclass
 import torch
 
 from models.vae import VAE, AdaptiveBetaScheduler, active_dims, elbo_loss, reparameterize
-from train.common import (LossMeter, epoch_batches, eval_generator, resume_point, run_epochs,
-                          save_training_state, stack_frames)
-from utils.data import ImageData, to_uint8
+from train.common import (Deadline, LossMeter, Progress, checkpoint_due, checkpoint_frame,
+                          epoch_batches, epoch_range, eval_generator, report_stop, resume_point,
+                          show_losses, stack_frames, stop_guard, stopped_early)
+from utils.data import DataSpec, ImageData, to_uint8
 from utils.device import autocast
 from utils.plots import save_curves, save_progression
-from utils.runs import MetricsLog, Run
+from utils.runs import MetricsLog, Run, load_state, save_checkpoint
 
 BETA_MODES = ("fixed", "warmup", "adaptive")
 ACTIVE_SUBSET = 2000  # training images whose posterior means give the train active-dims count
@@ -30,6 +31,7 @@ class VAESetup:
     scheduler: AdaptiveBetaScheduler | None = None
     warmup_steps: int = 0  # linear KL ramp length (beta_mode "warmup")
     amp_dtype: torch.dtype | None = None
+    model_args: dict | None = None  # {"vae": kwargs}
 
     @property
     def modules(self) -> dict:
@@ -54,7 +56,7 @@ def build_vae(model_args: dict, device: torch.device, *, lr: float, beta_mode: s
     scheduler = AdaptiveBetaScheduler(**(scheduler_args or {})) if beta_mode == "adaptive" \
         else None
     return VAESetup(model, torch.optim.Adam(model.parameters(), lr), device, beta_mode, beta,
-                    scheduler, warmup_steps, amp_dtype)
+                    scheduler, warmup_steps, amp_dtype, {"vae": dict(model_args)})
 
 
 def vae_step(s: VAESetup, x: torch.Tensor, beta: float) -> dict[str, torch.Tensor]:
@@ -97,54 +99,98 @@ def evaluate_vae(s: VAESetup, x: torch.Tensor, beta: float, batch_size: int = 50
             "active": int(active_dims(posterior_means(s.model, x)).sum())}
 
 
-def train_vae(s: VAESetup, train_data: ImageData, test_data: ImageData, run: Run, *, epochs: int,
-              batch_size: int, fixed_z: torch.Tensor, config: dict, checkpoint_every: int = 1,
-              progression_rows: int = 8, flip: bool = False, model_args: dict | None = None,
-              state: dict | None = None) -> None:
+def train_vae(s: VAESetup, train_data: ImageData, test_data: ImageData, run: Run, *,
+              data: DataSpec, epochs: int, batch_size: int, fixed_z: torch.Tensor, config: dict,
+              deadline: Deadline | None = None, checkpoint_every: int = 1,
+              progression_rows: int = 8, flip: bool = False, state: dict | None = None) -> None:
     """Train for `epochs` total epochs (continuing `state`), logging and plotting every epoch."""
-    epoch0, step, frames = resume_point(s.modules, state)
+    progress, frames = resume_point(s.modules, state)
+    log = MetricsLog(run.metrics_path)
+    log.truncate(progress.epoch)  # epochs logged after the checkpoint being resumed are redone
     train_data = train_data.to(s.device)
     test_x, _ = test_data.first(2000)
     train_x, _ = train_data.first(ACTIVE_SUBSET)
 
-    def train_epoch(epoch: int) -> dict:
-        nonlocal step
-        meter, started = LossMeter(), time.perf_counter()
-        kl_dims = torch.zeros(s.model.latent_dim, device=s.device)
-        for x, _ in epoch_batches(train_data, batch_size, s.device, flip, epoch, epochs):
-            out = vae_step(s, x, s.beta_at(step))
-            step += 1
-            kl_dims += out["kl_dims"].detach()
-            meter.update(step, {k: out[k] for k in ("loss", "recon", "kl")})
-        train = meter.means()
-        beta = s.beta_at(step - 1)  # the epoch's last (adaptive: only) KL weight
-        speed = meter.count * batch_size / (time.perf_counter() - started)
-        s.model.eval()
-        test = evaluate_vae(s, test_x, beta)
-        train_active = int(active_dims(posterior_means(s.model, train_x)).sum())
-        frames.append(to_uint8(s.model.decode(fixed_z[:progression_rows]).float()).cpu())
-        s.model.train()
-        if s.scheduler is not None:  # once per epoch, from this epoch's mean training losses
-            s.scheduler.update(train["kl"], train["recon"])
-        record = {"step": step, "beta": beta, **{f"train_{k}": v for k, v in train.items()},
-                  "train_recon_plus_kl": train["recon"] + train["kl"],
-                  "test_recon_plus_kl": test["recon"] + test["kl"],
-                  "train_kl_dims": (kl_dims / max(meter.count, 1)).tolist(),
-                  "train_active": train_active,
-                  **{f"test_{k}": v for k, v in test.items()}, "img_per_s": speed}
-        records = [*MetricsLog(run.metrics_path).read(), {"epoch": epoch, **record}]
-        save_progression(frames, [r["epoch"] for r in records], run.plots / "progression.png",
-                         title="decoded fixed prior samples z ~ N(0, I)")
-        save_curves(records, LOSS_PANELS, run.plots / "losses.png", log_y=LOG_PANELS,
-                    title=f"beta-VAE {run.name} ({s.beta_mode} beta)")
-        return record
+    def save() -> None:
+        save_checkpoint(vae_checkpoint(s, progress, data, config, fixed_z, frames),
+                        run.checkpoint)
 
-    def save(epoch: int) -> None:
-        save_training_state(run.checkpoint, s.modules, epoch, step, config,
-                            model_args=model_args or {}, fixed_z=fixed_z.cpu(),
-                            frames=stack_frames(frames, epoch))
+    with stop_guard(run, progress, save):
+        for epoch in (bar := epoch_range(run, progress.epoch, epochs)):
+            meter, started = LossMeter(), time.perf_counter()
+            kl_dims = torch.zeros(s.model.latent_dim, device=s.device)
+            for x, _ in epoch_batches(train_data, batch_size, s.device, flip, epoch, epochs,
+                                      deadline):
+                out = vae_step(s, x, s.beta_at(progress.step))
+                kl_dims += out["kl_dims"].detach()
+                meter.update(progress.advance(x), {k: out[k] for k in ("loss", "recon", "kl")})
+            speed = meter.count * batch_size / (time.perf_counter() - started)
+            record = evaluate(s, meter, kl_dims, test_x, train_x, progress.step)
+            frames.append(prior_frame(s.model, fixed_z[:progression_rows]))
+            if s.scheduler is not None:  # once per epoch, from this epoch's mean training losses
+                s.scheduler.update(record["train_kl"], record["train_recon"])
+            record = {"epoch": epoch, **record, "img_per_s": speed}
+            write_figures(run, s.beta_mode, frames, [*log.read(), record])
+            log.append({**record, "seconds": time.perf_counter() - started})
+            progress.epoch = epoch
+            show_losses(bar, record)
+            if checkpoint_due(epoch, epochs, checkpoint_every, deadline):
+                save()
+            if stopped_early(deadline, epoch, epochs):
+                report_stop(run, epoch, epochs)
+                break
 
-    run_epochs(run, epoch0, epochs, checkpoint_every, train_epoch, save)
+
+def evaluate(s: VAESetup, meter: LossMeter, kl_dims: torch.Tensor, test_x: torch.Tensor,
+             train_x: torch.Tensor, step: int) -> dict:
+    """The epoch's record: beta, mean training terms, per-dim KL, held-out terms, active dims."""
+    train = meter.means()
+    beta = s.beta_at(step - 1)  # the epoch's last (adaptive: only) KL weight
+    s.model.eval()
+    test = evaluate_vae(s, test_x, beta)
+    train_active = int(active_dims(posterior_means(s.model, train_x)).sum())
+    s.model.train()
+    return {"step": step, "beta": beta, **{f"train_{k}": v for k, v in train.items()},
+            "train_recon_plus_kl": train["recon"] + train["kl"],
+            "test_recon_plus_kl": test["recon"] + test["kl"],
+            "train_kl_dims": (kl_dims / max(meter.count, 1)).tolist(),
+            "train_active": train_active, **{f"test_{k}": v for k, v in test.items()}}
+
+
+@torch.no_grad()
+def prior_frame(model: VAE, z: torch.Tensor) -> torch.Tensor:
+    """Decoded prior samples z as uint8 on the CPU (one progression column)."""
+    was_training = model.training
+    model.eval()
+    images = to_uint8(model.decode(z).float()).cpu()
+    model.train(was_training)
+    return images
+
+
+def write_figures(run: Run, beta_mode: str, frames: list[torch.Tensor], records: list[dict]
+                  ) -> None:
+    """The progression of fixed prior samples and the loss curves."""
+    save_progression(frames, [r["epoch"] for r in records], run.plots / "progression.png",
+                     title="decoded fixed prior samples z ~ N(0, I)")
+    save_curves(records, LOSS_PANELS, run.plots / "losses.png", log_y=LOG_PANELS,
+                title=f"beta-VAE {run.name} ({beta_mode} beta)")
+
+
+def vae_checkpoint(s: VAESetup, progress: Progress, data: DataSpec, config: dict,
+                   fixed_z: torch.Tensor, frames: list[torch.Tensor]) -> dict:
+    """The beta-VAE checkpoint: version, kind "vae", model_args {"vae"}, data (DataSpec), epoch,
+    step, rng, config (the run's constants), the state_dicts of model, opt and beta_scheduler
+    (adaptive mode), fixed_z (the progression's prior samples) and frames (uint8 progression
+    images of the completed epochs)."""
+    return {**checkpoint_frame("vae", s.model_args, data, progress, config, s.modules),
+            "fixed_z": fixed_z.cpu(), "frames": stack_frames(frames, progress.epoch)}
+
+
+def load_vae(state: dict, device: torch.device) -> dict[str, torch.nn.Module]:
+    """The VAE of a checkpoint, weights loaded, in eval mode (no optimizer)."""
+    model = VAE(**state["model_args"]["vae"])
+    load_state(model, state["model"], "VAE")
+    return {"vae": model.to(device).eval().requires_grad_(False)}
 
 
 LOSS_PANELS = [("total", ["train_loss", "test_loss"]),

@@ -16,20 +16,47 @@ _LITERAL_TYPES = (bool, int, float, str, tuple, list, dict, type(None))
 
 
 def constants_of(namespace: dict) -> dict:
-    """The UPPER_CASE constants of a module namespace, in definition order."""
+    """The UPPER_CASE constants of a module namespace, in definition order: those assigned in
+    the module's own source (a name imported from elsewhere, like PREDICTION_TYPES, is not one),
+    or every UPPER_CASE literal when there is no source."""
+    assigned = _assigned_names(_source(namespace))
     return {name: value for name, value in namespace.items()
-            if name.isupper() and not name.startswith("_") and isinstance(value, _LITERAL_TYPES)}
+            if name.isupper() and not name.startswith("_") and _is_literal(value)
+            and (assigned is None or name in assigned)}
+
+
+def _is_literal(value: Any) -> bool:
+    """A plain literal all the way down (what a command line and config.json can hold)."""
+    if isinstance(value, (tuple, list)):
+        return all(_is_literal(v) for v in value)
+    if isinstance(value, dict):
+        return all(_is_literal(k) and _is_literal(v) for k, v in value.items())
+    return isinstance(value, _LITERAL_TYPES)
+
+
+def _source(namespace: dict) -> str:
+    module = sys.modules.get(namespace.get("__name__", ""))
+    try:
+        return inspect.getsource(module) if module is not None else ""
+    except (OSError, TypeError):
+        return ""
+
+
+def _assigned_names(source: str) -> set[str] | None:
+    """Names assigned by top-level `NAME = ...` statements (None without a source)."""
+    if not source:
+        return None
+    names = set()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+    return names
 
 
 def _comments(namespace: dict) -> dict:
     """Trailing comments of `NAME = value  # comment` lines in the module's source."""
-    module = sys.modules.get(namespace.get("__name__", ""))
-    try:
-        source = inspect.getsource(module) if module is not None else ""
-    except (OSError, TypeError):
-        source = ""
     found = {}
-    for line in source.splitlines():
+    for line in _source(namespace).splitlines():
         match = _CONSTANT_LINE.match(line)
         if match and match.group(3):
             found[match.group(1)] = match.group(3).strip()

@@ -57,6 +57,33 @@ class ImageData:
         return to_float(torch.stack([x for x, _ in items])), torch.tensor([y for _, y in items])
 
 
+@dataclass(frozen=True)
+class DataSpec:
+    """What a run trains on, stored in its checkpoint, so that eval scripts, the LDM's stage 2
+    and benchmarks load the same images without reading another run's constants."""
+    dataset: str
+    image_size: int
+    channels: int
+    seed: int  # the shapes renderer's seed (the test split uses an unrelated one)
+
+    def load(self, split: str, n: int | None = None, root: str | Path = "data") -> ImageData:
+        return load_dataset(self.dataset, split, self.image_size, self.channels, root, n,
+                            self.seed)
+
+    def held_out(self, n: int | None = None, root: str | Path = "data") -> ImageData:
+        """The test split: images the run never trained on."""
+        return self.load("test", n, root)
+
+    def as_dict(self) -> dict:
+        return {"dataset": self.dataset, "image_size": self.image_size,
+                "channels": self.channels, "seed": self.seed}
+
+    @classmethod
+    def of(cls, checkpoint: dict) -> "DataSpec":
+        """The data spec stored in a checkpoint."""
+        return cls(**checkpoint["data"])
+
+
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 [0, 255] -> float [-1, 1]."""
     return images.float().div_(127.5).sub_(1.0)

@@ -16,6 +16,8 @@ import torch
 from utils.errors import UserError
 
 CHECKPOINT = "latest.pt"
+# Version 2: one documented dict per family (kind, model_args, data, training state, extras).
+CHECKPOINT_VERSION = 2
 _RUN_NAME = re.compile(r"^(\d{3,})-")
 
 
@@ -108,8 +110,9 @@ def save_checkpoint(state: dict, path: Path) -> None:
         raise
 
 
-def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict:
-    """Load a checkpoint of plain types with weights_only=True; any failure is one clear line."""
+def load_checkpoint(path: Path, kind: str | None = None, map_location: Any = "cpu") -> dict:
+    """Load a checkpoint of plain types with weights_only=True; a missing, corrupt, older or
+    foreign file (or one of another kind than `kind`) is one clear line."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
@@ -120,6 +123,14 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict:
                         f"({type(err).__name__})") from err
     if not isinstance(state, dict) or "config" not in state:
         raise UserError(f"checkpoint {path} is not a checkpoint of this project")
+    version = state.get("version", 1)
+    if version != CHECKPOINT_VERSION:
+        raise UserError(f"checkpoint {path} has format version {version}, this code reads "
+                        f"version {CHECKPOINT_VERSION}; train the run again (or use the "
+                        f"commit that wrote it)")
+    if kind is not None and state.get("kind") != kind:
+        raise UserError(f"checkpoint {path} is a {state.get('kind')!r} checkpoint, not "
+                        f"{kind!r}")
     return state
 
 
@@ -157,4 +168,4 @@ class MetricsLog:
 def find_resume(save_root, family: str, which: str) -> tuple[Run, dict]:
     """The run RESUME names and its checkpoint."""
     run = find_run(save_root, family, which)
-    return run, load_checkpoint(run.checkpoint)
+    return run, load_checkpoint(run.checkpoint, family)

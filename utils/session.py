@@ -5,13 +5,13 @@ from typing import Sequence
 import torch
 
 from utils.config import given_constants, like_default, save_config
-from utils.data import ImageData, load_dataset
+from utils.data import DataSpec, ImageData, load_dataset
 from utils.device import resolve_device, resolve_precision, seed_everything
 from utils.errors import UserError
 from utils.runs import Run, find_resume, new_run
 
 
-def start(c: SimpleNamespace) -> tuple[torch.device, torch.dtype | None]:
+def seed_and_device(c: SimpleNamespace) -> tuple[torch.device, torch.dtype | None]:
     """Seed every RNG, pick the device and autocast dtype, and say what was chosen."""
     if getattr(c, "EPOCHS", 0) < 0:
         raise UserError(f"EPOCHS must be >= 0, got {c.EPOCHS}")
@@ -23,13 +23,15 @@ def start(c: SimpleNamespace) -> tuple[torch.device, torch.dtype | None]:
     return device, amp_dtype
 
 
-def datasets(c: SimpleNamespace, channels: int | None = None) -> tuple[ImageData, ImageData]:
-    """Train and test splits of DATASET at IMAGE_SIZE (N_TRAIN caps the train split if set)."""
-    kwargs = dict(image_size=c.IMAGE_SIZE, channels=channels, root=c.DATA_ROOT, seed=c.SEED)
+def load_splits(c: SimpleNamespace) -> tuple[DataSpec, ImageData, ImageData]:
+    """The data spec of DATASET at IMAGE_SIZE and its train and test splits (N_TRAIN caps the
+    train split if set)."""
+    kwargs = dict(image_size=c.IMAGE_SIZE, root=c.DATA_ROOT, seed=c.SEED)
     train = load_dataset(c.DATASET, "train", n=getattr(c, "N_TRAIN", None), **kwargs)
-    test = load_dataset(c.DATASET, "test", n=getattr(c, "N_TEST", None), **kwargs)
+    test = load_dataset(c.DATASET, "test", n=getattr(c, "N_TEST", None),
+                        channels=train.shape[0], **kwargs)
     print(f"{c.DATASET}: {len(train)} train / {len(test)} test images of shape {train.shape}")
-    return train, test
+    return DataSpec(c.DATASET, c.IMAGE_SIZE, train.shape[0], c.SEED), train, test
 
 
 # Constants that locate the run being resumed: always the ones in force now.
@@ -40,7 +42,7 @@ CHANGEABLE_ON_RESUME = ("EPOCHS", "MINUTES", "DEVICE", "PRECISION", "DATA_ROOT",
                         "CHECKPOINT_EVERY")
 
 
-def resume(c: SimpleNamespace, family: str, argv: Sequence[str] | None = None,
+def resume_run(c: SimpleNamespace, family: str, argv: Sequence[str] | None = None,
            output_constants: Sequence[str] = ()) -> tuple[Run | None, dict | None,
                                                            SimpleNamespace]:
     """With RESUME set: the run, its checkpoint and the constants it was started with.
@@ -73,17 +75,14 @@ def resume(c: SimpleNamespace, family: str, argv: Sequence[str] | None = None,
     return run, state, SimpleNamespace(**values)
 
 
-def open_run(c: SimpleNamespace, family: str, tag: str, resumed: Run | None = None) -> Run:
-    """The resumed run with its config.json brought up to date, or a new run (create_run)."""
-    if resumed is None:
-        return create_run(c, family, tag)
-    save_config(c, resumed.plots / "config.json")
-    return resumed
-
-
-def create_run(c: SimpleNamespace, family: str, tag: str) -> Run:
-    """A new numbered run folder with the resolved constants saved as config.json."""
-    run = new_run(c.SAVE_ROOT, family, c.DATASET, tag)
+def open_run(c: SimpleNamespace, family: str, tag: str, resumed: Run | None = None,
+             dataset: str | None = None) -> Run:
+    """The resumed run with its config.json brought up to date, or a new numbered run folder
+    named after `dataset` (default DATASET) with the constants saved as config.json."""
+    if resumed is not None:
+        save_config(c, resumed.plots / "config.json")
+        return resumed
+    run = new_run(c.SAVE_ROOT, family, dataset or c.DATASET, tag)
     save_config(c, run.plots / "config.json")
     print(f"run {run.name}: figures in {run.plots}, weights in {run.models}")
     return run
