@@ -29,7 +29,7 @@ FLIP = False  # random horizontal flips
 
 # diffusion
 SCHEDULE = "cosine"  # linear (Ho et al. 2020) or cosine (Nichol & Dhariwal 2021)
-TIMESTEPS = 1000  # T
+TIMESTEPS = 1000  # T, the number of noise steps
 PREDICTION = "epsilon"  # what the UNet predicts: epsilon, x0 or v
 MIN_SNR_GAMMA = 0.0  # min-SNR loss weighting gamma (Hang et al. 2023); 0 turns it off
 

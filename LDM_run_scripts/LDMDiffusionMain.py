@@ -26,7 +26,7 @@ DATA_ROOT = "data"  # where torchvision datasets are downloaded (for held-out im
 
 # diffusion
 SCHEDULE = "cosine"  # linear or cosine
-TIMESTEPS = 1000  # T
+TIMESTEPS = 1000  # T, the number of noise steps
 PREDICTION = "v"  # v (Salimans & Ho 2022), epsilon or x0
 MIN_SNR_GAMMA = 0.0  # min-SNR loss weighting gamma; 0 turns it off
 LABEL_DROPOUT = 0.1  # share of labels replaced by the null class (CFG training)

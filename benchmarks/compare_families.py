@@ -46,10 +46,10 @@ PRECISION = "auto"  # auto (bf16 autocast where fast), bf16, fp32
 SAVE_ROOT = "."  # saved_plots/ and saved_models/ are created here
 DATA_ROOT = "data"  # where torchvision datasets are downloaded
 
-EPOCH_CAP = 100_000  # EPOCHS given to the training scripts: the budget stops them first
-LABELS = {"gan": "DCGAN", "vae": "beta-VAE (adaptive)", "diffusion": "DDPM (pixels)",
+_EPOCH_CAP = 100_000  # EPOCHS given to the training scripts: the budget stops them first
+_LABELS = {"gan": "DCGAN", "vae": "beta-VAE (adaptive)", "diffusion": "DDPM (pixels)",
           "ldm": "LDM (latent, CFG)"}
-PANELS = [("params_m", "parameters used to sample (M)"), ("img_per_s", "training img/s"),
+_PANELS = [("params_m", "parameters used to sample (M)"), ("img_per_s", "training img/s"),
           ("sampling_ms", "sampling ms/img (log)"), ("fid", "FID, log (dashed: real vs real)"),
           ("kid", "KID"), ("precision", "precision"), ("recall", "recall"),
           ("class_accuracy", "class accuracy (conditional)")]
@@ -62,7 +62,7 @@ def n_params(*modules: torch.nn.Module) -> int:
 def train_args(c, minutes: float, *, data: bool = True) -> list[str]:
     args = [f"--SEED={c.SEED}", f"--DEVICE={c.DEVICE}", f"--PRECISION={c.PRECISION}",
             f"--SAVE_ROOT={c.SAVE_ROOT}", f"--DATA_ROOT={c.DATA_ROOT}",
-            f"--EPOCHS={EPOCH_CAP}", f"--MINUTES={minutes}"]
+            f"--EPOCHS={_EPOCH_CAP}", f"--MINUTES={minutes}"]
     if data:
         args += [f"--DATASET={c.DATASET}", f"--IMAGE_SIZE={c.IMAGE_SIZE}",
                  f"--N_TRAIN={c.N_TRAIN}"]
@@ -154,16 +154,16 @@ def train_ldm(c) -> tuple[list[dict], Run, tuple[int, int]]:
     return [ae_info, info], run, (n_params(ae, disc, unet), n_params(ae.decoder, unet))
 
 
-SCRIPTS = ("ganmain", "evalGan", "vaemain", "vaeEval", "DiffusionMain", "DiffusionEval",
+_SCRIPTS = ("ganmain", "evalGan", "vaemain", "vaeEval", "DiffusionMain", "DiffusionEval",
            "LDMAutoencoderMain", "LDMDiffusionMain", "LDMEval")
-TRAINERS = {"gan": train_gan, "vae": train_vae, "diffusion": train_diffusion, "ldm": train_ldm}
+_TRAINERS = {"gan": train_gan, "vae": train_vae, "diffusion": train_diffusion, "ldm": train_ldm}
 
 
 def summarise(family: str, stages: list[dict], run: Run, params: tuple[int, int]) -> dict:
     """One row: the stages' training numbers with the eval script's metrics.json."""
     metrics = json.loads((run.plots / "eval" / "metrics.json").read_text())
     images = sum(s["images"] for s in stages)
-    return {"family": family, "label": LABELS[family], "runs": [s["run"] for s in stages],
+    return {"family": family, "label": _LABELS[family], "runs": [s["run"] for s in stages],
             "stages": stages, "params_trained": params[0], "params_sampling": params[1],
             "peak_rss_mb": max(max(s["peak_rss_mb"], s.get("eval_peak_rss_mb", 0))
                                for s in stages),
@@ -216,31 +216,31 @@ def markdown(rows: list[dict], c) -> str:
 def main(argv=None) -> list[dict]:
     c = resolve_constants(globals(), argv)
     check_positive(c, "MINUTES", "N_SAMPLES")
-    unknown = [f for f in c.FAMILIES if f not in TRAINERS]
+    unknown = [f for f in c.FAMILIES if f not in _TRAINERS]
     if unknown or not c.FAMILIES:
-        raise UserError(f"FAMILIES={c.FAMILIES!r}: choose from {', '.join(TRAINERS)}")
+        raise UserError(f"FAMILIES={c.FAMILIES!r}: choose from {', '.join(_TRAINERS)}")
     if not 0 < c.AUTOENCODER_SHARE < 1:
         raise UserError(f"AUTOENCODER_SHARE must be in (0, 1), got {c.AUTOENCODER_SHARE}")
-    if not isinstance(c.OVERRIDES, dict) or not set(c.OVERRIDES) <= set(SCRIPTS):
-        raise UserError(f"OVERRIDES must map script names ({', '.join(SCRIPTS)}) to "
+    if not isinstance(c.OVERRIDES, dict) or not set(c.OVERRIDES) <= set(_SCRIPTS):
+        raise UserError(f"OVERRIDES must map script names ({', '.join(_SCRIPTS)}) to "
                         f"lists of constants, got {c.OVERRIDES!r}")
     out = new_run(c.SAVE_ROOT, "compare", c.DATASET, f"{c.MINUTES:g}min").plots
     rows = []
     for family in c.FAMILIES:
-        print(f"=== {LABELS[family]}: {c.MINUTES:g} minutes ===")
+        print(f"=== {_LABELS[family]}: {c.MINUTES:g} minutes ===")
         try:
-            rows.append(summarise(family, *TRAINERS[family](c)))
+            rows.append(summarise(family, *_TRAINERS[family](c)))
         except Interrupted:
             raise
         except UserError as err:  # e.g. a diverged GAN: the other families still run
             print(f"{family} failed: {err}")
-            rows.append({"family": family, "label": LABELS[family], "error": str(err)})
+            rows.append({"family": family, "label": _LABELS[family], "error": str(err)})
         (out / "results.json").write_text(json.dumps({"constants": vars(c), "rows": rows},
                                                      indent=2, default=str))
     (out / "results.md").write_text(markdown(rows, c))
     done = {r["label"]: {**r, "params_m": r["params_sampling"] / 1e6}
             for r in rows if "error" not in r}
-    save_bar_charts(done, PANELS, out / "bars.png", log_y=["sampling_ms", "fid"],
+    save_bar_charts(done, _PANELS, out / "bars.png", log_y=["sampling_ms", "fid"],
                     fractions=["precision", "recall", "class_accuracy"],
                     marks={"fid": {k: r["fid_floor"] for k, r in done.items()}},
                     title=f"{c.DATASET}: {c.MINUTES:g} minutes of training per family")

@@ -89,7 +89,7 @@ def test_compare_families_smoke(evaluator_root, tmp_path):
         assert r["samples"] == 40 and r["fid"] > 0 and r["sampling_ms"] > 0
         assert r["params_trained"] >= r["params_sampling"] > 0
         for stage in r["stages"]:  # the budget, not EPOCHS, ended every training stage
-            assert 1 <= stage["epochs"] < compare_families.EPOCH_CAP and stage["images"] > 0
+            assert 1 <= stage["epochs"] < compare_families._EPOCH_CAP and stage["images"] > 0
         assert (r["class_accuracy"] is None) == (r["family"] != "ldm")
     assert len(rows[-1]["stages"]) == 2
     out = next((tmp_path / "saved_plots" / "compare").iterdir())
@@ -142,8 +142,8 @@ def test_compare_families_records_a_failed_family_and_stops_on_ctrl_c(tmp_path, 
     def ctrl_c(c):
         raise Interrupted("interrupted; checkpoint saved")
 
-    monkeypatch.setitem(compare_families.TRAINERS, "gan", diverged)
-    monkeypatch.setitem(compare_families.TRAINERS, "vae", ctrl_c)
+    monkeypatch.setitem(compare_families._TRAINERS, "gan", diverged)
+    monkeypatch.setitem(compare_families._TRAINERS, "vae", ctrl_c)
     with pytest.raises(Interrupted):
         compare_families.main(["--SAVE_ROOT", str(tmp_path), "--FAMILIES=('gan', 'vae')"])
     out = next((tmp_path / "saved_plots" / "compare").iterdir())

@@ -49,10 +49,26 @@ def test_autoencoder_and_discriminator_shapes():
     recon, mean, logvar = ae(torch.randn(2, 3, 32, 32))
     assert recon.shape == (2, 3, 32, 32) and mean.shape == logvar.shape == (2, 4, 8, 8)
     assert ae.latent_shape == (4, 8, 8)
-    logits, feats = PatchDiscriminator(3, 8, 3, spectral_norm=True)(recon)
-    assert logits.dim() == 4 and len(feats) == 3
+    # PatchGAN, 3 layers of 4x4 convs (strides 2, 2, 1) then a 4x4 head: 32 -> 16 -> 8 -> 7 -> 6
+    logits, feats = PatchDiscriminator(3, 8, 3)(recon)
+    assert logits.shape == (2, 1, 6, 6)
+    assert [f.shape for f in feats] == [(2, 8, 16, 16), (2, 16, 8, 8), (2, 32, 7, 7)]
     with pytest.raises(ValueError):
         Autoencoder(30, channel_mult=(1, 2, 2))
+
+
+def test_spectral_norm_makes_every_convolution_1_lipschitz():
+    """Miyato et al. 2018: each weight divided by its largest singular value (estimated by power
+    iteration, one step per training forward pass)."""
+    torch.manual_seed(0)
+    disc = PatchDiscriminator(3, 8, 3, spectral_norm=True)
+    for _ in range(30):
+        disc(torch.randn(2, 3, 16, 16))
+    convs = [m for m in disc.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 4
+    for conv in convs:
+        sigma = torch.linalg.matrix_norm(conv.weight.detach().flatten(1), ord=2).item()
+        assert sigma == pytest.approx(1.0, rel=0.02)
 
 
 def test_scale_factor_gives_unit_std_and_psnr():
@@ -117,7 +133,9 @@ def test_ldm_scripts_end_to_end(tmp_path):
 
     run = LDMDiffusionMain.main([*LDM_TINY, *root])
     assert (run.plots / "progression.png").is_file()
-    assert load_checkpoint(run.checkpoint)["config"]["AUTOENCODER_RUN"] == ae_run.name
+    state = load_checkpoint(run.checkpoint, "ldm")
+    assert state["autoencoder_run"] == ae_run.name
+    assert state["data"] == load_checkpoint(ae_run.checkpoint)["data"]  # the images it models
     LDMDiffusionMain.main([*root, "--RESUME=latest", "--EPOCHS=3"])
     assert len(load_checkpoint(run.checkpoint)["frames"]) == 3
 
@@ -132,4 +150,56 @@ def test_ldm_scripts_end_to_end(tmp_path):
     assert images.shape == (20, 1, 16, 16) and labels.tolist() == [k for k in range(10)
                                                                     for _ in range(2)]
     assert json.loads((out / "latent_stats.json").read_text())["autoencoder"] == ae_run.name
-    assert report["held_out_psnr"] > 0
+    # the reported PSNR is that of the stage-1 autoencoder on the held-out images, recomputed
+    from train.checkpoints import load_run
+    from train.autoencoder import reconstruct
+    stage1 = load_run(tmp_path, "ldm_autoencoder", ae_run.name, torch.device("cpu"))
+    x = stage1.data.held_out(512).first(512)[0]
+    mse = (reconstruct(stage1.nets["autoencoder"], x) - x).pow(2).mean().item()
+    assert report["held_out_psnr"] == pytest.approx(10 * math.log10(4 / mse), rel=1e-6)
+    assert report["held_out_images"] == len(x) == 300  # digits' test split
+
+
+def _same_weights(a: dict, b: dict, keys) -> None:
+    for key in keys:
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+
+
+def _stopped_after_one_epoch(monkeypatch, module, main, args) -> None:
+    """Run main(args) but stop it at the end of its first epoch, as a MINUTES deadline would
+    (the run's plan, e.g. its cosine learning rate, stays that of all its EPOCHS)."""
+    real_end = module.end_epoch
+    with monkeypatch.context() as patch:
+        patch.setattr(module, "end_epoch", lambda *a, **k: real_end(*a, **k) or True)
+        main(args)
+
+
+def test_both_ldm_stages_resume_exactly(tmp_path, monkeypatch):
+    """Stage 1 for 2 epochs equals 1 epoch + resume (weights, EMA, optimizers, adaptive KL
+    weight, latent statistics); stage 2 likewise on that autoencoder. PRECISION is pinned."""
+    import train.autoencoder
+    import train.diffusion
+    from LDM_run_scripts import LDMAutoencoderMain, LDMDiffusionMain
+    from utils.runs import find_run, load_checkpoint
+    straight, split = (["--SAVE_ROOT", str(tmp_path / leg)] for leg in ("a", "b"))
+    resume = [*split, "--RESUME=latest", "--PRECISION=fp32"]
+    args = [*AE_TINY, "--KL_MODE=adaptive", "--EMA_DECAY=0.9", "--N_TRAIN=64"]
+    LDMAutoencoderMain.main([*args, *straight])
+    _stopped_after_one_epoch(monkeypatch, train.autoencoder, LDMAutoencoderMain.main,
+                             [*args, *split])
+    assert load_checkpoint(find_run(tmp_path / "b", "ldm_autoencoder").checkpoint)["epoch"] == 1
+    LDMAutoencoderMain.main(resume)
+    a, b = (load_checkpoint(find_run(tmp_path / leg, "ldm_autoencoder").checkpoint)
+            for leg in ("a", "b"))
+    _same_weights(a, b, ["ae", "disc", "ema"])
+    assert a["opt_ae"]["state"][0]["step"] == b["opt_ae"]["state"][0]["step"]
+    assert a["beta_scheduler"] == b["beta_scheduler"] and a["latent_stats"] == b["latent_stats"]
+
+    LDMDiffusionMain.main([*LDM_TINY, *straight])
+    _stopped_after_one_epoch(monkeypatch, train.diffusion, LDMDiffusionMain.main,
+                             [*LDM_TINY, *split])
+    LDMDiffusionMain.main(resume)
+    a, b = (load_checkpoint(find_run(tmp_path / leg, "ldm").checkpoint) for leg in ("a", "b"))
+    _same_weights(a, b, ["model", "ema"])
+    assert torch.equal(a["frames"], b["frames"]) and a["step"] == b["step"]

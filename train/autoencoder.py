@@ -13,9 +13,8 @@ from models.autoencoder import (Autoencoder, PatchDiscriminator, adaptive_gan_we
                                 discriminator_loss, feature_matching, generator_adversarial,
                                 kl_term, reconstruction_term)
 from models.vae import AdaptiveBetaScheduler, reparameterize
-from train.common import (Deadline, LossMeter, Progress, checkpoint_due, checkpoint_frame,
-                          epoch_batches, epoch_range, report_stop, resume_point, show_losses,
-                          stop_guard, stopped_early)
+from train.common import (Deadline, LossMeter, Progress, checkpoint_frame, end_epoch,
+                          epoch_batches, epoch_range, resume_point, stop_guard)
 from train.diffusion import ema_network, ema_with_warmup
 from train.latents import encode_dataset, latent_statistics, save_cache
 from train.lr import LRPlan, PlannedLR
@@ -104,41 +103,42 @@ def build_autoencoder(model_args: dict, disc_args: dict, device: torch.device, *
                    amp_dtype, {"autoencoder": dict(model_args), "discriminator": dict(disc_args)})
 
 
-def ae_step(s: AESetup, x: torch.Tensor, step: int, clip: float = 1.0) -> dict[str, torch.Tensor]:
+def ae_step(setup: AESetup, x: torch.Tensor, step: int, clip: float = 1.0
+            ) -> dict[str, torch.Tensor]:
     """One autoencoder step on the weighted loss, then one discriminator step."""
-    weights, ramp = s.loss, s.adv_ramp(step)
-    with autocast(s.device, s.amp_dtype):
-        x_hat, mean, logvar = s.ae(x)
+    weights, ramp = setup.loss, setup.adv_ramp(step)
+    with autocast(setup.device, setup.amp_dtype):
+        x_hat, mean, logvar = setup.ae(x)
     rec = reconstruction_term(x, x_hat.float(), weights.reconstruction)
     kl = kl_term(mean, logvar)
-    total = rec + s.kl_weight(step) * kl
+    total = rec + setup.kl_weight(step) * kl
     zero = torch.zeros((), device=x.device)
     adv, fm, ratio = zero, zero, zero
     if ramp > 0 and (weights.adv_weight > 0 or weights.fm_weight > 0):
-        with autocast(s.device, s.amp_dtype):
-            fake_logits, fake_feats = s.disc(x_hat)
-            _, real_feats = s.disc(x)
+        with autocast(setup.device, setup.amp_dtype):
+            fake_logits, fake_feats = setup.disc(x_hat)
+            _, real_feats = setup.disc(x)
         adv = generator_adversarial(fake_logits, weights.disc_loss)
         fm = feature_matching(real_feats, fake_feats)
-        ratio = (adaptive_gan_weight(rec, adv, s.ae.last_layer, weights.adv_max)
+        ratio = (adaptive_gan_weight(rec, adv, setup.ae.last_layer, weights.adv_max)
                  if weights.adaptive_adv else torch.ones((), device=x.device))
         total = total + ramp * (weights.adv_weight * ratio * adv + weights.fm_weight * fm)
-    s.opt_ae.zero_grad(set_to_none=True)
+    setup.opt_ae.zero_grad(set_to_none=True)
     total.backward()
-    torch.nn.utils.clip_grad_norm_(s.ae.parameters(), clip)
-    s.opt_ae.step()
-    s.sched_ae.step()
-    if s.ema is not None:
-        s.ema.update_parameters(s.ae)
-    with autocast(s.device, s.amp_dtype):
-        real_logits, _ = s.disc(x)
-        fake_logits, _ = s.disc(x_hat.detach())
+    torch.nn.utils.clip_grad_norm_(setup.ae.parameters(), clip)
+    setup.opt_ae.step()
+    setup.sched_ae.step()
+    if setup.ema is not None:
+        setup.ema.update_parameters(setup.ae)
+    with autocast(setup.device, setup.amp_dtype):
+        real_logits, _ = setup.disc(x)
+        fake_logits, _ = setup.disc(x_hat.detach())
     d_loss = discriminator_loss(real_logits, fake_logits, weights.disc_loss)
-    s.opt_d.zero_grad(set_to_none=True)
+    setup.opt_d.zero_grad(set_to_none=True)
     d_loss.backward()
-    torch.nn.utils.clip_grad_norm_(s.disc.parameters(), clip)
-    s.opt_d.step()
-    s.sched_d.step()
+    torch.nn.utils.clip_grad_norm_(setup.disc.parameters(), clip)
+    setup.opt_d.step()
+    setup.sched_d.step()
     return {"loss": total.detach(), "rec": rec.detach(), "kl": kl.detach(), "adv": adv.detach(),
             "fm": fm.detach(), "adv_ratio": ratio, "d_loss": d_loss.detach(),
             "d_real": torch.sigmoid(real_logits.detach().float()).mean(),
@@ -164,58 +164,55 @@ def held_out_mse(ae: Autoencoder, x: torch.Tensor) -> float:
     return (reconstruct(ae, x) - x.cpu()).pow(2).mean().item()
 
 
-def train_autoencoder(s: AESetup, train_data: ImageData, test_x: torch.Tensor, run: Run, *,
+def train_autoencoder(setup: AESetup, train_data: ImageData, test_x: torch.Tensor, run: Run, *,
                       data: DataSpec, epochs: int, batch_size: int, config: dict,
                       deadline: Deadline | None = None, checkpoint_every: int = 1,
                       recon_every: int = 1, n_recon: int = 10, state: dict | None = None
                       ) -> dict:
     """Train for `epochs` total epochs (continuing `state`); then encode the training set into
     the latent cache and measure the latents. Returns the latent statistics."""
-    progress, _ = resume_point(s.modules, state)
+    progress, _ = resume_point(setup.modules, state)
     log = MetricsLog(run.metrics_path)
     log.truncate(progress.epoch)  # epochs logged after the checkpoint being resumed are redone
-    train_data = train_data.to(s.device)
+    train_data = train_data.to(setup.device)
     stats = None
 
     def save() -> None:
-        save_checkpoint(autoencoder_checkpoint(s, progress, data, config, stats), run.checkpoint)
+        save_checkpoint(autoencoder_checkpoint(setup, progress, data, config, stats),
+                        run.checkpoint)
 
     with stop_guard(run, progress, save):
         for epoch in (bar := epoch_range(run, progress.epoch, epochs)):
             meter, started = LossMeter(), time.perf_counter()
-            kl_w, adv_w = s.kl_weight(progress.step), s.loss.adv_weight * s.adv_ramp(progress.step)
-            for x, _ in epoch_batches(train_data, batch_size, s.device, False, epoch, epochs,
+            kl_w = setup.kl_weight(progress.step)
+            adv_w = setup.loss.adv_weight * setup.adv_ramp(progress.step)
+            for x, _ in epoch_batches(train_data, batch_size, setup.device, False, epoch, epochs,
                                       deadline):
-                losses = ae_step(s, x, progress.step)
+                losses = ae_step(setup, x, progress.step)
                 meter.update(progress.advance(x), losses)
             speed = meter.count * batch_size / (time.perf_counter() - started)
             record = {"epoch": epoch, "step": progress.step,
-                      **evaluate(s, meter, test_x), "kl_weight": kl_w, "adv_weight": adv_w,
-                      "lr_ae": s.sched_ae.get_last_lr()[0], "img_per_s": speed}
+                      **evaluate(setup, meter, test_x), "kl_weight": kl_w, "adv_weight": adv_w,
+                      "lr_ae": setup.sched_ae.get_last_lr()[0], "img_per_s": speed}
             records = [*log.read(), record]
-            write_figures(run, s.inference_ae, records, test_x[:n_recon],
+            write_figures(run, setup.inference_ae, records, test_x[:n_recon],
                           epoch % recon_every == 0 or epoch == epochs)
-            log.append({**record, "seconds": time.perf_counter() - started})
-            progress.epoch = epoch
-            show_losses(bar, record)
-            if checkpoint_due(epoch, epochs, checkpoint_every, deadline):
-                save()
-            if stopped_early(deadline, epoch, epochs):
-                report_stop(run, epoch, epochs)
+            if end_epoch(run, log, bar, progress, record, started=started, epochs=epochs,
+                         checkpoint_every=checkpoint_every, deadline=deadline, save=save):
                 break
-        stats = measure_latents(s.inference_ae, train_data, run, data.seed, config)
+        stats = measure_latents(setup.inference_ae, train_data, run, data.seed, config)
         save()
     return stats
 
 
-def evaluate(s: AESetup, meter: LossMeter, test_x: torch.Tensor) -> dict:
+def evaluate(setup: AESetup, meter: LossMeter, test_x: torch.Tensor) -> dict:
     """Mean training terms (the adaptive KL weight is updated from them once per epoch, as in
     the beta-VAE) and the held-out reconstruction error of the inference autoencoder."""
     train = meter.means()
-    if s.beta is not None:
-        s.beta.update(train["kl"], train["rec"])
-    mse = held_out_mse(s.inference_ae, test_x)
-    s.ae.train()
+    if setup.beta is not None:
+        setup.beta.update(train["kl"], train["rec"])
+    mse = held_out_mse(setup.inference_ae, test_x)
+    setup.ae.train()
     return {**{f"train_{k}": v for k, v in train.items()}, "test_mse": mse,
             "test_psnr": psnr(mse)}
 
@@ -250,14 +247,15 @@ def measure_latents(ae: Autoencoder, train_data: ImageData, run: Run, seed: int,
     return stats
 
 
-def autoencoder_checkpoint(s: AESetup, progress: Progress, data: DataSpec, config: dict,
+def autoencoder_checkpoint(setup: AESetup, progress: Progress, data: DataSpec, config: dict,
                            latent_stats: dict | None = None) -> dict:
     """The LDM autoencoder checkpoint: version, kind "ldm_autoencoder", model_args
     {"autoencoder", "discriminator"}, data (DataSpec), epoch, step, rng, config (the run's
     constants), the state_dicts of ae, disc, opt_ae, opt_d, sched_ae, sched_d, beta_scheduler
     (KL mode adaptive) and ema (with EMA_DECAY), and once training has ended latent_stats
     (per-channel and overall mean and std of posterior samples, scale_factor = 1 / std)."""
-    state = checkpoint_frame("ldm_autoencoder", s.model_args, data, progress, config, s.modules)
+    state = checkpoint_frame("ldm_autoencoder", setup.model_args, data, progress, config,
+                             setup.modules)
     if latent_stats is not None:
         state["latent_stats"] = latent_stats
     return state

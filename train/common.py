@@ -7,9 +7,9 @@ Each family's loop in train/<family>.py reads top to bottom with these:
         for epoch in epoch_range(run, progress.epoch, epochs):
             for batch in batch_bar(batches, ..., deadline):
                 step(batch)
-            evaluate(); write_figures(); log.append(record); progress.epoch = epoch
-            if checkpoint_due(...): save()
-            if stopped_by(deadline, ...): break
+            record = evaluate(); write_figures()
+            if end_epoch(...):  # log, checkpoint when due, stop at the deadline
+                break
 """
 import time
 from contextlib import contextmanager
@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from utils.data import DataSpec, ImageData, batches_per_epoch, iterate_batches
 from utils.device import rng_state, set_rng_state
 from utils.errors import Interrupted, UserError
-from utils.runs import CHECKPOINT_VERSION, Run, load_state
+from utils.runs import CHECKPOINT_VERSION, MetricsLog, Run, load_state
 
 SYNC_EVERY = 10  # steps between host syncs: progress-bar losses and the NaN/inf check
 EVAL_SEED = 1234  # every evaluation draws the same noise, so its numbers compare across epochs
@@ -121,12 +121,6 @@ def epoch_batches(data: ImageData, batch_size: int, device: torch.device, flip: 
                      batches_per_epoch(data, batch_size), epoch, epochs, deadline)
 
 
-def show_losses(bar, record: dict) -> None:
-    """The epoch's mean training losses on the run's progress bar."""
-    bar.set_postfix({k: f"{v:.3g}" for k, v in record.items()
-                     if k.startswith("train_") and isinstance(v, float)}, refresh=False)
-
-
 def epoch_range(run: Run, epochs_done: int, epochs: int):
     """Epochs epochs_done + 1 .. epochs behind the run's progress bar."""
     return tqdm(range(epochs_done + 1, epochs + 1), desc=run.name, initial=epochs_done,
@@ -163,18 +157,24 @@ def stop_guard(run: Run, progress: Progress, save: Callable[[], None]):
         raise UserError(f"training stopped: {err} (epoch {progress.epoch + 1}); {kept}") from None
 
 
-def checkpoint_due(epoch: int, epochs: int, every: int, deadline: Deadline | None) -> bool:
-    """Checkpoint every `every` epochs, at the last epoch, and when the deadline stops the run."""
-    return epoch % every == 0 or epoch == epochs or stopped_early(deadline, epoch, epochs)
-
-
-def stopped_early(deadline: Deadline | None, epoch: int, epochs: int) -> bool:
-    return deadline is not None and deadline.passed() and epoch < epochs
-
-
-def report_stop(run: Run, epoch: int, epochs: int) -> None:
-    print(f"time budget reached: stopped after epoch {epoch} of {epochs}; "
-          f"resume with --RESUME={run.name}")
+def end_epoch(run: Run, log: MetricsLog, bar, progress: Progress, record: dict, *,
+              started: float, epochs: int, checkpoint_every: int, deadline: Deadline | None,
+              save: Callable[[], None]) -> bool:
+    """Close the epoch of `record`: log it (with its wall seconds), count it done, show its
+    losses, checkpoint every `checkpoint_every` epochs, at the end and when the deadline has
+    passed; returns True when the deadline stops the run here."""
+    epoch = record["epoch"]
+    log.append({**record, "seconds": time.perf_counter() - started})
+    progress.epoch = epoch
+    bar.set_postfix({k: f"{v:.3g}" for k, v in record.items()
+                     if k.startswith("train_") and isinstance(v, float)}, refresh=False)
+    stop = deadline is not None and deadline.passed() and epoch < epochs
+    if epoch % checkpoint_every == 0 or epoch == epochs or stop:
+        save()
+    if stop:
+        print(f"time budget reached: stopped after epoch {epoch} of {epochs}; "
+              f"resume with --RESUME={run.name}")
+    return stop
 
 
 def checkpoint_frame(kind: str, model_args: dict, data: DataSpec, progress: Progress,

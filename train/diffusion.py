@@ -15,9 +15,9 @@ from models.diffusion import (Denoiser, NoiseSchedule, min_snr_weight, q_sample,
                               sample_timesteps, training_target)
 from models.samplers import sample
 from models.unet import UNet
-from train.common import (Deadline, LossMeter, Progress, batch_bar, checkpoint_due,
-                          checkpoint_frame, epoch_range, eval_generator, report_stop,
-                          resume_point, show_losses, stack_frames, stop_guard, stopped_early)
+from train.common import (Deadline, LossMeter, Progress, batch_bar, checkpoint_frame,
+                          end_epoch, epoch_range, eval_generator, resume_point, stack_frames,
+                          stop_guard)
 from train.lr import LRPlan, PlannedLR
 from utils.data import DataSpec, to_uint8
 from utils.device import autocast
@@ -92,43 +92,44 @@ def drop_labels(labels: torch.Tensor, rate: float, null_class: int,
     return torch.where(drop, torch.full_like(labels, null_class), labels)
 
 
-def diffusion_loss(s: DiffusionSetup, x0: torch.Tensor, labels: torch.Tensor | None = None, *,
+def diffusion_loss(setup: DiffusionSetup, x0: torch.Tensor, labels: torch.Tensor | None = None, *,
                    net: torch.nn.Module | None = None, generator: torch.Generator | None = None):
     """Per-sample weighted MSE of `net` (default: the trained model) to the target at random t;
     returns (loss, per-sample, t). t, eps and label dropout come from `generator` (None: the
     global RNG)."""
-    net = s.model if net is None else net
-    t = sample_timesteps(len(x0), s.schedule.timesteps, x0.device, generator)
+    net = setup.model if net is None else net
+    t = sample_timesteps(len(x0), setup.schedule.timesteps, x0.device, generator)
     eps = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
-    x_t = q_sample(s.schedule, x0, t, eps)
+    x_t = q_sample(setup.schedule, x0, t, eps)
     if labels is not None and getattr(net, "num_classes", 0):
-        labels = drop_labels(labels, s.label_dropout, net.null_class, generator)
+        labels = drop_labels(labels, setup.label_dropout, net.null_class, generator)
     else:
         labels = None
-    with autocast(s.device, s.amp_dtype):
+    with autocast(setup.device, setup.amp_dtype):
         out = net(x_t, t, labels)
-    target = training_target(s.schedule, x0, t, eps, s.prediction_type)
+    target = training_target(setup.schedule, x0, t, eps, setup.prediction_type)
     per_sample = F.mse_loss(out.float(), target, reduction="none").flatten(1).mean(1)
     weight = 1.0
-    if s.min_snr_gamma:
-        weight = min_snr_weight(s.schedule, t, s.prediction_type, s.min_snr_gamma).to(x0.device)
+    if setup.min_snr_gamma:
+        weight = min_snr_weight(setup.schedule, t, setup.prediction_type,
+                                setup.min_snr_gamma).to(x0.device)
     return (weight * per_sample).mean(), per_sample.detach(), t
 
 
-def diffusion_step(s: DiffusionSetup, x0: torch.Tensor, labels=None, clip: float = 1.0
+def diffusion_step(setup: DiffusionSetup, x0: torch.Tensor, labels=None, clip: float = 1.0
                    ) -> dict[str, torch.Tensor]:
     """One optimiser step with gradient clipping, LR schedule and EMA update.
 
     Returns the loss and the unweighted loss summed and counted per quarter of [0, T) (2, 4).
     """
-    loss, per_sample, t = diffusion_loss(s, x0, labels)
-    s.opt.zero_grad(set_to_none=True)
+    loss, per_sample, t = diffusion_loss(setup, x0, labels)
+    setup.opt.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(s.model.parameters(), clip)
-    s.opt.step()
-    s.lr_sched.step()
-    s.ema.update_parameters(s.model)
-    quarter = t * QUARTERS // s.schedule.timesteps
+    torch.nn.utils.clip_grad_norm_(setup.model.parameters(), clip)
+    setup.opt.step()
+    setup.lr_sched.step()
+    setup.ema.update_parameters(setup.model)
+    quarter = t * QUARTERS // setup.schedule.timesteps
     sums = torch.zeros(QUARTERS, device=x0.device).index_add_(0, quarter, per_sample)
     counts = torch.bincount(quarter, minlength=QUARTERS).float()
     return {"loss": loss.detach(), "quarters": torch.stack([sums, counts])}
@@ -147,10 +148,10 @@ def make_denoiser(net: torch.nn.Module, schedule: NoiseSchedule, prediction_type
     return Denoiser(net_fn, schedule, prediction_type, clip_x0)
 
 
-def ema_denoiser(s: DiffusionSetup, clip_x0: bool = True) -> Denoiser:
+def ema_denoiser(setup: DiffusionSetup, clip_x0: bool = True) -> Denoiser:
     """The Denoiser of the EMA weights (the copy only ever used for inference)."""
-    return make_denoiser(s.ema.module, s.schedule, s.prediction_type, amp_dtype=s.amp_dtype,
-                         clip_x0=clip_x0)
+    return make_denoiser(setup.ema.module, setup.schedule, setup.prediction_type,
+                         amp_dtype=setup.amp_dtype, clip_x0=clip_x0)
 
 
 def ema_network(state: dict, model: torch.nn.Module) -> torch.nn.Module:
@@ -162,32 +163,32 @@ def ema_network(state: dict, model: torch.nn.Module) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def ema_samples(s: DiffusionSetup, noise: torch.Tensor, sampler: str, steps: int,
+def ema_samples(setup: DiffusionSetup, noise: torch.Tensor, sampler: str, steps: int,
                 labels=None) -> torch.Tensor:
     """Samples from fixed noise with the EMA weights and a (fast) sampler, as uint8 on the CPU."""
-    x = sample(ema_denoiser(s), noise.clone(), sampler, steps, labels=labels,
-               generator=eval_generator(s.device)).x
+    x = sample(ema_denoiser(setup), noise.clone(), sampler, steps, labels=labels,
+               generator=eval_generator(setup.device)).x
     return to_uint8(x).cpu()
 
 
 @torch.no_grad()
-def held_out_loss(s: DiffusionSetup, net: torch.nn.Module, x0: torch.Tensor,
+def held_out_loss(setup: DiffusionSetup, net: torch.nn.Module, x0: torch.Tensor,
                   batch_size: int = 128) -> float:
     """Unweighted loss of `net` (in eval mode) on held-out data, with the same t and noise at
     every call."""
-    generator, was_training = eval_generator(s.device), net.training
-    total = torch.zeros((), device=s.device)
+    generator, was_training = eval_generator(setup.device), net.training
+    total = torch.zeros((), device=setup.device)
     net.eval()
     try:
         for start in range(0, len(x0), batch_size):
-            batch = x0[start:start + batch_size].to(s.device)
-            total += diffusion_loss(s, batch, net=net, generator=generator)[1].sum()
+            batch = x0[start:start + batch_size].to(setup.device)
+            total += diffusion_loss(setup, batch, net=net, generator=generator)[1].sum()
     finally:
         net.train(was_training)
     return total.item() / len(x0)
 
 
-def train_diffusion(s: DiffusionSetup, batches: Callable[[int], Iterable], steps_per_epoch: int,
+def train_diffusion(setup: DiffusionSetup, batches: Callable[[int], Iterable], steps_per_epoch: int,
                     test_x: torch.Tensor, run: Run, *, kind: str, data: DataSpec, epochs: int,
                     batch_size: int, snapshot: Callable[[], torch.Tensor], config: dict,
                     fixed_noise: torch.Tensor, deadline: Deadline | None = None,
@@ -200,48 +201,43 @@ def train_diffusion(s: DiffusionSetup, batches: Callable[[int], Iterable], steps
     returns that epoch's uint8 sample frame; test_x gives the held-out loss; `extras` go into
     the checkpoint (see diffusion_checkpoint).
     """
-    progress, frames = resume_point(s.modules, state)
+    progress, frames = resume_point(setup.modules, state)
     log = MetricsLog(run.metrics_path)
     log.truncate(progress.epoch)  # epochs logged after the checkpoint being resumed are redone
 
     def save() -> None:
-        save_checkpoint(diffusion_checkpoint(s, kind, progress, data, config, fixed_noise,
+        save_checkpoint(diffusion_checkpoint(setup, kind, progress, data, config, fixed_noise,
                                              frames, **(extras or {})), run.checkpoint)
 
     with stop_guard(run, progress, save):
         for epoch in (bar := epoch_range(run, progress.epoch, epochs)):
             meter, started = LossMeter(), time.perf_counter()
-            quarters = torch.zeros(2, QUARTERS, device=s.device)  # loss sums, counts
+            quarters = torch.zeros(2, QUARTERS, device=setup.device)  # loss sums, counts
             for x0, labels in batch_bar(batches(epoch), steps_per_epoch, epoch, epochs,
                                         deadline):
-                out = diffusion_step(s, x0, labels)
+                out = diffusion_step(setup, x0, labels)
                 quarters += out["quarters"]
                 meter.update(progress.advance(x0), {"loss": out["loss"]})
             speed = meter.count * batch_size / (time.perf_counter() - started)
             frames.append(snapshot())
             record = {"epoch": epoch, "step": progress.step,
-                      **evaluate(s, meter, quarters, test_x), "img_per_s": speed}
+                      **evaluate(setup, meter, quarters, test_x), "img_per_s": speed}
             write_figures(run, frames, [*log.read(), record], sample_title, row_labels)
-            log.append({**record, "seconds": time.perf_counter() - started})
-            progress.epoch = epoch
-            show_losses(bar, record)
-            if checkpoint_due(epoch, epochs, checkpoint_every, deadline):
-                save()
-            if stopped_early(deadline, epoch, epochs):
-                report_stop(run, epoch, epochs)
+            if end_epoch(run, log, bar, progress, record, started=started, epochs=epochs,
+                         checkpoint_every=checkpoint_every, deadline=deadline, save=save):
                 break
     return frames
 
 
-def evaluate(s: DiffusionSetup, meter: LossMeter, quarters: torch.Tensor, test_x: torch.Tensor
+def evaluate(setup: DiffusionSetup, meter: LossMeter, quarters: torch.Tensor, test_x: torch.Tensor
              ) -> dict:
     """The epoch's record: training loss (overall and per quarter of t), the EMA model's
     held-out loss, and the learning rate."""
     per_quarter = (quarters[0] / quarters[1].clamp(min=1)).tolist()
     return {"train_loss": meter.means()["loss"],
             **{f"train_loss_q{i + 1}": q for i, q in enumerate(per_quarter)},
-            "test_loss": held_out_loss(s, s.ema.module, test_x),
-            "lr": s.lr_sched.get_last_lr()[0]}
+            "test_loss": held_out_loss(setup, setup.ema.module, test_x),
+            "lr": setup.lr_sched.get_last_lr()[0]}
 
 
 def write_figures(run: Run, frames: list[torch.Tensor], records: list[dict], sample_title: str,
@@ -253,7 +249,7 @@ def write_figures(run: Run, frames: list[torch.Tensor], records: list[dict], sam
                 title=f"diffusion {run.name}")
 
 
-def diffusion_checkpoint(s: DiffusionSetup, kind: str, progress: Progress, data: DataSpec,
+def diffusion_checkpoint(setup: DiffusionSetup, kind: str, progress: Progress, data: DataSpec,
                          config: dict, fixed_noise: torch.Tensor, frames: list[torch.Tensor],
                          **extras) -> dict:
     """The diffusion checkpoint: version, kind ("diffusion" for pixels, "ldm" for latents),
@@ -261,9 +257,9 @@ def diffusion_checkpoint(s: DiffusionSetup, kind: str, progress: Progress, data:
     config (the run's constants), the state_dicts of model, ema, opt and lr_sched, diffusion
     {schedule, timesteps, prediction} (what the Denoiser needs), fixed_noise and frames (the
     progression), and the family's extras (for "ldm": autoencoder_run and scale_factor)."""
-    process = {"schedule": s.schedule.kind, "timesteps": s.schedule.timesteps,
-               "prediction": s.prediction_type}
-    return {**checkpoint_frame(kind, s.model_args, data, progress, config, s.modules),
+    process = {"schedule": setup.schedule.kind, "timesteps": setup.schedule.timesteps,
+               "prediction": setup.prediction_type}
+    return {**checkpoint_frame(kind, setup.model_args, data, progress, config, setup.modules),
             "diffusion": process, "fixed_noise": fixed_noise.cpu(),
             "frames": stack_frames(frames, progress.epoch), **extras}
 

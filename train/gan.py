@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 
 from models.gan import Discriminator, Generator, discriminator_loss, generator_loss
-from train.common import (Deadline, LossMeter, Progress, checkpoint_due, checkpoint_frame,
-                          epoch_batches, epoch_range, eval_generator, report_stop, resume_point,
-                          show_losses, stack_frames, stop_guard, stopped_early)
+from train.common import (Deadline, LossMeter, Progress, checkpoint_frame, end_epoch,
+                          epoch_batches, epoch_range, eval_generator, resume_point,
+                          stack_frames, stop_guard)
 from utils.data import DataSpec, ImageData, to_uint8
 from utils.device import autocast
 from utils.plots import save_curves, save_progression
@@ -56,41 +56,42 @@ def build_gan(latent_dim: int, image_size: int, channels: int, width: int, lr: f
                     channels_last, args)
 
 
-def gan_step(s: GANSetup, real: torch.Tensor) -> dict[str, torch.Tensor]:
+def gan_step(setup: GANSetup, real: torch.Tensor) -> dict[str, torch.Tensor]:
     """One discriminator step then one non-saturating generator step on the same fakes."""
-    z = torch.randn(len(real), s.generator.latent_dim, device=s.device)
-    with autocast(s.device, s.amp_dtype):
-        fake = s.generator(z)
-        real_logits = s.discriminator(s.fmt(real))
-        fake_logits = s.discriminator(fake.detach())
+    z = torch.randn(len(real), setup.generator.latent_dim, device=setup.device)
+    with autocast(setup.device, setup.amp_dtype):
+        fake = setup.generator(z)
+        real_logits = setup.discriminator(setup.fmt(real))
+        fake_logits = setup.discriminator(fake.detach())
         d_loss = discriminator_loss(real_logits, fake_logits)
-    s.opt_d.zero_grad(set_to_none=True)
+    setup.opt_d.zero_grad(set_to_none=True)
     d_loss.backward()
-    s.opt_d.step()
-    with autocast(s.device, s.amp_dtype):
-        g_loss = generator_loss(s.discriminator(fake))
-    s.opt_g.zero_grad(set_to_none=True)
+    setup.opt_d.step()
+    with autocast(setup.device, setup.amp_dtype):
+        g_loss = generator_loss(setup.discriminator(fake))
+    setup.opt_g.zero_grad(set_to_none=True)
     g_loss.backward()
-    s.opt_g.step()
+    setup.opt_g.step()
     return {"d_loss": d_loss, "g_loss": g_loss,
             "d_real": torch.sigmoid(real_logits.float()).mean(),
             "d_fake": torch.sigmoid(fake_logits.float()).mean()}
 
 
 @torch.no_grad()
-def evaluate_gan(s: GANSetup, real: torch.Tensor, batch_size: int = 128) -> dict[str, float]:
+def evaluate_gan(setup: GANSetup, real: torch.Tensor, batch_size: int = 128) -> dict[str, float]:
     """Held-out losses and mean D outputs, computed as in training (BatchNorm batch statistics).
 
     The discriminator only ever sees all-real or all-fake batches, so its running statistics
     describe neither; eval mode would report numbers unrelated to the trained model.
     """
-    meter, generator = LossMeter(every=10**9), eval_generator(s.device)
+    meter, generator = LossMeter(every=10**9), eval_generator(setup.device)
     for start in range(0, len(real), batch_size):
-        x = real[start:start + batch_size].to(s.device)
-        z = torch.randn(len(x), s.generator.latent_dim, device=s.device, generator=generator)
-        with autocast(s.device, s.amp_dtype):
-            real_logits = s.discriminator(s.fmt(x))
-            fake_logits = s.discriminator(s.generator(z))
+        x = real[start:start + batch_size].to(setup.device)
+        z = torch.randn(len(x), setup.generator.latent_dim, device=setup.device,
+                        generator=generator)
+        with autocast(setup.device, setup.amp_dtype):
+            real_logits = setup.discriminator(setup.fmt(x))
+            fake_logits = setup.discriminator(setup.generator(z))
         meter.update(0, {"d_loss": discriminator_loss(real_logits, fake_logits),
                          "g_loss": generator_loss(fake_logits),
                          "d_real": torch.sigmoid(real_logits.float()).mean(),
@@ -132,59 +133,54 @@ def generate(generator: Generator, z: torch.Tensor, amp_dtype=None) -> torch.Ten
     return images
 
 
-def train_gan(s: GANSetup, train_data: ImageData, test_data: ImageData, run: Run, *,
+def train_gan(setup: GANSetup, train_data: ImageData, test_data: ImageData, run: Run, *,
               data: DataSpec, epochs: int, batch_size: int, fixed_z: torch.Tensor, config: dict,
               deadline: Deadline | None = None, checkpoint_every: int = 5,
               progression_rows: int = 8, flip: bool = False, state: dict | None = None
               ) -> list[torch.Tensor]:
     """Train for `epochs` total epochs (continuing `state` if given); returns progression frames."""
-    progress, frames = resume_point(s.modules, state)
+    progress, frames = resume_point(setup.modules, state)
     log = MetricsLog(run.metrics_path)
     log.truncate(progress.epoch)  # epochs logged after the checkpoint being resumed are redone
-    train_data = train_data.to(s.device)
+    train_data = train_data.to(setup.device)
     test_x, _ = test_data.first(1000)
 
     def save() -> None:
-        save_checkpoint(gan_checkpoint(s, progress, data, config, fixed_z, frames),
+        save_checkpoint(gan_checkpoint(setup, progress, data, config, fixed_z, frames),
                         run.checkpoint)
 
     with stop_guard(run, progress, save):
         for epoch in (bar := epoch_range(run, progress.epoch, epochs)):
             meter, started = LossMeter(), time.perf_counter()
-            for real, _ in epoch_batches(train_data, batch_size, s.device, flip, epoch, epochs,
+            for real, _ in epoch_batches(train_data, batch_size, setup.device, flip, epoch, epochs,
                                          deadline):
-                losses = gan_step(s, real)
+                losses = gan_step(setup, real)
                 meter.update(progress.advance(real), losses)
-            record = evaluate(s, meter, test_x, batch_size / (time.perf_counter() - started))
-            recalibrate_batchnorm(s.generator)
-            frames.append(generate(s.generator, fixed_z[:progression_rows], s.amp_dtype))
+            record = evaluate(setup, meter, test_x, batch_size / (time.perf_counter() - started))
+            recalibrate_batchnorm(setup.generator)
+            frames.append(generate(setup.generator, fixed_z[:progression_rows], setup.amp_dtype))
             record = {"epoch": epoch, "step": progress.step, **record}
             write_figures(run.plots, frames, [*log.read(), record], run.name)
-            log.append({**record, "seconds": time.perf_counter() - started})
-            progress.epoch = epoch
-            show_losses(bar, record)
-            if checkpoint_due(epoch, epochs, checkpoint_every, deadline):
-                save()
-            if stopped_early(deadline, epoch, epochs):
-                report_stop(run, epoch, epochs)
+            if end_epoch(run, log, bar, progress, record, started=started, epochs=epochs,
+                         checkpoint_every=checkpoint_every, deadline=deadline, save=save):
                 break
     return frames
 
 
-def evaluate(s: GANSetup, meter: LossMeter, test_x: torch.Tensor, steps_per_s: float) -> dict:
+def evaluate(setup: GANSetup, meter: LossMeter, test_x: torch.Tensor, steps_per_s: float) -> dict:
     """The epoch's record: mean training terms, held-out terms and training speed."""
     return {**{f"train_{k}": v for k, v in meter.means().items()},
-            **{f"test_{k}": v for k, v in evaluate_gan(s, test_x).items()},
+            **{f"test_{k}": v for k, v in evaluate_gan(setup, test_x).items()},
             "img_per_s": meter.count * steps_per_s}
 
 
-def gan_checkpoint(s: GANSetup, progress: Progress, data: DataSpec, config: dict,
+def gan_checkpoint(setup: GANSetup, progress: Progress, data: DataSpec, config: dict,
                    fixed_z: torch.Tensor, frames: list[torch.Tensor]) -> dict:
     """The GAN checkpoint: version, kind "gan", model_args {"generator", "discriminator"}, data
     (DataSpec), epoch, step, rng, config (the run's constants), the state_dicts of generator,
     discriminator, opt_g and opt_d, fixed_z (the progression latents) and frames (uint8
     progression images of the completed epochs)."""
-    return {**checkpoint_frame("gan", s.model_args, data, progress, config, s.modules),
+    return {**checkpoint_frame("gan", setup.model_args, data, progress, config, setup.modules),
             "fixed_z": fixed_z.cpu(), "frames": stack_frames(frames, progress.epoch)}
 
 

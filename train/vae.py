@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import torch
 
 from models.vae import VAE, AdaptiveBetaScheduler, active_dims, elbo_loss, reparameterize
-from train.common import (Deadline, LossMeter, Progress, checkpoint_due, checkpoint_frame,
-                          epoch_batches, epoch_range, eval_generator, report_stop, resume_point,
-                          show_losses, stack_frames, stop_guard, stopped_early)
+from train.common import (Deadline, LossMeter, Progress, checkpoint_frame, end_epoch,
+                          epoch_batches, epoch_range, eval_generator, resume_point,
+                          stack_frames, stop_guard)
 from utils.data import DataSpec, ImageData, to_uint8
 from utils.device import autocast
 from utils.plots import save_curves, save_progression
@@ -59,14 +59,14 @@ def build_vae(model_args: dict, device: torch.device, *, lr: float, beta_mode: s
                     scheduler, warmup_steps, amp_dtype, {"vae": dict(model_args)})
 
 
-def vae_step(s: VAESetup, x: torch.Tensor, beta: float) -> dict[str, torch.Tensor]:
+def vae_step(setup: VAESetup, x: torch.Tensor, beta: float) -> dict[str, torch.Tensor]:
     """One Adam step on sum (x - x_hat)^2 + beta * KL (per image, batch mean)."""
-    with autocast(s.device, s.amp_dtype):
-        x_hat, mu, logvar = s.model(x)
+    with autocast(setup.device, setup.amp_dtype):
+        x_hat, mu, logvar = setup.model(x)
     out = elbo_loss(x, x_hat, mu, logvar, beta)
-    s.opt.zero_grad(set_to_none=True)
+    setup.opt.zero_grad(set_to_none=True)
     out["loss"].backward()
-    s.opt.step()
+    setup.opt.step()
     return out
 
 
@@ -79,15 +79,15 @@ def posterior_means(model: VAE, images: torch.Tensor, batch_size: int = 500) -> 
 
 
 @torch.no_grad()
-def evaluate_vae(s: VAESetup, x: torch.Tensor, beta: float, batch_size: int = 500) -> dict:
+def evaluate_vae(setup: VAESetup, x: torch.Tensor, beta: float, batch_size: int = 500) -> dict:
     """Held-out ELBO terms (one z per image, the same eps at every call) and active dims."""
-    generator = eval_generator(s.device)
+    generator = eval_generator(setup.device)
     sums, n = {}, 0
     for i in range(0, len(x), batch_size):
-        batch = x[i:i + batch_size].to(s.device)
-        with autocast(s.device, s.amp_dtype):
-            mu, logvar = s.model.encode(batch)
-            x_hat = s.model.decode(reparameterize(mu, logvar, generator))
+        batch = x[i:i + batch_size].to(setup.device)
+        with autocast(setup.device, setup.amp_dtype):
+            mu, logvar = setup.model.encode(batch)
+            x_hat = setup.model.decode(reparameterize(mu, logvar, generator))
         out = elbo_loss(batch, x_hat, mu, logvar, beta)
         for key, value in out.items():
             sums[key] = sums.get(key, 0) + value.float().cpu() * len(batch)
@@ -96,60 +96,55 @@ def evaluate_vae(s: VAESetup, x: torch.Tensor, beta: float, batch_size: int = 50
     return {"loss": means["loss"].item(), "recon": means["recon"].item(),
             "mse": means["recon"].item() / x[0].numel(),
             "kl": means["kl"].item(), "kl_dims": means["kl_dims"].tolist(),
-            "active": int(active_dims(posterior_means(s.model, x)).sum())}
+            "active": int(active_dims(posterior_means(setup.model, x)).sum())}
 
 
-def train_vae(s: VAESetup, train_data: ImageData, test_data: ImageData, run: Run, *,
+def train_vae(setup: VAESetup, train_data: ImageData, test_data: ImageData, run: Run, *,
               data: DataSpec, epochs: int, batch_size: int, fixed_z: torch.Tensor, config: dict,
               deadline: Deadline | None = None, checkpoint_every: int = 1,
               progression_rows: int = 8, flip: bool = False, state: dict | None = None) -> None:
     """Train for `epochs` total epochs (continuing `state`), logging and plotting every epoch."""
-    progress, frames = resume_point(s.modules, state)
+    progress, frames = resume_point(setup.modules, state)
     log = MetricsLog(run.metrics_path)
     log.truncate(progress.epoch)  # epochs logged after the checkpoint being resumed are redone
-    train_data = train_data.to(s.device)
+    train_data = train_data.to(setup.device)
     test_x, _ = test_data.first(2000)
     train_x, _ = train_data.first(ACTIVE_SUBSET)
 
     def save() -> None:
-        save_checkpoint(vae_checkpoint(s, progress, data, config, fixed_z, frames),
+        save_checkpoint(vae_checkpoint(setup, progress, data, config, fixed_z, frames),
                         run.checkpoint)
 
     with stop_guard(run, progress, save):
         for epoch in (bar := epoch_range(run, progress.epoch, epochs)):
             meter, started = LossMeter(), time.perf_counter()
-            kl_dims = torch.zeros(s.model.latent_dim, device=s.device)
-            for x, _ in epoch_batches(train_data, batch_size, s.device, flip, epoch, epochs,
+            kl_dims = torch.zeros(setup.model.latent_dim, device=setup.device)
+            for x, _ in epoch_batches(train_data, batch_size, setup.device, flip, epoch, epochs,
                                       deadline):
-                out = vae_step(s, x, s.beta_at(progress.step))
+                out = vae_step(setup, x, setup.beta_at(progress.step))
                 kl_dims += out["kl_dims"].detach()
                 meter.update(progress.advance(x), {k: out[k] for k in ("loss", "recon", "kl")})
             speed = meter.count * batch_size / (time.perf_counter() - started)
-            record = evaluate(s, meter, kl_dims, test_x, train_x, progress.step)
-            frames.append(prior_frame(s.model, fixed_z[:progression_rows]))
-            if s.scheduler is not None:  # once per epoch, from this epoch's mean training losses
-                s.scheduler.update(record["train_kl"], record["train_recon"])
+            record = evaluate(setup, meter, kl_dims, test_x, train_x, progress.step)
+            frames.append(prior_frame(setup.model, fixed_z[:progression_rows]))
+            if setup.scheduler is not None:  # once per epoch, from the epoch's mean losses
+                setup.scheduler.update(record["train_kl"], record["train_recon"])
             record = {"epoch": epoch, **record, "img_per_s": speed}
-            write_figures(run, s.beta_mode, frames, [*log.read(), record])
-            log.append({**record, "seconds": time.perf_counter() - started})
-            progress.epoch = epoch
-            show_losses(bar, record)
-            if checkpoint_due(epoch, epochs, checkpoint_every, deadline):
-                save()
-            if stopped_early(deadline, epoch, epochs):
-                report_stop(run, epoch, epochs)
+            write_figures(run, setup.beta_mode, frames, [*log.read(), record])
+            if end_epoch(run, log, bar, progress, record, started=started, epochs=epochs,
+                         checkpoint_every=checkpoint_every, deadline=deadline, save=save):
                 break
 
 
-def evaluate(s: VAESetup, meter: LossMeter, kl_dims: torch.Tensor, test_x: torch.Tensor,
+def evaluate(setup: VAESetup, meter: LossMeter, kl_dims: torch.Tensor, test_x: torch.Tensor,
              train_x: torch.Tensor, step: int) -> dict:
     """The epoch's record: beta, mean training terms, per-dim KL, held-out terms, active dims."""
     train = meter.means()
-    beta = s.beta_at(step - 1)  # the epoch's last (adaptive: only) KL weight
-    s.model.eval()
-    test = evaluate_vae(s, test_x, beta)
-    train_active = int(active_dims(posterior_means(s.model, train_x)).sum())
-    s.model.train()
+    beta = setup.beta_at(step - 1)  # the epoch's last (adaptive: only) KL weight
+    setup.model.eval()
+    test = evaluate_vae(setup, test_x, beta)
+    train_active = int(active_dims(posterior_means(setup.model, train_x)).sum())
+    setup.model.train()
     return {"step": step, "beta": beta, **{f"train_{k}": v for k, v in train.items()},
             "train_recon_plus_kl": train["recon"] + train["kl"],
             "test_recon_plus_kl": test["recon"] + test["kl"],
@@ -176,13 +171,13 @@ def write_figures(run: Run, beta_mode: str, frames: list[torch.Tensor], records:
                 title=f"beta-VAE {run.name} ({beta_mode} beta)")
 
 
-def vae_checkpoint(s: VAESetup, progress: Progress, data: DataSpec, config: dict,
+def vae_checkpoint(setup: VAESetup, progress: Progress, data: DataSpec, config: dict,
                    fixed_z: torch.Tensor, frames: list[torch.Tensor]) -> dict:
     """The beta-VAE checkpoint: version, kind "vae", model_args {"vae"}, data (DataSpec), epoch,
     step, rng, config (the run's constants), the state_dicts of model, opt and beta_scheduler
     (adaptive mode), fixed_z (the progression's prior samples) and frames (uint8 progression
     images of the completed epochs)."""
-    return {**checkpoint_frame("vae", s.model_args, data, progress, config, s.modules),
+    return {**checkpoint_frame("vae", setup.model_args, data, progress, config, setup.modules),
             "fixed_z": fixed_z.cpu(), "frames": stack_frames(frames, progress.epoch)}
 
 
