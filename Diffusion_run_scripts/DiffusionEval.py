@@ -48,46 +48,49 @@ DATA_ROOT = "data"  # where torchvision datasets are downloaded
 
 
 def main(argv=None) -> None:
-    c = resolve_constants(globals(), argv)
-    check_choice("SAMPLER", c.SAMPLER, tuple(SAMPLERS))
-    check_positive(c, "STEPS", "GRID_SIZE", "STRIP_IMAGES", "STRIP_COLUMNS", "COMPARE_IMAGES")
-    [parse_sampler(spec) for spec in c.COMPARE]  # reject a bad spec before any sampling
-    seed_everything(c.SEED)
-    device = resolve_device(c.DEVICE)
-    loaded = load_run(c.SAVE_ROOT, "diffusion", c.RUN, device)
+    const = resolve_constants(globals(), argv)
+    check_choice("SAMPLER", const.SAMPLER, tuple(SAMPLERS))
+    check_positive(const, "STEPS", "GRID_SIZE", "STRIP_IMAGES", "STRIP_COLUMNS", "COMPARE_IMAGES")
+    [parse_sampler(spec) for spec in const.COMPARE]  # reject a bad spec before any sampling
+    seed_everything(const.SEED)
+    device = resolve_device(const.DEVICE)
+    loaded = load_run(const.SAVE_ROOT, "diffusion", const.RUN, device)
     denoiser = checkpoint_denoiser(loaded.state, loaded.nets["net"],
-                                   amp_dtype=resolve_precision(c.PRECISION, device))
+                                   amp_dtype=resolve_precision(const.PRECISION, device))
     T = denoiser.schedule.timesteps
-    if any(not 0 <= t < T for t in c.NOISED_T):
-        raise UserError(f"NOISED_T values must lie in [0, {T - 1}], got {c.NOISED_T}")
-    test_x = loaded.data.held_out(max(c.STRIP_IMAGES, 16), c.DATA_ROOT).first(c.STRIP_IMAGES)[0]
+    if any(not 0 <= t < T for t in const.NOISED_T):
+        raise UserError(f"NOISED_T values must lie in [0, {T - 1}], got {const.NOISED_T}")
+    test_x = loaded.data.held_out(max(const.STRIP_IMAGES, 16),
+                                  const.DATA_ROOT).first(const.STRIP_IMAGES)[0]
     out, title = loaded.run.plots / "eval", loaded.title
-    draw = f"{c.SAMPLER}-{c.STEPS}" + (f", eta {c.ETA}" if c.SAMPLER == "ddim" else "")
+    draw = f"{const.SAMPLER}-{const.STEPS}"
+    draw += f", eta {const.ETA}" if const.SAMPLER == "ddim" else ""
     shape = (loaded.data.channels, loaded.data.image_size, loaded.data.image_size)
 
     def generate(n: int) -> torch.Tensor:
         noise = torch.randn(n, *shape, device=device)
-        return sample(denoiser, noise, c.SAMPLER, c.STEPS, eta=c.ETA).x
+        return sample(denoiser, noise, const.SAMPLER, const.STEPS, eta=const.ETA).x
 
-    save_grid(generate(c.GRID_SIZE ** 2), out / "samples_grid.png", nrow=c.GRID_SIZE,
+    save_grid(generate(const.GRID_SIZE ** 2), out / "samples_grid.png", nrow=const.GRID_SIZE,
               title=f"{title}: {draw}")
-    write_forward_schedules(test_x[:1].to(device), T, c.STRIP_COLUMNS, denoiser.schedule.kind,
+    write_forward_schedules(test_x[:1].to(device), T, const.STRIP_COLUMNS, denoiser.schedule.kind,
                             out / "forward_schedules.png")
-    write_reverse_strip(denoiser, torch.randn(c.STRIP_IMAGES, *shape, device=device), c,
+    write_reverse_strip(denoiser, torch.randn(const.STRIP_IMAGES, *shape, device=device), const,
                         out / "reverse_diffusion.png", f"{title}: reverse diffusion ({draw})")
-    rows, row_labels = noised_and_denoised(denoiser, test_x.to(device), list(c.NOISED_T),
-                                           sampler=c.SAMPLER, steps=c.STEPS)
+    rows, row_labels = noised_and_denoised(denoiser, test_x.to(device), list(const.NOISED_T),
+                                           sampler=const.SAMPLER, steps=const.STEPS)
     save_labelled_grid(rows, out / "noised_real.png", row_labels,
-                       ["x0"] + [f"t={t}" for t in c.NOISED_T],
+                       ["x0"] + [f"t={t}" for t in const.NOISED_T],
                        title=f"{title}: test images noised to t, then denoised ({draw} stride)")
-    write_sampler_comparison(denoiser, torch.randn(c.COMPARE_IMAGES, *shape, device=device),
-                             list(c.COMPARE), out, title)
-    if c.N_SAMPLES > 0:
-        images, ms = draw_samples(lambda _, k: to_uint8(generate(k)), c.N_SAMPLES, 250, device)
+    write_sampler_comparison(denoiser, torch.randn(const.COMPARE_IMAGES, *shape, device=device),
+                             list(const.COMPARE), out, title)
+    if const.N_SAMPLES > 0:
+        images, ms = draw_samples(lambda _, k: to_uint8(generate(k)), const.N_SAMPLES, 250, device)
         save_samples_npz(images, out / "samples.npz")
-        if c.METRICS:
+        if const.METRICS:
             write_metrics(images, None, loaded.data.dataset, out, device,
-                          extractor=c.EXTRACTOR, save_root=c.SAVE_ROOT, data_root=c.DATA_ROOT,
+                          extractor=const.EXTRACTOR, save_root=const.SAVE_ROOT,
+                          data_root=const.DATA_ROOT,
                           seed=loaded.data.seed, sampling={"sampler": draw, "ms_per_image": ms})
     print(f"done: figures in {out}")
 
@@ -106,11 +109,11 @@ def write_forward_schedules(x0: torch.Tensor, T: int, columns: int, this_run: st
                                   f"(this run: {this_run})")
 
 
-def write_reverse_strip(denoiser: Denoiser, noise: torch.Tensor, c, path: Path, title: str
+def write_reverse_strip(denoiser: Denoiser, noise: torch.Tensor, const, path: Path, title: str
                         ) -> None:
     """x_t and the predicted x0 at evenly spaced steps of one sampling run per image."""
-    rows, row_labels, col_labels, _ = reverse_strip(denoiser, noise, sampler=c.SAMPLER,
-                                                    steps=c.STEPS, columns=c.STRIP_COLUMNS)
+    rows, row_labels, col_labels, _ = reverse_strip(denoiser, noise, sampler=const.SAMPLER,
+                                                    steps=const.STEPS, columns=const.STRIP_COLUMNS)
     save_labelled_grid(rows, path, row_labels, col_labels, title=title)
 
 

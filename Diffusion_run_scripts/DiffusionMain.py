@@ -64,41 +64,44 @@ PROGRESSION_ROWS = 8  # fixed noise images followed across epochs
 
 def main(argv=None):
     """Train (or resume) a run; returns it."""
-    c = resolve_constants(globals(), argv)
-    run, state, c = resume_run(c, "diffusion", argv,
+    const = resolve_constants(globals(), argv)
+    run, state, const = resume_run(const, "diffusion", argv,
                                output_constants=("SAMPLER", "SAMPLE_STEPS"))
-    check_choice("SCHEDULE", c.SCHEDULE, ("linear", "cosine"))
-    check_choice("PREDICTION", c.PREDICTION, PREDICTION_TYPES)
-    check_choice("SAMPLER", c.SAMPLER, tuple(SAMPLERS))
-    check_choice("LR_SCHEDULE", c.LR_SCHEDULE, ("constant", "cosine"))
-    check_positive(c, "BATCH_SIZE", "LR", "BASE", "TIMESTEPS", "SAMPLE_STEPS", "WARMUP_STEPS",
+    check_choice("SCHEDULE", const.SCHEDULE, ("linear", "cosine"))
+    check_choice("PREDICTION", const.PREDICTION, PREDICTION_TYPES)
+    check_choice("SAMPLER", const.SAMPLER, tuple(SAMPLERS))
+    check_choice("LR_SCHEDULE", const.LR_SCHEDULE, ("constant", "cosine"))
+    check_positive(const, "BATCH_SIZE", "LR", "BASE", "TIMESTEPS", "SAMPLE_STEPS", "WARMUP_STEPS",
                    "CHECKPOINT_EVERY", "PROGRESSION_ROWS")
-    deadline = Deadline(c.MINUTES)
-    device, amp_dtype = seed_and_device(c)
-    data, train, test = load_splits(c)
-    model_args = {"unet": dict(in_channels=data.channels, image_size=c.IMAGE_SIZE, base=c.BASE,
-                               channel_mult=tuple(c.CHANNEL_MULT), blocks=c.BLOCKS,
-                               attention_resolutions=tuple(c.ATTENTION), heads=c.HEADS,
-                               dropout=c.DROPOUT)}
-    schedule = NoiseSchedule(c.SCHEDULE, c.TIMESTEPS)
-    steps_per_epoch = batches_per_epoch(train, c.BATCH_SIZE)
-    setup = build_diffusion(model_args, schedule, device, lr=c.LR, warmup_steps=c.WARMUP_STEPS,
-                            total_steps=c.EPOCHS * max(1, steps_per_epoch),
-                            lr_schedule=c.LR_SCHEDULE, ema_decay=c.EMA_DECAY,
-                            amp_dtype=amp_dtype, prediction_type=c.PREDICTION,
-                            min_snr_gamma=c.MIN_SNR_GAMMA or None)
-    run = open_run(c, "diffusion", f"{c.SCHEDULE}-{c.PREDICTION}", resumed=run)
+    deadline = Deadline(const.MINUTES)
+    device, amp_dtype = seed_and_device(const)
+    data, train, test = load_splits(const)
+    model_args = {"unet": dict(in_channels=data.channels, image_size=const.IMAGE_SIZE,
+                               base=const.BASE,
+                               channel_mult=tuple(const.CHANNEL_MULT), blocks=const.BLOCKS,
+                               attention_resolutions=tuple(const.ATTENTION), heads=const.HEADS,
+                               dropout=const.DROPOUT)}
+    schedule = NoiseSchedule(const.SCHEDULE, const.TIMESTEPS)
+    steps_per_epoch = batches_per_epoch(train, const.BATCH_SIZE)
+    setup = build_diffusion(model_args, schedule, device, lr=const.LR,
+                            warmup_steps=const.WARMUP_STEPS,
+                            total_steps=const.EPOCHS * max(1, steps_per_epoch),
+                            lr_schedule=const.LR_SCHEDULE, ema_decay=const.EMA_DECAY,
+                            amp_dtype=amp_dtype, prediction_type=const.PREDICTION,
+                            min_snr_gamma=const.MIN_SNR_GAMMA or None)
+    run = open_run(const, "diffusion", f"{const.SCHEDULE}-{const.PREDICTION}", resumed=run)
     if state is None:
         write_forward_strip(schedule, train.first(4)[0], run.plots / "forward_diffusion.png")
-    noise = (state["fixed_noise"] if state else torch.randn(c.PROGRESSION_ROWS, *train.shape))
+    noise = (state["fixed_noise"] if state else torch.randn(const.PROGRESSION_ROWS, *train.shape))
     noise, train = noise.to(device), train.to(device)
     train_diffusion(
-        setup, lambda epoch: iterate_batches(train, c.BATCH_SIZE, device, flip=c.FLIP),
+        setup, lambda epoch: iterate_batches(train, const.BATCH_SIZE, device, flip=const.FLIP),
         steps_per_epoch, test.first(512)[0], run, kind="diffusion", data=data,
-        epochs=c.EPOCHS, batch_size=c.BATCH_SIZE, fixed_noise=noise,
-        snapshot=lambda: ema_samples(setup, noise, c.SAMPLER, c.SAMPLE_STEPS), config=vars(c),
-        deadline=deadline, checkpoint_every=c.CHECKPOINT_EVERY, state=state,
-        sample_title=f"EMA samples from fixed noise ({c.SAMPLER}, {c.SAMPLE_STEPS} steps)")
+        epochs=const.EPOCHS, batch_size=const.BATCH_SIZE, fixed_noise=noise,
+        snapshot=lambda: ema_samples(setup, noise, const.SAMPLER, const.SAMPLE_STEPS),
+        config=vars(const),
+        deadline=deadline, checkpoint_every=const.CHECKPOINT_EVERY, state=state,
+        sample_title=f"EMA samples from fixed noise ({const.SAMPLER}, {const.SAMPLE_STEPS} steps)")
     print(f"done: figures in {run.plots}")
     return run
 

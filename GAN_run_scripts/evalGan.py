@@ -33,25 +33,26 @@ DATA_ROOT = "data"  # where torchvision datasets are downloaded
 
 
 def main(argv=None) -> None:
-    c = resolve_constants(globals(), argv)
-    seed_everything(c.SEED)
-    device = resolve_device(c.DEVICE)
-    loaded = load_run(c.SAVE_ROOT, "gan", c.RUN, device)
+    const = resolve_constants(globals(), argv)
+    seed_everything(const.SEED)
+    device = resolve_device(const.DEVICE)
+    loaded = load_run(const.SAVE_ROOT, "gan", const.RUN, device)
     generator, run, out = loaded.nets["generator"], loaded.run, loaded.run.plots / "eval"
-    z = torch.randn(c.GRID_SIZE ** 2, generator.latent_dim, device=device)
-    save_grid(generate(generator, z), out / "samples_grid.png", nrow=c.GRID_SIZE,
-              title=f"{run.name}: {c.GRID_SIZE ** 2} samples (epoch {loaded.state['epoch']})")
-    write_interpolations(generator, c.N_PAIRS, c.STEPS, out / "interpolations.png")
+    z = torch.randn(const.GRID_SIZE ** 2, generator.latent_dim, device=device)
+    save_grid(generate(generator, z), out / "samples_grid.png", nrow=const.GRID_SIZE,
+              title=f"{run.name}: {const.GRID_SIZE ** 2} samples (epoch {loaded.state['epoch']})")
+    write_interpolations(generator, const.N_PAIRS, const.STEPS, out / "interpolations.png")
     write_figures(out, list(loaded.state["frames"]), MetricsLog(run.metrics_path).read(),
                   run.name)
-    if c.N_SAMPLES > 0:
+    if const.N_SAMPLES > 0:
         images, ms = draw_samples(
             lambda _, k: generate(generator, torch.randn(k, generator.latent_dim, device=device)),
-            c.N_SAMPLES, 500, device)
+            const.N_SAMPLES, 500, device)
         save_samples_npz(images, out / "samples.npz")
-        if c.METRICS:
-            write_metrics(images, None, loaded.data.dataset, out, device, extractor=c.EXTRACTOR,
-                          save_root=c.SAVE_ROOT, data_root=c.DATA_ROOT, seed=loaded.data.seed,
+        if const.METRICS:
+            write_metrics(images, None, loaded.data.dataset, out, device, extractor=const.EXTRACTOR,
+                          save_root=const.SAVE_ROOT, data_root=const.DATA_ROOT,
+                          seed=loaded.data.seed,
                           sampling={"sampler": "generator", "ms_per_image": ms})
     print(f"done: figures in {out}")
 

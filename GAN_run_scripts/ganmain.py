@@ -48,22 +48,22 @@ PROGRESSION_ROWS = 8  # how many of them the progression figure follows across e
 
 def main(argv=None):
     """Train (or resume) a run; returns it."""
-    c = resolve_constants(globals(), argv)
-    run, state, c = resume_run(c, "gan", argv, output_constants=("CHANNELS_LAST",))
-    check_positive(c, "BATCH_SIZE", "LR", "LATENT_DIM", "WIDTH", "CHECKPOINT_EVERY", "N_FIXED")
-    if c.IMAGE_SIZE < 8 or c.IMAGE_SIZE & (c.IMAGE_SIZE - 1):
-        raise UserError(f"IMAGE_SIZE={c.IMAGE_SIZE}: a DCGAN needs a power of two >= 8")
-    deadline = Deadline(c.MINUTES)
-    device, amp_dtype = seed_and_device(c)
-    data, train, test = load_splits(c)
-    setup = build_gan(c.LATENT_DIM, c.IMAGE_SIZE, data.channels, c.WIDTH, c.LR, c.BETAS, device,
-                      amp_dtype, c.CHANNELS_LAST)
-    run = open_run(c, "gan", f"z{c.LATENT_DIM}", run)
-    fixed_z = state["fixed_z"] if state else torch.randn(c.N_FIXED, c.LATENT_DIM)
-    frames = train_gan(setup, train, test, run, data=data, epochs=c.EPOCHS,
-                       batch_size=c.BATCH_SIZE, fixed_z=fixed_z.to(device), config=vars(c),
-                       deadline=deadline, checkpoint_every=c.CHECKPOINT_EVERY,
-                       progression_rows=c.PROGRESSION_ROWS, flip=c.FLIP, state=state)
+    const = resolve_constants(globals(), argv)
+    run, state, const = resume_run(const, "gan", argv, output_constants=("CHANNELS_LAST",))
+    check_positive(const, "BATCH_SIZE", "LR", "LATENT_DIM", "WIDTH", "CHECKPOINT_EVERY", "N_FIXED")
+    if const.IMAGE_SIZE < 8 or const.IMAGE_SIZE & (const.IMAGE_SIZE - 1):
+        raise UserError(f"IMAGE_SIZE={const.IMAGE_SIZE}: a DCGAN needs a power of two >= 8")
+    deadline = Deadline(const.MINUTES)
+    device, amp_dtype = seed_and_device(const)
+    data, train, test = load_splits(const)
+    setup = build_gan(const.LATENT_DIM, const.IMAGE_SIZE, data.channels, const.WIDTH, const.LR,
+                      const.BETAS, device, amp_dtype, const.CHANNELS_LAST)
+    run = open_run(const, "gan", f"z{const.LATENT_DIM}", run)
+    fixed_z = state["fixed_z"] if state else torch.randn(const.N_FIXED, const.LATENT_DIM)
+    frames = train_gan(setup, train, test, run, data=data, epochs=const.EPOCHS,
+                       batch_size=const.BATCH_SIZE, fixed_z=fixed_z.to(device), config=vars(const),
+                       deadline=deadline, checkpoint_every=const.CHECKPOINT_EVERY,
+                       progression_rows=const.PROGRESSION_ROWS, flip=const.FLIP, state=state)
     save_grid(generate(setup.generator, fixed_z.to(device), amp_dtype), run.plots / "samples.png",
               nrow=8, title=f"DCGAN samples after {len(frames)} epochs")
     print(f"done: figures in {run.plots}")

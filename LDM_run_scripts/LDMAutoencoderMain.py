@@ -68,37 +68,39 @@ N_RECON = 10  # held-out images in the reconstruction figure
 
 def main(argv=None):
     """Train (or resume) stage 1; returns the run."""
-    c = resolve_constants(globals(), argv)
-    run, state, c = resume_run(c, "ldm_autoencoder", argv,
+    const = resolve_constants(globals(), argv)
+    run, state, const = resume_run(const, "ldm_autoencoder", argv,
                                output_constants=("RECON_EVERY", "N_RECON"))
-    check_choice("KL_MODE", c.KL_MODE, KL_MODES)
-    check_choice("RECONSTRUCTION", c.RECONSTRUCTION, ("l1", "mse"))
-    check_choice("DISC_LOSS", c.DISC_LOSS, ("hinge", "bce"))
-    check_positive(c, "BATCH_SIZE", "LR", "DISC_LR", "BASE", "LATENT_CHANNELS", "RECON_EVERY",
+    check_choice("KL_MODE", const.KL_MODE, KL_MODES)
+    check_choice("RECONSTRUCTION", const.RECONSTRUCTION, ("l1", "mse"))
+    check_choice("DISC_LOSS", const.DISC_LOSS, ("hinge", "bce"))
+    check_positive(const, "BATCH_SIZE", "LR", "DISC_LR", "BASE", "LATENT_CHANNELS", "RECON_EVERY",
                    "CHECKPOINT_EVERY", "N_RECON")
-    deadline = Deadline(c.MINUTES)
-    device, amp_dtype = seed_and_device(c)
-    data, train, test = load_splits(c)
-    model_args = dict(image_size=c.IMAGE_SIZE, channels=data.channels,
-                      latent_channels=c.LATENT_CHANNELS, base=c.BASE,
-                      channel_mult=tuple(c.CHANNEL_MULT), blocks=c.BLOCKS, attention=c.ATTENTION)
-    disc_args = dict(channels=data.channels, width=c.DISC_WIDTH, layers=c.DISC_LAYERS,
-                     spectral_norm=c.SPECTRAL_NORM)
-    loss = AELoss(c.RECONSTRUCTION, c.KL_WEIGHT, c.KL_MODE, c.KL_WARMUP_STEPS, c.ADV_WEIGHT,
-                  c.ADV_START, c.ADV_WARMUP_STEPS, c.ADAPTIVE_ADV, c.ADV_MAX, c.FM_WEIGHT,
-                  c.DISC_LOSS)
+    deadline = Deadline(const.MINUTES)
+    device, amp_dtype = seed_and_device(const)
+    data, train, test = load_splits(const)
+    model_args = dict(image_size=const.IMAGE_SIZE, channels=data.channels,
+                      latent_channels=const.LATENT_CHANNELS, base=const.BASE,
+                      channel_mult=tuple(const.CHANNEL_MULT), blocks=const.BLOCKS,
+                      attention=const.ATTENTION)
+    disc_args = dict(channels=data.channels, width=const.DISC_WIDTH, layers=const.DISC_LAYERS,
+                     spectral_norm=const.SPECTRAL_NORM)
+    loss = AELoss(const.RECONSTRUCTION, const.KL_WEIGHT, const.KL_MODE, const.KL_WARMUP_STEPS,
+                  const.ADV_WEIGHT, const.ADV_START, const.ADV_WARMUP_STEPS, const.ADAPTIVE_ADV,
+                  const.ADV_MAX, const.FM_WEIGHT, const.DISC_LOSS)
     try:
-        setup = build_autoencoder(model_args, disc_args, device, lr=(c.LR, c.DISC_LR),
-                                  lr_min=(c.LR_MIN, c.DISC_LR_MIN),
-                                  total_steps=c.EPOCHS * max(1, len(train) // c.BATCH_SIZE),
-                                  loss=loss, ema_decay=c.EMA_DECAY, amp_dtype=amp_dtype)
+        setup = build_autoencoder(model_args, disc_args, device, lr=(const.LR, const.DISC_LR),
+                                  lr_min=(const.LR_MIN, const.DISC_LR_MIN),
+                                  total_steps=const.EPOCHS * max(1, len(train) // const.BATCH_SIZE),
+                                  loss=loss, ema_decay=const.EMA_DECAY, amp_dtype=amp_dtype)
     except ValueError as err:  # e.g. IMAGE_SIZE not divisible by f
         raise UserError(str(err)) from None
-    run = open_run(c, "ldm_autoencoder", f"z{c.LATENT_CHANNELS}", run)
-    stats = train_autoencoder(setup, train, test.first(512)[0], run, data=data, epochs=c.EPOCHS,
-                              batch_size=c.BATCH_SIZE, config=vars(c), deadline=deadline,
-                              checkpoint_every=c.CHECKPOINT_EVERY, recon_every=c.RECON_EVERY,
-                              n_recon=c.N_RECON, state=state)
+    run = open_run(const, "ldm_autoencoder", f"z{const.LATENT_CHANNELS}", run)
+    stats = train_autoencoder(setup, train, test.first(512)[0], run, data=data, epochs=const.EPOCHS,
+                              batch_size=const.BATCH_SIZE, config=vars(const), deadline=deadline,
+                              checkpoint_every=const.CHECKPOINT_EVERY,
+                              recon_every=const.RECON_EVERY,
+                              n_recon=const.N_RECON, state=state)
     print(f"latents: mean {stats['mean']:.3f}, std {stats['std']:.3f}, scale factor "
           f"{stats['scale_factor']:.4f}; done: figures in {run.plots}")
     return run

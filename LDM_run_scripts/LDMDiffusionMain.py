@@ -12,7 +12,7 @@ metrics.jsonl; weights to saved_models/ldm/<run>/. Never runs the encoder: it re
 import torch
 
 from models.diffusion import PREDICTION_TYPES, NoiseSchedule
-from train.checkpoints import load_run
+from train.checkpoints import Loaded, load_run
 from train.common import Deadline
 from train.diffusion import build_diffusion, ema_denoiser, train_diffusion
 from train.latents import class_samples, guided, latent_batches, load_cache
@@ -61,60 +61,78 @@ SAMPLE_STEPS = 50  # DDIM steps of the per-epoch samples
 
 def main(argv=None):
     """Train (or resume) stage 2; returns the run."""
-    c = resolve_constants(globals(), argv)
-    run, state, c = resume_run(c, "ldm", argv, output_constants=("GUIDANCE", "SAMPLE_STEPS"))
-    check_choice("SCHEDULE", c.SCHEDULE, ("linear", "cosine"))
-    check_choice("PREDICTION", c.PREDICTION, PREDICTION_TYPES)
-    check_choice("LR_SCHEDULE", c.LR_SCHEDULE, ("constant", "cosine"))
-    check_positive(c, "BATCH_SIZE", "LR", "BASE", "TIMESTEPS", "SAMPLE_STEPS", "WARMUP_STEPS",
+    const = resolve_constants(globals(), argv)
+    run, state, const = resume_run(const, "ldm", argv, output_constants=("GUIDANCE",
+                                                                         "SAMPLE_STEPS"))
+    check_choice("SCHEDULE", const.SCHEDULE, ("linear", "cosine"))
+    check_choice("PREDICTION", const.PREDICTION, PREDICTION_TYPES)
+    check_choice("LR_SCHEDULE", const.LR_SCHEDULE, ("constant", "cosine"))
+    check_positive(const, "BATCH_SIZE", "LR", "BASE", "TIMESTEPS", "SAMPLE_STEPS", "WARMUP_STEPS",
                    "CHECKPOINT_EVERY")
-    if not 0 <= c.LABEL_DROPOUT < 1:
-        raise UserError(f"LABEL_DROPOUT must be in [0, 1), got {c.LABEL_DROPOUT}")
-    deadline = Deadline(c.MINUTES)
-    device, amp_dtype = seed_and_device(c)
-    stage1 = load_run(c.SAVE_ROOT, "ldm_autoencoder", c.AUTOENCODER_RUN, device)
-    if "latent_stats" not in stage1.state:
-        raise UserError(f"{stage1.run.name} has not finished training (no latent statistics); "
-                        f"finish or resume LDMAutoencoderMain first")
-    c.AUTOENCODER_RUN = stage1.run.name  # a resumed run keeps using this exact autoencoder
-    ae, cache = stage1.nets["autoencoder"], load_cache(stage1.run)
-    scale = stage1.state["latent_stats"]["scale_factor"]
+    if not 0 <= const.LABEL_DROPOUT < 1:
+        raise UserError(f"LABEL_DROPOUT must be in [0, 1), got {const.LABEL_DROPOUT}")
+    deadline = Deadline(const.MINUTES)
+    device, amp_dtype = seed_and_device(const)
+    stage1, cache = finished_stage1(const.SAVE_ROOT, const.AUTOENCODER_RUN, device)
+    const.AUTOENCODER_RUN = stage1.run.name  # a resumed run keeps using this exact autoencoder
+    ae, scale = stage1.nets["autoencoder"], stage1.state["latent_stats"]["scale_factor"]
     num_classes = int(cache["labels"].max()) + 1
     latent_shape = tuple(cache["mean"].shape[1:])
-    print(f"autoencoder {stage1.run.name}: {len(cache['labels'])} cached latents of shape "
-          f"{latent_shape}, scale factor {scale:.4f}, {num_classes} classes")
     model_args = {"unet": dict(in_channels=latent_shape[0], image_size=latent_shape[-1],
-                               base=c.BASE, channel_mult=tuple(c.CHANNEL_MULT), blocks=c.BLOCKS,
-                               attention_resolutions=tuple(c.ATTENTION), heads=c.HEADS,
-                               dropout=c.DROPOUT, num_classes=num_classes)}
-    steps_per_epoch = max(1, len(cache["labels"]) // c.BATCH_SIZE)
-    setup = build_diffusion(model_args, NoiseSchedule(c.SCHEDULE, c.TIMESTEPS), device,
-                            lr=c.LR, warmup_steps=c.WARMUP_STEPS,
-                            total_steps=c.EPOCHS * steps_per_epoch, lr_schedule=c.LR_SCHEDULE,
-                            ema_decay=c.EMA_DECAY, amp_dtype=amp_dtype,
-                            prediction_type=c.PREDICTION, min_snr_gamma=c.MIN_SNR_GAMMA or None,
-                            label_dropout=c.LABEL_DROPOUT)
-    run = open_run(c, "ldm", f"{c.PREDICTION}-cfg", run, dataset=stage1.data.dataset)
+                               base=const.BASE, channel_mult=tuple(const.CHANNEL_MULT),
+                               blocks=const.BLOCKS,
+                               attention_resolutions=tuple(const.ATTENTION), heads=const.HEADS,
+                               dropout=const.DROPOUT, num_classes=num_classes)}
+    steps_per_epoch = max(1, len(cache["labels"]) // const.BATCH_SIZE)
+    setup = build_diffusion(model_args, NoiseSchedule(const.SCHEDULE, const.TIMESTEPS), device,
+                            lr=const.LR, warmup_steps=const.WARMUP_STEPS,
+                            total_steps=const.EPOCHS * steps_per_epoch,
+                            lr_schedule=const.LR_SCHEDULE,
+                            ema_decay=const.EMA_DECAY, amp_dtype=amp_dtype,
+                            prediction_type=const.PREDICTION,
+                            min_snr_gamma=const.MIN_SNR_GAMMA or None,
+                            label_dropout=const.LABEL_DROPOUT)
+    run = open_run(const, "ldm", f"{const.PREDICTION}-cfg", run, dataset=stage1.data.dataset)
     noise = state["fixed_noise"] if state else torch.randn(num_classes, *latent_shape)
     noise, labels = noise.to(device), torch.arange(num_classes, device=device)
-    with torch.no_grad():  # encoded once, for the held-out loss
-        test_x = stage1.data.held_out(512, c.DATA_ROOT).first(512)[0].to(device)
-        held_out = scale * ae.encode(test_x)[0].float()
 
     def snapshot() -> torch.Tensor:
-        denoiser = guided(ema_denoiser(setup, clip_x0=False), setup.model, c.GUIDANCE)
-        return class_samples(denoiser, ae, scale, noise, labels, c.SAMPLE_STEPS)
+        denoiser = guided(ema_denoiser(setup, clip_x0=False), setup.model, const.GUIDANCE)
+        return class_samples(denoiser, ae, scale, noise, labels, const.SAMPLE_STEPS)
 
     train_diffusion(
-        setup, lambda epoch: latent_batches(cache, scale, c.BATCH_SIZE, device),
-        steps_per_epoch, held_out, run, kind="ldm", data=stage1.data, epochs=c.EPOCHS,
-        batch_size=c.BATCH_SIZE, snapshot=snapshot, config=vars(c), fixed_noise=noise,
-        deadline=deadline, checkpoint_every=c.CHECKPOINT_EVERY, state=state,
-        sample_title=f"one sample per class (rows), CFG {c.GUIDANCE}, DDIM {c.SAMPLE_STEPS}",
+        setup, lambda epoch: latent_batches(cache, scale, const.BATCH_SIZE, device),
+        steps_per_epoch, held_out_latents(stage1, const.DATA_ROOT), run, kind="ldm",
+        data=stage1.data, epochs=const.EPOCHS, batch_size=const.BATCH_SIZE, snapshot=snapshot,
+        config=vars(const), fixed_noise=noise,
+        deadline=deadline, checkpoint_every=const.CHECKPOINT_EVERY, state=state,
+        sample_title=(f"one sample per class (rows), CFG {const.GUIDANCE}, "
+                      f"DDIM {const.SAMPLE_STEPS}"),
         row_labels=tuple(cache.get("class_names", ())),
         extras={"autoencoder_run": stage1.run.name, "scale_factor": scale})
     print(f"done: figures in {run.plots}")
     return run
+
+
+def finished_stage1(save_root: str, which: str, device: torch.device) -> tuple[Loaded, dict]:
+    """The stage-1 run (its frozen autoencoder, latent statistics and data) and its cache."""
+    stage1 = load_run(save_root, "ldm_autoencoder", which, device)
+    if "latent_stats" not in stage1.state:
+        raise UserError(f"{stage1.run.name} has not finished training (no latent statistics); "
+                        f"finish or resume LDMAutoencoderMain first")
+    cache = load_cache(stage1.run)
+    print(f"autoencoder {stage1.run.name}: {len(cache['labels'])} cached latents of shape "
+          f"{tuple(cache['mean'].shape[1:])}, scale factor "
+          f"{stage1.state['latent_stats']['scale_factor']:.4f}")
+    return stage1, cache
+
+
+@torch.no_grad()
+def held_out_latents(stage1: Loaded, data_root: str, n: int = 512) -> torch.Tensor:
+    """Scaled posterior means of held-out images (for the held-out loss), encoded once."""
+    ae = stage1.nets["autoencoder"]
+    x = stage1.data.held_out(n, data_root).first(n)[0].to(next(ae.parameters()).device)
+    return stage1.state["latent_stats"]["scale_factor"] * ae.encode(x)[0].float()
 
 
 if __name__ == "__main__":

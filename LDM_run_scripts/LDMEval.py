@@ -48,40 +48,40 @@ DATA_ROOT = "data"  # where torchvision datasets are downloaded
 
 
 def main(argv=None) -> dict:
-    c = resolve_constants(globals(), argv)
-    check_positive(c, "STEPS", "STRIP_IMAGES", "STRIP_COLUMNS")
-    seed_everything(c.SEED)
-    device = resolve_device(c.DEVICE)
-    ldm = load_run(c.SAVE_ROOT, "ldm", c.RUN, device)
-    stage1 = load_run(c.SAVE_ROOT, "ldm_autoencoder", ldm.state["autoencoder_run"], device)
+    const = resolve_constants(globals(), argv)
+    check_positive(const, "STEPS", "STRIP_IMAGES", "STRIP_COLUMNS")
+    seed_everything(const.SEED)
+    device = resolve_device(const.DEVICE)
+    ldm = load_run(const.SAVE_ROOT, "ldm", const.RUN, device)
+    stage1 = load_run(const.SAVE_ROOT, "ldm_autoencoder", ldm.state["autoencoder_run"], device)
     net, ae, scale = ldm.nets["net"], stage1.nets["autoencoder"], ldm.state["scale_factor"]
     denoiser = checkpoint_denoiser(ldm.state, net, clip_x0=False,
-                                   amp_dtype=resolve_precision(c.PRECISION, device))
-    if any(not 0 <= t < denoiser.schedule.timesteps for t in c.NOISED_T):
+                                   amp_dtype=resolve_precision(const.PRECISION, device))
+    if any(not 0 <= t < denoiser.schedule.timesteps for t in const.NOISED_T):
         raise UserError(f"NOISED_T values must lie in [0, {denoiser.schedule.timesteps - 1}]")
-    test = ldm.data.held_out(512, c.DATA_ROOT)
+    test = ldm.data.held_out(512, const.DATA_ROOT)
     classes, latent_shape = test.class_names, tuple(ldm.state["fixed_noise"].shape[1:])
     out, title = ldm.run.plots / "eval", ldm.title
-    write_cfg_sweep(denoiser, net, ae, scale, latent_shape, classes, c, out / "cfg_sweep.png",
+    write_cfg_sweep(denoiser, net, ae, scale, latent_shape, classes, const, out / "cfg_sweep.png",
                     title)
-    write_latent_strips(denoiser, net, ae, scale, test, c, out, title)
+    write_latent_strips(denoiser, net, ae, scale, test, const, out, title)
     report = write_autoencoder_report(ae, scale, stage1, test.first(512)[0], out)
-    if c.PER_CLASS > 0:
+    if const.PER_CLASS > 0:
         def generate(start: int, k: int) -> torch.Tensor:  # classes in order, PER_CLASS each
-            labels = (torch.arange(start, start + k) // c.PER_CLASS).to(device)
+            labels = (torch.arange(start, start + k) // const.PER_CLASS).to(device)
             z = torch.randn(k, *latent_shape, device=device)
-            return class_samples(guided(denoiser, net, c.GUIDANCE), ae, scale, z, labels,
-                                 c.STEPS)
+            return class_samples(guided(denoiser, net, const.GUIDANCE), ae, scale, z, labels,
+                                 const.STEPS)
 
-        n = c.PER_CLASS * len(classes)
+        n = const.PER_CLASS * len(classes)
         images, ms = draw_samples(generate, n, 100, device)
-        sample_labels = torch.arange(n) // c.PER_CLASS
+        sample_labels = torch.arange(n) // const.PER_CLASS
         save_samples_npz(images, out / "samples.npz", sample_labels)
-        if c.METRICS:
+        if const.METRICS:
             report["metrics"] = write_metrics(
-                images, sample_labels, ldm.data.dataset, out, device, extractor=c.EXTRACTOR,
-                save_root=c.SAVE_ROOT, data_root=c.DATA_ROOT, seed=ldm.data.seed,
-                sampling={"sampler": f"ddim-{c.STEPS}, CFG {c.GUIDANCE:g}, decoded",
+                images, sample_labels, ldm.data.dataset, out, device, extractor=const.EXTRACTOR,
+                save_root=const.SAVE_ROOT, data_root=const.DATA_ROOT, seed=ldm.data.seed,
+                sampling={"sampler": f"ddim-{const.STEPS}, CFG {const.GUIDANCE:g}, decoded",
                           "ms_per_image": ms})
     print(f"held-out PSNR {report['held_out_psnr']:.2f} dB, held-out scaled latents mean "
           f"{report['held_out_scaled_mean']:.3f} std {report['held_out_scaled_std']:.3f}; "
@@ -90,36 +90,37 @@ def main(argv=None) -> dict:
 
 
 def write_cfg_sweep(denoiser: Denoiser, net, ae: Autoencoder, scale: float, latent_shape: tuple,
-                    classes: list[str], c, path: Path, title: str) -> None:
+                    classes: list[str], const, path: Path, title: str) -> None:
     """One sample per class (rows) at each guidance scale (columns), the same noise per row."""
     device = next(net.parameters()).device
     labels = torch.arange(len(classes), device=device)
     noise = torch.randn(len(classes), *latent_shape, device=device)
     sweep = torch.stack([class_samples(guided(denoiser, net, w), ae, scale, noise, labels,
-                                       c.STEPS) for w in c.SCALES], dim=1)  # (K, W, C, H, W)
-    save_labelled_grid(sweep, path, classes, [f"w={w:g}" for w in c.SCALES],
+                                       const.STEPS) for w in const.SCALES], dim=1)
+    # sweep: (classes, scales, C, H, W)
+    save_labelled_grid(sweep, path, classes, [f"w={w:g}" for w in const.SCALES],
                        title=f"{title}: classifier-free guidance sweep (same noise per row)",
                        xlabel="guidance scale (0: unconditional, 1: conditional)")
 
 
-def write_latent_strips(denoiser: Denoiser, net, ae: Autoencoder, scale: float, test, c,
+def write_latent_strips(denoiser: Denoiser, net, ae: Autoencoder, scale: float, test, const,
                         out: Path, title: str) -> None:
     """A test latent's forward diffusion, decoded; test latents noised to t and denoised."""
     device = next(net.parameters()).device
-    x, y = test.first(c.STRIP_IMAGES)
+    x, y = test.first(const.STRIP_IMAGES)
     z0 = scale * ae.encode(x.to(device))[0].float()
     decode = lambda z: decode_latents(ae, z, scale).cpu()  # noqa: E731
-    ts = strip_timesteps(denoiser.schedule.timesteps, c.STRIP_COLUMNS)
+    ts = strip_timesteps(denoiser.schedule.timesteps, const.STRIP_COLUMNS)
     strip = forward_strip(denoiser.schedule, z0[:1], ts, torch.randn_like(z0[:1]), decode)
     save_labelled_grid(strip, out / "forward_latent.png", col_labels=[f"t={t}" for t in ts],
                        title=f"{title}: forward diffusion of a latent, decoded")
-    rows, row_labels = noised_and_denoised(guided(denoiser, net, c.GUIDANCE), z0,
-                                           list(c.NOISED_T), sampler="ddim", steps=c.STEPS,
+    rows, row_labels = noised_and_denoised(guided(denoiser, net, const.GUIDANCE), z0,
+                                           list(const.NOISED_T), sampler="ddim", steps=const.STEPS,
                                            decode=decode, labels=y.to(device))
     save_labelled_grid(rows, out / "noised_real.png", row_labels,
-                       ["x0"] + [f"t={t}" for t in c.NOISED_T],
+                       ["x0"] + [f"t={t}" for t in const.NOISED_T],
                        title=f"{title}: test latents noised to t, denoised with their class "
-                       f"(CFG {c.GUIDANCE:g}), decoded")
+                       f"(CFG {const.GUIDANCE:g}), decoded")
 
 
 @torch.no_grad()

@@ -35,28 +35,29 @@ DATA_ROOT = "data"  # where torchvision datasets are downloaded
 
 
 def main(argv=None) -> dict:
-    c = resolve_constants(globals(), argv)
-    check_positive(c, "N_IMAGES", "N_VALUES")
-    seed_everything(c.SEED)
-    device = resolve_device(c.DEVICE)
-    loaded = load_run(c.SAVE_ROOT, "vae", c.RUN, device)
+    const = resolve_constants(globals(), argv)
+    check_positive(const, "N_IMAGES", "N_VALUES")
+    seed_everything(const.SEED)
+    device = resolve_device(const.DEVICE)
+    loaded = load_run(const.SAVE_ROOT, "vae", const.RUN, device)
     model, run, latent_dim = loaded.nets["vae"], loaded.run, loaded.nets["vae"].latent_dim
-    if c.DIM is not None and not 0 <= c.DIM < latent_dim:
-        raise UserError(f"DIM={c.DIM} is not a latent index (0..{latent_dim - 1})")
-    test = loaded.data.held_out(root=c.DATA_ROOT)
+    if const.DIM is not None and not 0 <= const.DIM < latent_dim:
+        raise UserError(f"DIM={const.DIM} is not a latent index (0..{latent_dim - 1})")
+    test = loaded.data.held_out(root=const.DATA_ROOT)
     records = MetricsLog(run.metrics_path).read()[:loaded.state["epoch"]]
     kl_dims = records[-1]["test_kl_dims"] if records else [0.0] * latent_dim
     out = run.plots / "eval"
-    report = write_vae_figures(model, test, kl_dims, out, loaded.title, n_images=c.N_IMAGES,
-                               n_values=c.N_VALUES, seed=c.SEED, dim=c.DIM)
-    if c.N_SAMPLES > 0:
+    report = write_vae_figures(model, test, kl_dims, out, loaded.title, n_images=const.N_IMAGES,
+                               n_values=const.N_VALUES, seed=const.SEED, dim=const.DIM)
+    if const.N_SAMPLES > 0:
         images, ms = draw_samples(
             lambda _, k: to_uint8(decode(model, torch.randn(k, latent_dim))),
-            c.N_SAMPLES, 500, device)
+            const.N_SAMPLES, 500, device)
         save_samples_npz(images, out / "samples.npz")
-        if c.METRICS:
+        if const.METRICS:
             write_metrics(images, None, loaded.data.dataset, out, device,
-                          extractor=c.EXTRACTOR, save_root=c.SAVE_ROOT, data_root=c.DATA_ROOT,
+                          extractor=const.EXTRACTOR, save_root=const.SAVE_ROOT,
+                          data_root=const.DATA_ROOT,
                           seed=loaded.data.seed,
                           sampling={"sampler": "decoder of prior samples", "ms_per_image": ms})
     for f in report["factors"]:

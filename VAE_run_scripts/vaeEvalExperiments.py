@@ -41,14 +41,15 @@ def markdown(rows: dict[str, dict]) -> str:
 
 
 def main(argv=None) -> None:
-    c = resolve_constants(globals(), argv)
-    experiment = find_run(c.SAVE_ROOT, "vae_experiment", c.EXPERIMENT, marker="experiment.json")
+    const = resolve_constants(globals(), argv)
+    experiment = find_run(const.SAVE_ROOT, "vae_experiment", const.EXPERIMENT,
+                          marker="experiment.json")
     listing = experiment.plots / "experiment.json"
     if not listing.is_file():
         raise UserError(f"{experiment.plots} has no experiment.json; run vaeExperiment first")
     runs, rows = {}, {}
     for name in json.loads(listing.read_text())["runs"]:
-        run = find_run(c.SAVE_ROOT, "vae", name)
+        run = find_run(const.SAVE_ROOT, "vae", name)
         records = MetricsLog(run.metrics_path).read()
         if not records:
             raise UserError(f"run {name} has no logged epochs")

@@ -30,26 +30,26 @@ DATA_ROOT = "data"  # where torchvision datasets are downloaded
 
 
 def main(argv=None):
-    c = resolve_constants(globals(), argv)
-    check_positive(c, "EPOCHS", "BATCH_SIZE", "LR", "LATENT_DIM")
-    for mode, beta in c.RUNS:
+    const = resolve_constants(globals(), argv)
+    check_positive(const, "EPOCHS", "BATCH_SIZE", "LR", "LATENT_DIM")
+    for mode, beta in const.RUNS:
         if mode not in ("fixed", "warmup", "adaptive") or not beta > 0:
             raise UserError(f"RUNS entry {(mode, beta)!r} must be (fixed|warmup|adaptive, beta>0)")
-    shared = [f"--{k}={getattr(c, k)!r}" for k in ("DATASET", "IMAGE_SIZE", "N_TRAIN",
+    shared = [f"--{k}={getattr(const, k)!r}" for k in ("DATASET", "IMAGE_SIZE", "N_TRAIN",
               "LATENT_DIM", "EPOCHS", "BATCH_SIZE", "LR", "SEED", "DEVICE", "PRECISION",
               "SAVE_ROOT", "DATA_ROOT")]
-    experiment = new_run(c.SAVE_ROOT, "vae_experiment", c.DATASET)
+    experiment = new_run(const.SAVE_ROOT, "vae_experiment", const.DATASET)
     experiment.models.rmdir()  # an experiment only has figures; its runs hold the weights
-    save_config(c, experiment.plots / "config.json")
+    save_config(const, experiment.plots / "config.json")
     names = []
-    for mode, beta in c.RUNS:
+    for mode, beta in const.RUNS:
         value = f"--BETA_INIT={beta!r}" if mode == "adaptive" else f"--BETA={beta!r}"
         tag = f"{mode}{beta:g}" if mode == "adaptive" else f"beta{beta:g}"
         print(f"=== {tag} ===")
         run, _ = vaemain.main([*shared, f"--BETA_MODE={mode}", value, f"--TAG={tag}"])
         names.append(run.name)
         (experiment.plots / "experiment.json").write_text(json.dumps({"runs": names}, indent=2))
-    vaeEvalExperiments.main([f"--EXPERIMENT={experiment.name}", f"--SAVE_ROOT={c.SAVE_ROOT}"])
+    vaeEvalExperiments.main([f"--EXPERIMENT={experiment.name}", f"--SAVE_ROOT={const.SAVE_ROOT}"])
 
 
 if __name__ == "__main__":

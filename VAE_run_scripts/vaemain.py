@@ -61,34 +61,36 @@ PROGRESSION_ROWS = 8  # fixed prior samples followed across epochs
 
 def main(argv=None):
     """Train (or resume) one run; returns (run, report)."""
-    c = resolve_constants(globals(), argv)
-    run, state, c = resume_run(c, "vae", argv, output_constants=("TAG",))
-    check_choice("BETA_MODE", c.BETA_MODE, BETA_MODES)
-    check_positive(c, "BATCH_SIZE", "LR", "LATENT_DIM", "WIDTH", "BETA", "BETA_INIT",
+    const = resolve_constants(globals(), argv)
+    run, state, const = resume_run(const, "vae", argv, output_constants=("TAG",))
+    check_choice("BETA_MODE", const.BETA_MODE, BETA_MODES)
+    check_positive(const, "BATCH_SIZE", "LR", "LATENT_DIM", "WIDTH", "BETA", "BETA_INIT",
                    "CHECKPOINT_EVERY", "PROGRESSION_ROWS", "KL_WARMUP_EPOCHS")
-    deadline = Deadline(c.MINUTES)
-    device, amp_dtype = seed_and_device(c)
-    data, train, test = load_splits(c)
-    model_args = dict(image_size=c.IMAGE_SIZE, channels=data.channels,
-                      latent_dim=c.LATENT_DIM, width=c.WIDTH)
-    scheduler_args = dict(beta_init=c.BETA_INIT, gamma=c.BETA_GAMMA, eta=c.BETA_ETA,
-                          beta_min=c.BETA_MIN, beta_max=c.BETA_MAX, warmup=c.BETA_WARMUP)
-    steps_per_epoch = max(1, len(train) // c.BATCH_SIZE)
+    deadline = Deadline(const.MINUTES)
+    device, amp_dtype = seed_and_device(const)
+    data, train, test = load_splits(const)
+    model_args = dict(image_size=const.IMAGE_SIZE, channels=data.channels,
+                      latent_dim=const.LATENT_DIM, width=const.WIDTH)
+    scheduler_args = dict(beta_init=const.BETA_INIT, gamma=const.BETA_GAMMA, eta=const.BETA_ETA,
+                          beta_min=const.BETA_MIN, beta_max=const.BETA_MAX,
+                          warmup=const.BETA_WARMUP)
+    steps_per_epoch = max(1, len(train) // const.BATCH_SIZE)
     try:
-        setup = build_vae(model_args, device, lr=c.LR, beta_mode=c.BETA_MODE, beta=c.BETA,
+        setup = build_vae(model_args, device, lr=const.LR, beta_mode=const.BETA_MODE,
+                          beta=const.BETA,
                           scheduler_args=scheduler_args, amp_dtype=amp_dtype,
-                          warmup_steps=c.KL_WARMUP_EPOCHS * steps_per_epoch)
+                          warmup_steps=const.KL_WARMUP_EPOCHS * steps_per_epoch)
     except ValueError as err:  # the scheduler's bounds
         raise UserError(str(err)) from None
-    tag = c.TAG or (f"beta{c.BETA:g}" if c.BETA_MODE == "fixed" else c.BETA_MODE)
-    run = open_run(c, "vae", tag, run)
-    fixed_z = state["fixed_z"] if state else torch.randn(c.PROGRESSION_ROWS, c.LATENT_DIM)
-    train_vae(setup, train, test, run, data=data, epochs=c.EPOCHS, batch_size=c.BATCH_SIZE,
-              fixed_z=fixed_z.to(device), config=vars(c), deadline=deadline,
-              checkpoint_every=c.CHECKPOINT_EVERY, progression_rows=c.PROGRESSION_ROWS,
-              flip=c.FLIP, state=state)
+    tag = const.TAG or (f"beta{const.BETA:g}" if const.BETA_MODE == "fixed" else const.BETA_MODE)
+    run = open_run(const, "vae", tag, run)
+    fixed_z = state["fixed_z"] if state else torch.randn(const.PROGRESSION_ROWS, const.LATENT_DIM)
+    train_vae(setup, train, test, run, data=data, epochs=const.EPOCHS, batch_size=const.BATCH_SIZE,
+              fixed_z=fixed_z.to(device), config=vars(const), deadline=deadline,
+              checkpoint_every=const.CHECKPOINT_EVERY, progression_rows=const.PROGRESSION_ROWS,
+              flip=const.FLIP, state=state)
     records = MetricsLog(run.metrics_path).read()
-    last = records[-1] if records else {"epoch": 0, "test_kl_dims": [0.0] * c.LATENT_DIM}
+    last = records[-1] if records else {"epoch": 0, "test_kl_dims": [0.0] * const.LATENT_DIM}
     report = write_vae_figures(setup.model, test, last["test_kl_dims"], run.plots,
                                f"{run.name} (epoch {last['epoch']})")
     mig = "n/a" if report["mig"] is None else f"{report['mig']:.3f}"

@@ -59,28 +59,28 @@ def n_params(*modules: torch.nn.Module) -> int:
     return sum(p.numel() for m in modules for p in m.parameters())
 
 
-def train_args(c, minutes: float, *, data: bool = True) -> list[str]:
-    args = [f"--SEED={c.SEED}", f"--DEVICE={c.DEVICE}", f"--PRECISION={c.PRECISION}",
-            f"--SAVE_ROOT={c.SAVE_ROOT}", f"--DATA_ROOT={c.DATA_ROOT}",
+def train_args(const, minutes: float, *, data: bool = True) -> list[str]:
+    args = [f"--SEED={const.SEED}", f"--DEVICE={const.DEVICE}", f"--PRECISION={const.PRECISION}",
+            f"--SAVE_ROOT={const.SAVE_ROOT}", f"--DATA_ROOT={const.DATA_ROOT}",
             f"--EPOCHS={_EPOCH_CAP}", f"--MINUTES={minutes}"]
     if data:
-        args += [f"--DATASET={c.DATASET}", f"--IMAGE_SIZE={c.IMAGE_SIZE}",
-                 f"--N_TRAIN={c.N_TRAIN}"]
+        args += [f"--DATASET={const.DATASET}", f"--IMAGE_SIZE={const.IMAGE_SIZE}",
+                 f"--N_TRAIN={const.N_TRAIN}"]
     return args
 
 
-def eval_args(c, run: Run) -> list[str]:
-    return [f"--RUN={run.name}", f"--SEED={c.SEED}", f"--DEVICE={c.DEVICE}",
-            f"--SAVE_ROOT={c.SAVE_ROOT}", f"--DATA_ROOT={c.DATA_ROOT}",
-            f"--EXTRACTOR={c.EXTRACTOR}", "--METRICS=True"]
+def eval_args(const, run: Run) -> list[str]:
+    return [f"--RUN={run.name}", f"--SEED={const.SEED}", f"--DEVICE={const.DEVICE}",
+            f"--SAVE_ROOT={const.SAVE_ROOT}", f"--DATA_ROOT={const.DATA_ROOT}",
+            f"--EXTRACTOR={const.EXTRACTOR}", "--METRICS=True"]
 
 
-def call(c, script: str, args: list[str]) -> dict:
+def call(const, script: str, args: list[str]) -> dict:
     """`python -m <script> args` (plus OVERRIDES for it) in a child process, so each job's memory
     is returned when it ends and its peak is its own; returns wall seconds and peak RSS (MB)."""
     started = time.perf_counter()
     child = subprocess.Popen([sys.executable, "-m", script, *args,
-                              *c.OVERRIDES.get(script.split(".")[-1], [])])
+                              *const.OVERRIDES.get(script.split(".")[-1], [])])
     try:
         _, status, usage = os.wait4(child.pid, 0)
     except KeyboardInterrupt:  # the child got the Ctrl-C too: let it save its checkpoint
@@ -96,14 +96,14 @@ def call(c, script: str, args: list[str]) -> dict:
             "peak_rss_mb": usage.ru_maxrss / 1024}  # ru_maxrss is in kilobytes on Linux
 
 
-def train(c, script: str, family: str, args: list[str]) -> tuple[Run, dict, Loaded]:
+def train(const, script: str, family: str, args: list[str]) -> tuple[Run, dict, Loaded]:
     """Run a training script; returns its new run, what it did, and the run loaded (on the CPU)."""
-    before = set(existing_runs(c.SAVE_ROOT, family))
-    cost = call(c, script, args)
-    run = find_run(c.SAVE_ROOT, family, "latest")
+    before = set(existing_runs(const.SAVE_ROOT, family))
+    cost = call(const, script, args)
+    run = find_run(const.SAVE_ROOT, family, "latest")
     if run.name in before:
-        raise UserError(f"{script} finished but left no new {family} run in {c.SAVE_ROOT}")
-    loaded = load_run(c.SAVE_ROOT, family, run.name, torch.device("cpu"))
+        raise UserError(f"{script} finished but left no new {family} run in {const.SAVE_ROOT}")
+    loaded = load_run(const.SAVE_ROOT, family, run.name, torch.device("cpu"))
     state = loaded.state
     seconds = sum(r["seconds"] for r in MetricsLog(run.metrics_path).read()[:state["epoch"]])
     return run, {"run": run.name, "epochs": state["epoch"], "steps": state["step"],
@@ -111,43 +111,46 @@ def train(c, script: str, family: str, args: list[str]) -> tuple[Run, dict, Load
                  "img_per_s": state["images"] / max(seconds, 1e-9), **cost}, loaded
 
 
-def evaluate(c, script: str, run: Run, info: dict, *args: str) -> None:
+def evaluate(const, script: str, run: Run, info: dict, *args: str) -> None:
     """Run an eval script on the run; its peak memory goes into info."""
-    info["eval_peak_rss_mb"] = call(c, script, [*eval_args(c, run), *args])["peak_rss_mb"]
+    info["eval_peak_rss_mb"] = call(const, script, [*eval_args(const, run), *args])["peak_rss_mb"]
 
 
-def train_gan(c) -> tuple[list[dict], Run, tuple[int, int]]:
-    run, info, loaded = train(c, "GAN_run_scripts.ganmain", "gan", train_args(c, c.MINUTES))
-    evaluate(c, "GAN_run_scripts.evalGan", run, info, f"--N_SAMPLES={c.N_SAMPLES}")
+def train_gan(const) -> tuple[list[dict], Run, tuple[int, int]]:
+    run, info, loaded = train(const, "GAN_run_scripts.ganmain", "gan",
+                              train_args(const, const.MINUTES))
+    evaluate(const, "GAN_run_scripts.evalGan", run, info, f"--N_SAMPLES={const.N_SAMPLES}")
     g, d = loaded.nets["generator"], loaded.nets["discriminator"]
     return [info], run, (n_params(g, d), n_params(g))
 
 
-def train_vae(c) -> tuple[list[dict], Run, tuple[int, int]]:
-    run, info, loaded = train(c, "VAE_run_scripts.vaemain", "vae", train_args(c, c.MINUTES))
-    evaluate(c, "VAE_run_scripts.vaeEval", run, info, f"--N_SAMPLES={c.N_SAMPLES}")
+def train_vae(const) -> tuple[list[dict], Run, tuple[int, int]]:
+    run, info, loaded = train(const, "VAE_run_scripts.vaemain", "vae",
+                              train_args(const, const.MINUTES))
+    evaluate(const, "VAE_run_scripts.vaeEval", run, info, f"--N_SAMPLES={const.N_SAMPLES}")
     model = loaded.nets["vae"]
     return [info], run, (n_params(model), n_params(model.decoder))
 
 
-def train_diffusion(c) -> tuple[list[dict], Run, tuple[int, int]]:
-    run, info, loaded = train(c, "Diffusion_run_scripts.DiffusionMain", "diffusion",
-                              train_args(c, c.MINUTES))
-    evaluate(c, "Diffusion_run_scripts.DiffusionEval", run, info, f"--N_SAMPLES={c.N_SAMPLES}",
-             f"--PRECISION={c.PRECISION}", "--COMPARE=('ddim-10',)", "--COMPARE_IMAGES=1")
+def train_diffusion(const) -> tuple[list[dict], Run, tuple[int, int]]:
+    run, info, loaded = train(const, "Diffusion_run_scripts.DiffusionMain", "diffusion",
+                              train_args(const, const.MINUTES))
+    evaluate(const, "Diffusion_run_scripts.DiffusionEval", run, info,
+             f"--N_SAMPLES={const.N_SAMPLES}",
+             f"--PRECISION={const.PRECISION}", "--COMPARE=('ddim-10',)", "--COMPARE_IMAGES=1")
     unet = n_params(loaded.nets["net"])
     return [info], run, (unet, unet)
 
 
-def train_ldm(c) -> tuple[list[dict], Run, tuple[int, int]]:
-    stage1 = c.MINUTES * c.AUTOENCODER_SHARE
-    ae_run, ae_info, ae_loaded = train(c, "LDM_run_scripts.LDMAutoencoderMain",
-                                       "ldm_autoencoder", train_args(c, stage1))
-    run, info, loaded = train(c, "LDM_run_scripts.LDMDiffusionMain", "ldm", [
-        *train_args(c, c.MINUTES - stage1, data=False), f"--AUTOENCODER_RUN={ae_run.name}"])
-    classes = len(loaded.data.held_out(1, c.DATA_ROOT).class_names)
-    evaluate(c, "LDM_run_scripts.LDMEval", run, info,
-             f"--PER_CLASS={max(1, c.N_SAMPLES // classes)}", f"--PRECISION={c.PRECISION}")
+def train_ldm(const) -> tuple[list[dict], Run, tuple[int, int]]:
+    stage1 = const.MINUTES * const.AUTOENCODER_SHARE
+    ae_run, ae_info, ae_loaded = train(const, "LDM_run_scripts.LDMAutoencoderMain",
+                                       "ldm_autoencoder", train_args(const, stage1))
+    run, info, loaded = train(const, "LDM_run_scripts.LDMDiffusionMain", "ldm", [
+        *train_args(const, const.MINUTES - stage1, data=False), f"--AUTOENCODER_RUN={ae_run.name}"])
+    classes = len(loaded.data.held_out(1, const.DATA_ROOT).class_names)
+    evaluate(const, "LDM_run_scripts.LDMEval", run, info,
+             f"--PER_CLASS={max(1, const.N_SAMPLES // classes)}", f"--PRECISION={const.PRECISION}")
     ae = ae_loaded.nets["autoencoder"]
     disc = PatchDiscriminator(**ae_loaded.state["model_args"]["discriminator"])
     unet = loaded.nets["net"]
@@ -179,10 +182,10 @@ def summarise(family: str, stages: list[dict], run: Run, params: tuple[int, int]
             "samples": metrics["samples"], "extractor": metrics["extractor"]}
 
 
-def markdown(rows: list[dict], c) -> str:
+def markdown(rows: list[dict], const) -> str:
     """The results table, with what was measured and how."""
-    device = resolve_device(c.DEVICE)
-    precision = "bf16 autocast" if resolve_precision(c.PRECISION, device) else "fp32"
+    device = resolve_device(const.DEVICE)
+    precision = "bf16 autocast" if resolve_precision(const.PRECISION, device) else "fp32"
     columns = ["family", "params (trained / sampling)", "training min", "images seen",
                "train img/s", "peak RSS MB", "sampler", "sampling ms/img", "FID (real vs real)",
                "KID", "precision", "recall", "class acc"]
@@ -203,7 +206,8 @@ def markdown(rows: list[dict], c) -> str:
     how = (f"{done[0]['samples']} samples per family, features: {done[0]['extractor']}"
            if done else "no family finished")
     return "\n".join([
-        f"# {c.DATASET} {c.IMAGE_SIZE}x{c.IMAGE_SIZE}: {c.MINUTES:g} minutes of training per "
+        f"# {const.DATASET} {const.IMAGE_SIZE}x{const.IMAGE_SIZE}: {const.MINUTES:g} minutes of "
+        f"training per "
         f"family", "",
         f"{torch.get_num_threads()} CPU threads, device {device}, {precision}; "
         f"{how}. Training minutes are wall time of the training scripts (data, per-epoch "
@@ -214,37 +218,37 @@ def markdown(rows: list[dict], c) -> str:
 
 
 def main(argv=None) -> list[dict]:
-    c = resolve_constants(globals(), argv)
-    check_positive(c, "MINUTES", "N_SAMPLES")
-    unknown = [f for f in c.FAMILIES if f not in _TRAINERS]
-    if unknown or not c.FAMILIES:
-        raise UserError(f"FAMILIES={c.FAMILIES!r}: choose from {', '.join(_TRAINERS)}")
-    if not 0 < c.AUTOENCODER_SHARE < 1:
-        raise UserError(f"AUTOENCODER_SHARE must be in (0, 1), got {c.AUTOENCODER_SHARE}")
-    if not isinstance(c.OVERRIDES, dict) or not set(c.OVERRIDES) <= set(_SCRIPTS):
+    const = resolve_constants(globals(), argv)
+    check_positive(const, "MINUTES", "N_SAMPLES")
+    unknown = [f for f in const.FAMILIES if f not in _TRAINERS]
+    if unknown or not const.FAMILIES:
+        raise UserError(f"FAMILIES={const.FAMILIES!r}: choose from {', '.join(_TRAINERS)}")
+    if not 0 < const.AUTOENCODER_SHARE < 1:
+        raise UserError(f"AUTOENCODER_SHARE must be in (0, 1), got {const.AUTOENCODER_SHARE}")
+    if not isinstance(const.OVERRIDES, dict) or not set(const.OVERRIDES) <= set(_SCRIPTS):
         raise UserError(f"OVERRIDES must map script names ({', '.join(_SCRIPTS)}) to "
-                        f"lists of constants, got {c.OVERRIDES!r}")
-    out = new_run(c.SAVE_ROOT, "compare", c.DATASET, f"{c.MINUTES:g}min").plots
+                        f"lists of constants, got {const.OVERRIDES!r}")
+    out = new_run(const.SAVE_ROOT, "compare", const.DATASET, f"{const.MINUTES:g}min").plots
     rows = []
-    for family in c.FAMILIES:
-        print(f"=== {_LABELS[family]}: {c.MINUTES:g} minutes ===")
+    for family in const.FAMILIES:
+        print(f"=== {_LABELS[family]}: {const.MINUTES:g} minutes ===")
         try:
-            rows.append(summarise(family, *_TRAINERS[family](c)))
+            rows.append(summarise(family, *_TRAINERS[family](const)))
         except Interrupted:
             raise
         except UserError as err:  # e.g. a diverged GAN: the other families still run
             print(f"{family} failed: {err}")
             rows.append({"family": family, "label": _LABELS[family], "error": str(err)})
-        (out / "results.json").write_text(json.dumps({"constants": vars(c), "rows": rows},
+        (out / "results.json").write_text(json.dumps({"constants": vars(const), "rows": rows},
                                                      indent=2, default=str))
-    (out / "results.md").write_text(markdown(rows, c))
+    (out / "results.md").write_text(markdown(rows, const))
     done = {r["label"]: {**r, "params_m": r["params_sampling"] / 1e6}
             for r in rows if "error" not in r}
     save_bar_charts(done, _PANELS, out / "bars.png", log_y=["sampling_ms", "fid"],
                     fractions=["precision", "recall", "class_accuracy"],
                     marks={"fid": {k: r["fid_floor"] for k, r in done.items()}},
-                    title=f"{c.DATASET}: {c.MINUTES:g} minutes of training per family")
-    print(markdown(rows, c))
+                    title=f"{const.DATASET}: {const.MINUTES:g} minutes of training per family")
+    print(markdown(rows, const))
     print(f"done: {out / 'results.md'}, bars.png")
     return rows
 

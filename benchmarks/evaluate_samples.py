@@ -24,17 +24,18 @@ DATA_ROOT = "data"  # where torchvision datasets are downloaded
 
 
 def main(argv=None) -> dict:
-    c = resolve_constants(globals(), argv)
-    path = Path(c.NPZ)
+    const = resolve_constants(globals(), argv)
+    path = Path(const.NPZ)
     if not path.is_file():
         raise UserError(f"{path} does not exist")
     try:
         images, labels = load_samples_npz(path)
     except (OSError, KeyError, ValueError) as err:
         raise UserError(f"{path} is not a samples.npz ({err})") from None
-    return write_metrics(images, labels, c.DATASET, path.parent, resolve_device(c.DEVICE),
-                         extractor=c.EXTRACTOR, save_root=c.SAVE_ROOT, data_root=c.DATA_ROOT,
-                         seed=c.SEED)
+    return write_metrics(images, labels, const.DATASET, path.parent, resolve_device(const.DEVICE),
+                         extractor=const.EXTRACTOR, save_root=const.SAVE_ROOT,
+                         data_root=const.DATA_ROOT,
+                         seed=const.SEED)
 
 
 if __name__ == "__main__":

@@ -36,16 +36,16 @@ def step_speed(device, amp_dtype, channels_last, batch, steps) -> float:
 
 
 def main(argv=None) -> None:
-    c = resolve_constants(globals(), argv)
-    device = resolve_device(c.DEVICE)
-    data = load_dataset("shapes", image_size=c.IMAGE_SIZE, n=20 * c.BATCH_SIZE).to(device)
-    batch, _ = next(iterate_batches(data, c.BATCH_SIZE, device))
-    print(f"DCGAN-{c.IMAGE_SIZE}, batch {c.BATCH_SIZE}, {device}, "
+    const = resolve_constants(globals(), argv)
+    device = resolve_device(const.DEVICE)
+    data = load_dataset("shapes", image_size=const.IMAGE_SIZE, n=20 * const.BATCH_SIZE).to(device)
+    batch, _ = next(iterate_batches(data, const.BATCH_SIZE, device))
+    print(f"DCGAN-{const.IMAGE_SIZE}, batch {const.BATCH_SIZE}, {device}, "
           f"{torch.get_num_threads()} threads")
     speeds = {}
     for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
         for layout in (False, True):
-            speed = step_speed(device, dtype, layout, batch, c.STEPS)
+            speed = step_speed(device, dtype, layout, batch, const.STEPS)
             speeds[(name, layout)] = speed
             print(f"  {name:4s} {'channels_last' if layout else 'contiguous   '}  "
                   f"{speed:7.1f} img/s")
@@ -53,7 +53,7 @@ def main(argv=None) -> None:
     print(f"PRECISION='auto' picks {auto} here; with CHANNELS_LAST=True: "
           f"{speeds[(auto, True)]:.1f} img/s")
     started = time.perf_counter()
-    n = sum(len(x) for x, _ in iterate_batches(data, c.BATCH_SIZE, device))
+    n = sum(len(x) for x, _ in iterate_batches(data, const.BATCH_SIZE, device))
     synchronize(device)
     data_rate = n / (time.perf_counter() - started)
     share = speeds[(auto, True)] / data_rate

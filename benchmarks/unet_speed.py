@@ -51,11 +51,11 @@ def matmul_peak(n: int, dtype, device) -> float:
     return 2 * n ** 3 / _timed(lambda: a @ b, 5, device) / 1e9
 
 
-def build(c, device, amp_dtype):
+def build(const, device, amp_dtype):
     torch.manual_seed(0)
-    args = {"unet": dict(in_channels=3, image_size=c.IMAGE_SIZE, base=c.BASE,
-                         channel_mult=tuple(c.CHANNEL_MULT), blocks=c.BLOCKS,
-                         attention_resolutions=tuple(c.ATTENTION))}
+    args = {"unet": dict(in_channels=3, image_size=const.IMAGE_SIZE, base=const.BASE,
+                         channel_mult=tuple(const.CHANNEL_MULT), blocks=const.BLOCKS,
+                         attention_resolutions=tuple(const.ATTENTION))}
     return build_diffusion(args, NoiseSchedule("cosine"), device, lr=2e-4, warmup_steps=1,
                            total_steps=100, amp_dtype=amp_dtype)
 
@@ -67,25 +67,29 @@ def step_flops(s, batch) -> int:
 
 
 def main(argv=None) -> None:
-    c = resolve_constants(globals(), argv)
-    device = resolve_device(c.DEVICE)
-    batch = torch.rand(c.BATCH_SIZE, 3, c.IMAGE_SIZE, c.IMAGE_SIZE, device=device) * 2 - 1
-    params = sum(p.numel() for p in build(c, device, None).model.parameters())
-    print(f"UNet {params / 1e6:.2f}M params, base {c.BASE}, mult {tuple(c.CHANNEL_MULT)}, "
-          f"{c.BLOCKS} blocks, attention at {tuple(c.ATTENTION)}; {c.IMAGE_SIZE}x{c.IMAGE_SIZE}, "
-          f"batch {c.BATCH_SIZE}, {device}, {torch.get_num_threads()} threads")
+    const = resolve_constants(globals(), argv)
+    device = resolve_device(const.DEVICE)
+    batch = torch.rand(const.BATCH_SIZE, 3, const.IMAGE_SIZE, const.IMAGE_SIZE,
+                       device=device) * 2 - 1
+    params = sum(p.numel() for p in build(const, device, None).model.parameters())
+    print(f"UNet {params / 1e6:.2f}M params, base {const.BASE}, mult {tuple(const.CHANNEL_MULT)}, "
+          f"{const.BLOCKS} blocks, attention at {tuple(const.ATTENTION)}; "
+          f"{const.IMAGE_SIZE}x{const.IMAGE_SIZE}, "
+          f"batch {const.BATCH_SIZE}, {device}, {torch.get_num_threads()} threads")
     for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
-        s = build(c, device, dtype)
+        s = build(const, device, dtype)
         flops = step_flops(s, batch)
-        seconds = _timed(lambda: diffusion_step(s, batch), c.STEPS, device)
-        noise = torch.randn(c.SAMPLE_BATCH, 3, c.IMAGE_SIZE, c.IMAGE_SIZE, device=device)
-        sample_s = _timed(lambda: ema_samples(s, noise, "ddim", c.SAMPLE_STEPS), 1, device)
-        peak = matmul_peak(c.MATMUL_SIZE, dtype or torch.float32, device)
+        seconds = _timed(lambda: diffusion_step(s, batch), const.STEPS, device)
+        noise = torch.randn(const.SAMPLE_BATCH, 3, const.IMAGE_SIZE, const.IMAGE_SIZE,
+                            device=device)
+        sample_s = _timed(lambda: ema_samples(s, noise, "ddim", const.SAMPLE_STEPS), 1, device)
+        peak = matmul_peak(const.MATMUL_SIZE, dtype or torch.float32, device)
         achieved = flops / seconds / 1e9
-        print(f"  {name}: train {c.BATCH_SIZE / seconds:6.1f} img/s "
-              f"({flops / c.BATCH_SIZE / 1e9:.2f} GFLOP/img, {achieved:6.1f} GFLOP/s = "
+        print(f"  {name}: train {const.BATCH_SIZE / seconds:6.1f} img/s "
+              f"({flops / const.BATCH_SIZE / 1e9:.2f} GFLOP/img, {achieved:6.1f} GFLOP/s = "
               f"{100 * achieved / peak:4.1f}% of the {peak:6.1f} GFLOP/s {name} matmul peak); "
-              f"DDIM-{c.SAMPLE_STEPS} sampling {1000 * sample_s / c.SAMPLE_BATCH:6.1f} ms/img")
+              f"DDIM-{const.SAMPLE_STEPS} sampling "
+              f"{1000 * sample_s / const.SAMPLE_BATCH:6.1f} ms/img")
     auto = "bf16" if resolve_precision("auto", device) else "fp32"
     print(f"PRECISION='auto' picks {auto} here")
 

@@ -11,27 +11,27 @@ from utils.errors import UserError
 from utils.runs import Run, find_resume, new_run
 
 
-def seed_and_device(c: SimpleNamespace) -> tuple[torch.device, torch.dtype | None]:
+def seed_and_device(const: SimpleNamespace) -> tuple[torch.device, torch.dtype | None]:
     """Seed every RNG, pick the device and autocast dtype, and say what was chosen."""
-    if getattr(c, "EPOCHS", 0) < 0:
-        raise UserError(f"EPOCHS must be >= 0, got {c.EPOCHS}")
-    seed_everything(c.SEED)
-    device = resolve_device(c.DEVICE)
-    amp_dtype = resolve_precision(c.PRECISION, device)
+    if getattr(const, "EPOCHS", 0) < 0:
+        raise UserError(f"EPOCHS must be >= 0, got {const.EPOCHS}")
+    seed_everything(const.SEED)
+    device = resolve_device(const.DEVICE)
+    amp_dtype = resolve_precision(const.PRECISION, device)
     print(f"device {device}, precision {'bf16 autocast' if amp_dtype else 'fp32'}, "
           f"{torch.get_num_threads()} CPU threads")
     return device, amp_dtype
 
 
-def load_splits(c: SimpleNamespace) -> tuple[DataSpec, ImageData, ImageData]:
+def load_splits(const: SimpleNamespace) -> tuple[DataSpec, ImageData, ImageData]:
     """The data spec of DATASET at IMAGE_SIZE and its train and test splits (N_TRAIN caps the
     train split if set)."""
-    kwargs = dict(image_size=c.IMAGE_SIZE, root=c.DATA_ROOT, seed=c.SEED)
-    train = load_dataset(c.DATASET, "train", n=getattr(c, "N_TRAIN", None), **kwargs)
-    test = load_dataset(c.DATASET, "test", n=getattr(c, "N_TEST", None),
+    kwargs = dict(image_size=const.IMAGE_SIZE, root=const.DATA_ROOT, seed=const.SEED)
+    train = load_dataset(const.DATASET, "train", n=getattr(const, "N_TRAIN", None), **kwargs)
+    test = load_dataset(const.DATASET, "test", n=getattr(const, "N_TEST", None),
                         channels=train.shape[0], **kwargs)
-    print(f"{c.DATASET}: {len(train)} train / {len(test)} test images of shape {train.shape}")
-    return DataSpec(c.DATASET, c.IMAGE_SIZE, train.shape[0], c.SEED), train, test
+    print(f"{const.DATASET}: {len(train)} train / {len(test)} test images of shape {train.shape}")
+    return DataSpec(const.DATASET, const.IMAGE_SIZE, train.shape[0], const.SEED), train, test
 
 
 # Constants that locate the run being resumed: always the ones in force now.
@@ -42,7 +42,7 @@ CHANGEABLE_ON_RESUME = ("EPOCHS", "MINUTES", "DEVICE", "PRECISION", "DATA_ROOT",
                         "CHECKPOINT_EVERY")
 
 
-def resume_run(c: SimpleNamespace, family: str, argv: Sequence[str] | None = None,
+def resume_run(const: SimpleNamespace, family: str, argv: Sequence[str] | None = None,
            output_constants: Sequence[str] = ()) -> tuple[Run | None, dict | None,
                                                            SimpleNamespace]:
     """With RESUME set: the run, its checkpoint and the constants it was started with.
@@ -52,17 +52,17 @@ def resume_run(c: SimpleNamespace, family: str, argv: Sequence[str] | None = Non
     are applied and printed; any other that differs from the run's own value is a UserError,
     raised before anything is written.
     """
-    if not c.RESUME:
-        return None, None, c
-    run, state = find_resume(c.SAVE_ROOT, family, c.RESUME)
+    if not const.RESUME:
+        return None, None, const
+    run, state = find_resume(const.SAVE_ROOT, family, const.RESUME)
     saved = state["config"]
     values = {name: like_default(saved[name], default) if name in saved else default
-              for name, default in vars(c).items()}
-    values.update({name: getattr(c, name) for name in LOCATING})
+              for name, default in vars(const).items()}
+    values.update({name: getattr(const, name) for name in LOCATING})
     changeable = set(CHANGEABLE_ON_RESUME) | set(output_constants)
     changes = []
     for name in sorted(given_constants(argv) - set(LOCATING)):
-        old, new = values[name], getattr(c, name)
+        old, new = values[name], getattr(const, name)
         if new == old:
             continue
         if name not in changeable:
@@ -75,14 +75,14 @@ def resume_run(c: SimpleNamespace, family: str, argv: Sequence[str] | None = Non
     return run, state, SimpleNamespace(**values)
 
 
-def open_run(c: SimpleNamespace, family: str, tag: str, resumed: Run | None = None,
+def open_run(const: SimpleNamespace, family: str, tag: str, resumed: Run | None = None,
              dataset: str | None = None) -> Run:
     """The resumed run with its config.json brought up to date, or a new numbered run folder
     named after `dataset` (default DATASET) with the constants saved as config.json."""
     if resumed is not None:
-        save_config(c, resumed.plots / "config.json")
+        save_config(const, resumed.plots / "config.json")
         return resumed
-    run = new_run(c.SAVE_ROOT, family, dataset or c.DATASET, tag)
-    save_config(c, run.plots / "config.json")
+    run = new_run(const.SAVE_ROOT, family, dataset or const.DATASET, tag)
+    save_config(const, run.plots / "config.json")
     print(f"run {run.name}: figures in {run.plots}, weights in {run.models}")
     return run
