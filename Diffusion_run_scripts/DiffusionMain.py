@@ -95,7 +95,8 @@ def main(argv=None):
     noise = (state["fixed_noise"] if state else torch.randn(const.PROGRESSION_ROWS, *train.shape))
     noise, train = noise.to(device), train.to(device)
     train_diffusion(
-        setup, lambda epoch: iterate_batches(train, const.BATCH_SIZE, device, flip=const.FLIP),
+        setup, lambda epoch: iterate_batches(train, const.BATCH_SIZE, device, flip=const.FLIP,
+                                             shard=True),
         steps_per_epoch, test.first(512)[0], run, kind="diffusion", data=data,
         epochs=const.EPOCHS, batch_size=const.BATCH_SIZE, fixed_noise=noise,
         snapshot=lambda: ema_samples(setup, noise, const.SAMPLER, const.SAMPLE_STEPS),

@@ -7,12 +7,11 @@ data, seed and epochs, each a normal vaemain run; then the comparison of vaeEval
 Writes the three runs to saved_plots/vae/<run>/ (see vaemain) and experiment.json plus the
 comparison figures and table to saved_plots/vae_experiment/<experiment>/ (see vaeEvalExperiments).
 """
-import json
-
 from VAE_run_scripts import vaeEvalExperiments, vaemain
+from utils import distributed
 from utils.config import check_positive, resolve_constants, save_config
 from utils.errors import UserError, run_cli
-from utils.runs import new_run
+from utils.runs import new_run, run_named, write_json
 
 DATASET = "shapes"  # shapes, digits (embedded); cifar10, mnist, ... (online)
 IMAGE_SIZE = 32  # pixels
@@ -38,9 +37,14 @@ def main(argv=None):
     shared = [f"--{k}={getattr(const, k)!r}" for k in ("DATASET", "IMAGE_SIZE", "N_TRAIN",
               "LATENT_DIM", "EPOCHS", "BATCH_SIZE", "LR", "SEED", "DEVICE", "PRECISION",
               "SAVE_ROOT", "DATA_ROOT")]
-    experiment = new_run(const.SAVE_ROOT, "vae_experiment", const.DATASET)
-    experiment.models.rmdir()  # an experiment only has figures; its runs hold the weights
-    save_config(const, experiment.plots / "config.json")
+    distributed.init(const.DEVICE)  # under torchrun: one experiment folder, made by rank 0
+    name = None
+    if distributed.is_main():
+        experiment = new_run(const.SAVE_ROOT, "vae_experiment", const.DATASET)
+        experiment.models.rmdir()  # an experiment only has figures; its runs hold the weights
+        save_config(const, experiment.plots / "config.json")
+        name = experiment.name
+    experiment = run_named(const.SAVE_ROOT, "vae_experiment", distributed.broadcast_object(name))
     names = []
     for mode, beta in const.RUNS:
         value = f"--BETA_INIT={beta!r}" if mode == "adaptive" else f"--BETA={beta!r}"
@@ -48,8 +52,10 @@ def main(argv=None):
         print(f"=== {tag} ===")
         run, _ = vaemain.main([*shared, f"--BETA_MODE={mode}", value, f"--TAG={tag}"])
         names.append(run.name)
-        (experiment.plots / "experiment.json").write_text(json.dumps({"runs": names}, indent=2))
-    vaeEvalExperiments.main([f"--EXPERIMENT={experiment.name}", f"--SAVE_ROOT={const.SAVE_ROOT}"])
+        write_json(experiment.plots / "experiment.json", {"runs": names})
+    if distributed.is_main():
+        vaeEvalExperiments.main([f"--EXPERIMENT={experiment.name}",
+                                 f"--SAVE_ROOT={const.SAVE_ROOT}"])
 
 
 if __name__ == "__main__":

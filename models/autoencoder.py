@@ -1,13 +1,15 @@
 """The latent diffusion autoencoder (Rombach et al. 2022), trained as a VAE-GAN: a KL-regularised
 convolutional encoder/decoder and a patch discriminator, with the loss terms of Esser et al. 2021.
 """
+from typing import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm as sn
 
 from models.layers import Attention, Downsample, ResBlock, Upsample, group_norm
-from models.vae import reparameterize
+from models.vae import Noise, reparameterize
 
 LOGVAR_RANGE = (-30.0, 20.0)  # clamp on the encoder's log-variance, as in Rombach et al.'s code
 
@@ -92,10 +94,10 @@ class Autoencoder(nn.Module):
         """The decoder's output weight, where the adaptive GAN weight compares gradients."""
         return self.decoder.conv_out.weight
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor, noise: Noise | None = None):
         """(reconstruction from a posterior sample, mean, logvar)."""
         mean, logvar = self.encode(x)
-        return self.decode(reparameterize(mean, logvar)), mean, logvar
+        return self.decode(reparameterize(mean, logvar, noise=noise)), mean, logvar
 
 
 class PatchDiscriminator(nn.Module):
@@ -168,10 +170,16 @@ def feature_matching(real_features: list[torch.Tensor], fake_features: list[torc
 
 
 def adaptive_gan_weight(rec_loss: torch.Tensor, gan_loss: torch.Tensor,
-                        last_layer: torch.Tensor, max_weight: float = 1e4) -> torch.Tensor:
+                        last_layer: torch.Tensor, max_weight: float = 1e4,
+                        mean_over_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None
+                        ) -> torch.Tensor:
     """lambda = ||grad_L rec|| / (||grad_L gan|| + 1e-4), clamped to [0, max_weight] and detached,
-    with L the decoder's last layer (Esser et al. 2021, eq. 7)."""
+    with L the decoder's last layer (Esser et al. 2021, eq. 7). Under data parallelism the two
+    gradients are first averaged over ranks (mean_over_ranks), so lambda is that of the global
+    batch's losses and the same on every rank."""
     rec_grad = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
     gan_grad = torch.autograd.grad(gan_loss, last_layer, retain_graph=True)[0]
+    if mean_over_ranks is not None:
+        rec_grad, gan_grad = mean_over_ranks(torch.stack([rec_grad, gan_grad]))
     weight = rec_grad.norm() / (gan_grad.norm() + 1e-4)
     return weight.clamp(0.0, max_weight).detach()

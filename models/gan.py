@@ -5,6 +5,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models.layers import BatchNorm2d
+
 
 def _levels(image_size: int) -> int:
     """Number of stride-2 stages between 4x4 and image_size (which must be 4 * 2^k, k >= 1)."""
@@ -35,10 +37,10 @@ class Generator(nn.Module):
         self.latent_dim = latent_dim
         widths = [width * 2 ** i for i in reversed(range(levels))]  # e.g. 256, 128, 64
         layers = [nn.ConvTranspose2d(latent_dim, widths[0], 4, 1, 0, bias=False),  # 1 -> 4
-                  nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)]
+                  BatchNorm2d(widths[0]), nn.ReLU(inplace=True)]
         for c_in, c_out in zip(widths, widths[1:]):
             layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False),
-                       nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+                       BatchNorm2d(c_out), nn.ReLU(inplace=True)]
         layers += [nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1, bias=False), nn.Tanh()]
         self.net = nn.Sequential(*layers)
         self.apply(dcgan_init)
@@ -56,7 +58,7 @@ class Discriminator(nn.Module):
         widths = [width * 2 ** i for i in range(levels)]  # e.g. 64, 128, 256
         layers = [nn.Conv2d(channels, widths[0], 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
         for c_in, c_out in zip(widths, widths[1:]):
-            layers += [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out),
+            layers += [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False), BatchNorm2d(c_out),
                        nn.LeakyReLU(0.2, inplace=True)]
         layers += [nn.Conv2d(widths[-1], 1, 4, 1, 0)]  # 4x4 -> 1x1
         self.net = nn.Sequential(*layers)

@@ -84,3 +84,32 @@ class Upsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm whose training statistics are those of the global batch when the batch is
+    split over data-parallel processes (as SyncBatchNorm, which only runs on GPUs), so that N
+    processes compute what one process computes on the whole batch. In one process it is
+    nn.BatchNorm2d exactly (same parameters, buffers and state_dict keys)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+        if not (self.training and dist.is_available() and dist.is_initialized()
+                and dist.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce  # differentiable all-reduce
+        xf = x.float()
+        count = torch.full((1,), xf.numel() / xf.shape[1], device=x.device)
+        moments = torch.cat([count, xf.sum(dim=(0, 2, 3)), xf.pow(2).sum(dim=(0, 2, 3))])
+        moments = all_reduce(moments)  # summed over ranks, gradient flows back to every rank
+        n, total, squares = moments[0], moments[1:1 + x.shape[1]], moments[1 + x.shape[1]:]
+        mean = total / n
+        var = (squares / n - mean.pow(2)).clamp(min=0)  # biased, as BatchNorm normalises
+        with torch.no_grad():  # running statistics use the unbiased variance (Ioffe & Szegedy)
+            self.num_batches_tracked.add_(1)
+            m = self.momentum if self.momentum is not None else 1 / float(self.num_batches_tracked)
+            self.running_mean.lerp_(mean.detach(), m)
+            self.running_var.lerp_(var.detach() * n / (n - 1).clamp(min=1), m)
+        shape = (1, -1, 1, 1)
+        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        return (y * self.weight.view(shape) + self.bias.view(shape)).to(x.dtype)

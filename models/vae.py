@@ -2,6 +2,7 @@
 adaptive beta scheduler that balances the relative rates of change of KL and reconstruction.
 """
 import math
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -79,10 +80,18 @@ def elbo_loss(x: torch.Tensor, x_hat: torch.Tensor, mu: torch.Tensor, logvar: to
     return {"loss": recon + beta * kl, "recon": recon, "kl": kl, "kl_dims": kl_dims}
 
 
+Noise = Callable[..., torch.Tensor]  # (shape, dtype=, device=) -> standard normal tensor
+
+
 def reparameterize(mu: torch.Tensor, logvar: torch.Tensor,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
-    """z = mu + sigma * eps, eps ~ N(0, I) (Kingma & Welling 2014); eps from `generator`."""
-    eps = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)
+                   generator: torch.Generator | None = None, noise: Noise | None = None
+                   ) -> torch.Tensor:
+    """z = mu + sigma * eps, eps ~ N(0, I) (Kingma & Welling 2014); eps from `generator`, or
+    from `noise` (data-parallel training passes its global-batch draw)."""
+    if noise is not None:
+        eps = noise(mu.shape, dtype=mu.dtype, device=mu.device)
+    else:
+        eps = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)
     return mu + (0.5 * logvar).exp() * eps
 
 
@@ -125,10 +134,10 @@ class VAE(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z)
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor, noise: Noise | None = None):
         """(reconstruction, mu, logvar) with z drawn by the reparameterisation trick."""
         mu, logvar = self.encode(x)
-        return self.decode(reparameterize(mu, logvar)), mu, logvar
+        return self.decode(reparameterize(mu, logvar, noise=noise)), mu, logvar
 
 
 def active_dims(mu: torch.Tensor, threshold: float = 0.01) -> torch.Tensor:

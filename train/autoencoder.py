@@ -1,7 +1,6 @@
 """Stage 1 of latent diffusion (kind "ldm_autoencoder"): the VAE-GAN autoencoder step
 (reconstruction + KL + adversarial + feature matching against a patch discriminator), the loop,
 its figures, and its checkpoint, which ends with the latent statistics and scale factor."""
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -18,10 +17,11 @@ from train.common import (Deadline, LossMeter, Progress, checkpoint_frame, end_e
 from train.diffusion import ema_network, ema_with_warmup
 from train.latents import encode_dataset, latent_statistics, save_cache
 from train.lr import LRPlan, PlannedLR
+from utils import distributed
 from utils.data import DataSpec, ImageData
 from utils.device import autocast
 from utils.plots import save_curves, save_labelled_grid, save_latent_histogram
-from utils.runs import MetricsLog, Run, load_state, save_checkpoint
+from utils.runs import MetricsLog, Run, load_state, save_checkpoint, write_json
 
 KL_MODES = ("fixed", "warmup", "adaptive")
 
@@ -57,6 +57,13 @@ class AESetup:
     ema: AveragedModel | None = None
     amp_dtype: torch.dtype | None = None
     model_args: dict | None = None  # {"autoencoder": kwargs, "discriminator": kwargs}
+    ae_ddp: torch.nn.Module | None = None  # the networks in DistributedDataParallel (torchrun)
+    disc_ddp: torch.nn.Module | None = None
+
+    @property
+    def train_nets(self) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """(autoencoder, discriminator) as the training step calls them."""
+        return self.ae_ddp or self.ae, self.disc_ddp or self.disc
 
     @property
     def modules(self) -> dict:
@@ -100,15 +107,17 @@ def build_autoencoder(model_args: dict, disc_args: dict, device: torch.device, *
                          for opt, low, high in ((opt_ae, lr_min[0], lr[0]),
                                                 (opt_d, lr_min[1], lr[1])))
     return AESetup(ae, disc, opt_ae, opt_d, sched_ae, sched_d, device, loss, beta, ema,
-                   amp_dtype, {"autoencoder": dict(model_args), "discriminator": dict(disc_args)})
+                   amp_dtype, {"autoencoder": dict(model_args), "discriminator": dict(disc_args)},
+                   distributed.wrap(ae, device), distributed.wrap(disc, device))
 
 
 def ae_step(setup: AESetup, x: torch.Tensor, step: int, clip: float = 1.0
             ) -> dict[str, torch.Tensor]:
     """One autoencoder step on the weighted loss, then one discriminator step."""
     weights, ramp = setup.loss, setup.adv_ramp(step)
+    ae, disc = setup.train_nets
     with autocast(setup.device, setup.amp_dtype):
-        x_hat, mean, logvar = setup.ae(x)
+        x_hat, mean, logvar = ae(x, noise=distributed.randn)
     rec = reconstruction_term(x, x_hat.float(), weights.reconstruction)
     kl = kl_term(mean, logvar)
     total = rec + setup.kl_weight(step) * kl
@@ -116,11 +125,12 @@ def ae_step(setup: AESetup, x: torch.Tensor, step: int, clip: float = 1.0
     adv, fm, ratio = zero, zero, zero
     if ramp > 0 and (weights.adv_weight > 0 or weights.fm_weight > 0):
         with autocast(setup.device, setup.amp_dtype):
-            fake_logits, fake_feats = setup.disc(x_hat)
-            _, real_feats = setup.disc(x)
+            fake_logits, fake_feats = disc(x_hat)
+            _, real_feats = disc(x)
         adv = generator_adversarial(fake_logits, weights.disc_loss)
         fm = feature_matching(real_feats, fake_feats)
-        ratio = (adaptive_gan_weight(rec, adv, setup.ae.last_layer, weights.adv_max)
+        ratio = (adaptive_gan_weight(rec, adv, setup.ae.last_layer, weights.adv_max,
+                                     distributed.mean_over_ranks)
                  if weights.adaptive_adv else torch.ones((), device=x.device))
         total = total + ramp * (weights.adv_weight * ratio * adv + weights.fm_weight * fm)
     setup.opt_ae.zero_grad(set_to_none=True)
@@ -131,8 +141,8 @@ def ae_step(setup: AESetup, x: torch.Tensor, step: int, clip: float = 1.0
     if setup.ema is not None:
         setup.ema.update_parameters(setup.ae)
     with autocast(setup.device, setup.amp_dtype):
-        real_logits, _ = setup.disc(x)
-        fake_logits, _ = setup.disc(x_hat.detach())
+        real_logits, _ = disc(x)
+        fake_logits, _ = disc(x_hat.detach())
     d_loss = discriminator_loss(real_logits, fake_logits, weights.disc_loss)
     setup.opt_d.zero_grad(set_to_none=True)
     d_loss.backward()
@@ -238,7 +248,7 @@ def measure_latents(ae: Autoencoder, train_data: ImageData, run: Run, seed: int,
     cache = encode_dataset(ae, train_data)
     stats = latent_statistics(cache, seed)
     save_cache({**cache, "class_names": train_data.class_names}, run, config)
-    (run.plots / "latent_stats.json").write_text(json.dumps(stats, indent=2))
+    write_json(run.plots / "latent_stats.json", stats)
     generator = torch.Generator().manual_seed(seed)
     mean, logvar = cache["mean"][:4000], cache["logvar"][:4000]
     scaled = stats["scale_factor"] * reparameterize(mean, logvar, generator)

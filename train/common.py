@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 from tqdm.auto import tqdm
 
+from utils import distributed
 from utils.data import DataSpec, ImageData, batches_per_epoch, iterate_batches
 from utils.device import rng_state, set_rng_state
 from utils.errors import Interrupted, UserError
@@ -52,11 +53,15 @@ class LossMeter:
         return self.sync() if len(self._pending) >= self.every else None
 
     def sync(self) -> dict[str, float]:
-        """Check the buffered steps for NaN/inf (one host transfer) and return the latest losses."""
+        """Check the buffered steps for NaN/inf (one host transfer) and return the latest losses.
+        Under torchrun a NaN on any rank stops every rank (they sync at the same steps)."""
         if not self._pending:
             return {}
         stacked = torch.stack([v for _, _, v in self._pending]).cpu()
         bad = ~torch.isfinite(stacked)
+        if distributed.any_rank(bool(bad.any())) and not bad.any():
+            raise NonFiniteLoss(f"a loss became NaN or inf on another process by step "
+                                f"{self._pending[-1][0]}")
         if bad.any():
             row = int(bad.any(dim=1).nonzero()[0])
             step, names, _ = self._pending[row]
@@ -68,9 +73,13 @@ class LossMeter:
         return latest
 
     def means(self) -> dict[str, float]:
-        """Epoch means (syncs)."""
+        """Epoch means (syncs), over every rank's batches under torchrun."""
         self.sync()
-        return {name: float(total) / max(self.count, 1) for name, total in self.sums.items()}
+        if not self.sums:
+            return {}
+        totals = distributed.mean_over_ranks(torch.stack(list(self.sums.values())))
+        return {name: float(total) / max(self.count, 1)
+                for name, total in zip(self.sums, totals.tolist())}
 
 
 def eval_generator(device: torch.device) -> torch.Generator:
@@ -96,7 +105,8 @@ class Deadline:
         self.at = None if minutes is None else time.monotonic() + 60.0 * minutes
 
     def passed(self) -> bool:
-        return self.at is not None and time.monotonic() >= self.at
+        """Whether the budget has run out; under torchrun, on any rank (so all stop together)."""
+        return distributed.any_rank(self.at is not None and time.monotonic() >= self.at)
 
 
 def until(deadline: Deadline | None, batches: Iterable) -> Iterator:
@@ -111,20 +121,22 @@ def batch_bar(batches: Iterable, total: int, epoch: int, epochs: int,
               deadline: Deadline | None = None):
     """One epoch's batches behind a tqdm bar, cut short by the deadline."""
     return tqdm(until(deadline, batches), total=total, desc=f"epoch {epoch}/{epochs}",
-                leave=False, dynamic_ncols=True, mininterval=1.0)
+                leave=False, dynamic_ncols=True, mininterval=1.0,
+                disable=None if distributed.is_main() else True)
 
 
 def epoch_batches(data: ImageData, batch_size: int, device: torch.device, flip: bool,
                   epoch: int, epochs: int, deadline: Deadline | None = None):
     """One epoch of shuffled image batches (in memory or streamed) behind a tqdm bar."""
-    return batch_bar(iterate_batches(data, batch_size, device, flip=flip),
+    return batch_bar(iterate_batches(data, batch_size, device, flip=flip, shard=True),
                      batches_per_epoch(data, batch_size), epoch, epochs, deadline)
 
 
 def epoch_range(run: Run, epochs_done: int, epochs: int):
     """Epochs epochs_done + 1 .. epochs behind the run's progress bar."""
     return tqdm(range(epochs_done + 1, epochs + 1), desc=run.name, initial=epochs_done,
-                total=epochs, unit="epoch", dynamic_ncols=True)
+                total=epochs, unit="epoch", dynamic_ncols=True,
+                disable=None if distributed.is_main() else True)
 
 
 @dataclass
@@ -135,9 +147,10 @@ class Progress:
     images: int = 0
 
     def advance(self, batch: torch.Tensor) -> int:
-        """Count one optimiser step on `batch`; returns the new step number."""
+        """Count one optimiser step on `batch` (this rank's share of the global batch);
+        returns the new step number."""
         self.step += 1
-        self.images += len(batch)
+        self.images += len(batch) * distributed.world_size()
         return self.step
 
 
@@ -180,16 +193,24 @@ def end_epoch(run: Run, log: MetricsLog, bar, progress: Progress, record: dict, 
 def checkpoint_frame(kind: str, model_args: dict, data: DataSpec, progress: Progress,
                      config: dict, modules: dict) -> dict:
     """The part of every family's checkpoint that is the same: version, kind, model_args (the
-    constructor arguments of each network), data spec, counters, RNG states, the run's
-    constants, and the state_dict of every module, optimizer and scheduler."""
+    constructor arguments of each network), data spec, counters, RNG states (every rank's under
+    torchrun, with the number of processes), the run's constants, and the state_dict of every
+    module, optimizer and scheduler. Built on every rank (it gathers the RNG states)."""
     states = {name: obj.state_dict() for name, obj in modules.items() if obj is not None}
+    rng = rng_state()
     return {"version": CHECKPOINT_VERSION, "kind": kind, "model_args": model_args,
             "data": data.as_dict(), "epoch": progress.epoch, "step": progress.step,
-            "images": progress.images, "rng": rng_state(), "config": config, **states}
+            "images": progress.images, "rng": rng, "rng_ranks": distributed.gather_objects(rng),
+            "processes": distributed.world_size(), "config": config, **states}
 
 
 def resume_point(modules: dict, state: dict | None) -> tuple[Progress, list[torch.Tensor]]:
-    """(progress, sample frames) to continue from: restored from state, or a fresh start."""
+    """(progress, sample frames) to continue from: restored from state, or a fresh start.
+
+    With as many processes as the run had, each rank gets its own RNG state back and the run
+    continues exactly; with another number each takes rank 0's (the data order and noise of
+    every global batch stay those of the run) and a note says so.
+    """
     if not state:
         return Progress(), []
     for name, obj in modules.items():
@@ -198,7 +219,15 @@ def resume_point(modules: dict, state: dict | None) -> tuple[Progress, list[torc
                 raise UserError(f"checkpoint has no '{name}' state; it was written by another "
                                 f"kind of run")
             load_state(obj, state[name], name)
-    set_rng_state(state["rng"])
+    saved_world, world = state["processes"], distributed.world_size()
+    if saved_world == world:
+        set_rng_state(state["rng_ranks"][distributed.rank()])
+    else:
+        set_rng_state(state["rng"])
+        if distributed.is_main():
+            print(f"note: the run was trained with {saved_world} process(es) and continues "
+                  f"with {world}; each global batch keeps its images and noise, but dropout "
+                  f"masks (drawn per process) differ from an unbroken run")
     return (Progress(state["epoch"], state["step"], state["images"]),
             list(state.get("frames", [])))
 

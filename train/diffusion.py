@@ -19,6 +19,7 @@ from train.common import (Deadline, LossMeter, Progress, batch_bar, checkpoint_f
                           end_epoch, epoch_range, eval_generator, resume_point, stack_frames,
                           stop_guard)
 from train.lr import LRPlan, PlannedLR
+from utils import distributed
 from utils.data import DataSpec, to_uint8
 from utils.device import autocast
 from utils.plots import save_curves, save_progression
@@ -41,6 +42,12 @@ class DiffusionSetup:
     min_snr_gamma: float | None = None
     label_dropout: float = 0.0
     model_args: dict | None = None  # {"unet": kwargs}
+    ddp: torch.nn.Module | None = None  # the model in DistributedDataParallel under torchrun
+
+    @property
+    def train_net(self) -> torch.nn.Module:
+        """What the training step calls: the DDP wrapper under torchrun, else the model."""
+        return self.ddp if self.ddp is not None else self.model
 
     @property
     def modules(self) -> dict:
@@ -80,29 +87,38 @@ def build_diffusion(model_args: dict, schedule: NoiseSchedule, device: torch.dev
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = PlannedLR(opt, LRPlan(warmup_steps, total_steps, lr_schedule))
     return DiffusionSetup(model, ema, opt, sched, schedule, device, model_args=model_args,
-                          **options)
+                          ddp=distributed.wrap(model, device), **options)
 
 
 def drop_labels(labels: torch.Tensor, rate: float, null_class: int,
                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """Replace each label by the null class with probability `rate` (CFG training)."""
+    """Replace each label by the null class with probability `rate` (CFG training); the draws
+    come from `generator`, or else from the shared global-batch stream."""
     if rate <= 0:
         return labels
-    drop = torch.rand(labels.shape, device=labels.device, generator=generator) < rate
-    return torch.where(drop, torch.full_like(labels, null_class), labels)
+    u = (torch.rand(labels.shape, device=labels.device, generator=generator)
+         if generator is not None
+         else distributed.rand(labels.shape, device=labels.device))
+    return torch.where(u < rate, torch.full_like(labels, null_class), labels)
 
 
-def diffusion_loss(setup: DiffusionSetup, x0: torch.Tensor, labels: torch.Tensor | None = None, *,
-                   net: torch.nn.Module | None = None, generator: torch.Generator | None = None):
-    """Per-sample weighted MSE of `net` (default: the trained model) to the target at random t;
-    returns (loss, per-sample, t). t, eps and label dropout come from `generator` (None: the
-    global RNG)."""
-    net = setup.model if net is None else net
-    t = sample_timesteps(len(x0), setup.schedule.timesteps, x0.device, generator)
-    eps = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+def diffusion_loss(setup: DiffusionSetup, x0: torch.Tensor, labels: torch.Tensor | None = None,
+                   *, net: torch.nn.Module | None = None,
+                   generator: torch.Generator | None = None):
+    """Per-sample weighted MSE of `net` (default: the model being trained) to the target at
+    random t; returns (loss, per-sample, t). t, eps and label dropout come from `generator`
+    (evaluation), else from the global RNG as this rank's slice of a global-batch draw."""
+    net = setup.train_net if net is None else net
+    T = setup.schedule.timesteps
+    if generator is None:
+        t = distributed.randint(T, len(x0), x0.device)
+        eps = distributed.randn(x0.shape, dtype=x0.dtype, device=x0.device)
+    else:
+        t = sample_timesteps(len(x0), T, x0.device, generator)
+        eps = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
     x_t = q_sample(setup.schedule, x0, t, eps)
-    if labels is not None and getattr(net, "num_classes", 0):
-        labels = drop_labels(labels, setup.label_dropout, net.null_class, generator)
+    if labels is not None and setup.model.num_classes:
+        labels = drop_labels(labels, setup.label_dropout, setup.model.null_class, generator)
     else:
         labels = None
     with autocast(setup.device, setup.amp_dtype):

@@ -10,6 +10,7 @@ from models.gan import Discriminator, Generator, discriminator_loss, generator_l
 from train.common import (Deadline, LossMeter, Progress, checkpoint_frame, end_epoch,
                           epoch_batches, epoch_range, eval_generator, resume_point,
                           stack_frames, stop_guard)
+from utils import distributed
 from utils.data import DataSpec, ImageData, to_uint8
 from utils.device import autocast
 from utils.plots import save_curves, save_progression
@@ -31,11 +32,18 @@ class GANSetup:
     amp_dtype: torch.dtype | None = None
     channels_last: bool = False
     model_args: dict | None = None  # {"generator": kwargs, "discriminator": kwargs}
+    g_ddp: torch.nn.Module | None = None  # the networks in DistributedDataParallel (torchrun)
+    d_ddp: torch.nn.Module | None = None
 
     @property
     def modules(self) -> dict:
         return {"generator": self.generator, "discriminator": self.discriminator,
                 "opt_g": self.opt_g, "opt_d": self.opt_d}
+
+    @property
+    def train_nets(self) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """(G, D) as the training step calls them: DDP wrappers under torchrun."""
+        return self.g_ddp or self.generator, self.d_ddp or self.discriminator
 
     def fmt(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -53,22 +61,23 @@ def build_gan(latent_dim: int, image_size: int, channels: int, width: int, lr: f
             "discriminator": dict(image_size=image_size, channels=channels, width=width)}
     return GANSetup(g, d, torch.optim.Adam(g.parameters(), lr, betas=betas),
                     torch.optim.Adam(d.parameters(), lr, betas=betas), device, amp_dtype,
-                    channels_last, args)
+                    channels_last, args, distributed.wrap(g, device), distributed.wrap(d, device))
 
 
 def gan_step(setup: GANSetup, real: torch.Tensor) -> dict[str, torch.Tensor]:
     """One discriminator step then one non-saturating generator step on the same fakes."""
-    z = torch.randn(len(real), setup.generator.latent_dim, device=setup.device)
+    generator, discriminator = setup.train_nets
+    z = distributed.randn((len(real), setup.generator.latent_dim), device=setup.device)
     with autocast(setup.device, setup.amp_dtype):
-        fake = setup.generator(z)
-        real_logits = setup.discriminator(setup.fmt(real))
-        fake_logits = setup.discriminator(fake.detach())
+        fake = generator(z)
+        real_logits = discriminator(setup.fmt(real))
+        fake_logits = discriminator(fake.detach())
         d_loss = discriminator_loss(real_logits, fake_logits)
     setup.opt_d.zero_grad(set_to_none=True)
     d_loss.backward()
     setup.opt_d.step()
     with autocast(setup.device, setup.amp_dtype):
-        g_loss = generator_loss(setup.discriminator(fake))
+        g_loss = generator_loss(discriminator(fake))
     setup.opt_g.zero_grad(set_to_none=True)
     g_loss.backward()
     setup.opt_g.step()

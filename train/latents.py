@@ -9,6 +9,7 @@ from models.autoencoder import Autoencoder
 from models.diffusion import Denoiser
 from models.samplers import classifier_free_guidance, sample
 from models.vae import reparameterize
+from utils import distributed
 from utils.data import ImageData, iterate_batches, to_uint8
 from utils.errors import UserError
 from utils.runs import CHECKPOINT_VERSION, Run, load_checkpoint, save_checkpoint
@@ -56,13 +57,15 @@ def load_cache(run: Run) -> dict:
 
 def latent_batches(cache: dict, scale: float, batch_size: int, device: torch.device
                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch of scaled posterior samples s * (mean + sigma * eps), shuffled, with labels."""
+    """One epoch of scaled posterior samples s * (mean + sigma * eps), shuffled, with labels;
+    batch_size is the global batch (each rank takes its slice under torchrun)."""
     n = len(cache["labels"])
     order = torch.randperm(n)
     for start in range(0, n - n % batch_size if n >= batch_size else n, batch_size):
-        index = order[start:start + batch_size]
+        index = distributed.shard(order[start:start + batch_size])
         mean, logvar = cache["mean"][index].to(device), cache["logvar"][index].to(device)
-        yield scale * reparameterize(mean, logvar), cache["labels"][index].to(device)
+        z = reparameterize(mean, logvar, noise=distributed.randn)
+        yield scale * z, cache["labels"][index].to(device)
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ from models.vae import VAE, AdaptiveBetaScheduler, active_dims, elbo_loss, repar
 from train.common import (Deadline, LossMeter, Progress, checkpoint_frame, end_epoch,
                           epoch_batches, epoch_range, eval_generator, resume_point,
                           stack_frames, stop_guard)
+from utils import distributed
 from utils.data import DataSpec, ImageData, to_uint8
 from utils.device import autocast
 from utils.plots import save_curves, save_progression
@@ -32,6 +33,7 @@ class VAESetup:
     warmup_steps: int = 0  # linear KL ramp length (beta_mode "warmup")
     amp_dtype: torch.dtype | None = None
     model_args: dict | None = None  # {"vae": kwargs}
+    ddp: torch.nn.Module | None = None  # the model in DistributedDataParallel under torchrun
 
     @property
     def modules(self) -> dict:
@@ -56,13 +58,15 @@ def build_vae(model_args: dict, device: torch.device, *, lr: float, beta_mode: s
     scheduler = AdaptiveBetaScheduler(**(scheduler_args or {})) if beta_mode == "adaptive" \
         else None
     return VAESetup(model, torch.optim.Adam(model.parameters(), lr), device, beta_mode, beta,
-                    scheduler, warmup_steps, amp_dtype, {"vae": dict(model_args)})
+                    scheduler, warmup_steps, amp_dtype, {"vae": dict(model_args)},
+                    distributed.wrap(model, device))
 
 
 def vae_step(setup: VAESetup, x: torch.Tensor, beta: float) -> dict[str, torch.Tensor]:
     """One Adam step on sum (x - x_hat)^2 + beta * KL (per image, batch mean)."""
+    net = setup.ddp if setup.ddp is not None else setup.model
     with autocast(setup.device, setup.amp_dtype):
-        x_hat, mu, logvar = setup.model(x)
+        x_hat, mu, logvar = net(x, noise=distributed.randn)
     out = elbo_loss(x, x_hat, mu, logvar, beta)
     setup.opt.zero_grad(set_to_none=True)
     out["loss"].backward()
@@ -148,7 +152,8 @@ def evaluate(setup: VAESetup, meter: LossMeter, kl_dims: torch.Tensor, test_x: t
     return {"step": step, "beta": beta, **{f"train_{k}": v for k, v in train.items()},
             "train_recon_plus_kl": train["recon"] + train["kl"],
             "test_recon_plus_kl": test["recon"] + test["kl"],
-            "train_kl_dims": (kl_dims / max(meter.count, 1)).tolist(),
+            "train_kl_dims": (distributed.all_sum(kl_dims) / distributed.world_size()
+                              / max(meter.count, 1)).tolist(),
             "train_active": train_active, **{f"test_{k}": v for k, v in test.items()}}
 
 

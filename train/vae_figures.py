@@ -1,6 +1,5 @@
 """What a trained beta-VAE shows: reconstructions, prior samples, latent traversals, and which
 latent captures which ground-truth factor (MIG, Chen et al. 2018)."""
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ from train.vae import posterior_means
 from utils.data import ImageData
 from utils.metrics import mutual_information_gap
 from utils.plots import save_grid, save_labelled_grid
+from utils.runs import write_json
 
 MIG_IMAGES = 2000  # held-out images whose posterior means are scored
 
@@ -117,5 +117,5 @@ def write_vae_figures(model: VAE, test: ImageData, kl_dims: list[float], out: Pa
     save_traversal_one_dim(model, x, dim, out / f"traversal_z{dim}.png", n_values,
                            latent_names(report).get(dim, ""))
     report["kl_dims"] = list(kl_dims)
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    write_json(out / "report.json", report)
     return report

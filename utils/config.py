@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Sequence
 
+from utils import distributed
 from utils.errors import UserError
 
 _CONSTANT_LINE = re.compile(r"^([A-Z][A-Z0-9_]*)\s*=\s*(.*?)(?:\s*#\s*(.*))?$")
@@ -156,7 +157,8 @@ def like_default(value: Any, default: Any) -> Any:
 def save_config(config: SimpleNamespace | dict, path: Path) -> None:
     """Write the resolved constants as JSON."""
     data = vars(config) if isinstance(config, SimpleNamespace) else config
-    Path(path).write_text(json.dumps(data, indent=2, default=str) + "\n")
+    if distributed.is_main():
+        Path(path).write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
 def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:

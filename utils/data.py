@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from utils import distributed
 from utils.errors import UserError
 from utils.shapes import SHAPE_NAMES, make_shapes
 
@@ -219,27 +220,39 @@ def load_dataset(name: str = "shapes", split: str = "train", image_size: int = 3
 
 def iterate_batches(data: ImageData, batch_size: int, device: torch.device, *,
                     shuffle: bool = True, flip: bool = False, drop_last: bool = True,
-                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                    shard: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (images in [-1, 1] on device, labels) batches; order from torch's global RNG.
 
-    In-memory data is indexed where it lives (call data.to(device) once to keep it on a GPU).
+    With shard (training), batch_size is the global batch: under torchrun each rank takes its
+    slice of every batch of one permutation, so a step sees the images of a single-process
+    step. In-memory data is indexed where it lives (data.to(device) keeps it on a GPU).
     """
     if data.images is None:
-        yield from _stream_batches(data, batch_size, device, shuffle, flip, drop_last)
+        yield from _stream_batches(data, batch_size, device, shuffle, flip, drop_last, shard)
         return
     n = len(data)
     order = torch.randperm(n) if shuffle else torch.arange(n)
     stop = n - n % batch_size if drop_last and n >= batch_size else n
     for start in range(0, stop, batch_size):
-        index = order[start:start + batch_size].to(data.images.device)
+        index = order[start:start + batch_size]
+        index = (distributed.shard(index) if shard else index).to(data.images.device)
         x = _flip(to_float(data.images[index].to(device)), flip)
         yield x, data.labels[index].to(device)
 
 
-def _stream_batches(data, batch_size, device, shuffle, flip, drop_last):
-    """Batches from disk through worker processes; pinned memory only on CUDA."""
+def _stream_batches(data, batch_size, device, shuffle, flip, drop_last, shard):
+    """Batches from disk through worker processes; pinned memory only on CUDA. Under torchrun
+    a DistributedSampler gives each rank its share (reshuffled per epoch by set_epoch)."""
+    sampler = None
+    if shard and distributed.is_distributed():
+        sampler = torch.utils.data.DistributedSampler(
+            data.stream, shuffle=shuffle, drop_last=drop_last,
+            seed=int(torch.randint(0, 2 ** 31 - 1, ()).item()))  # from the shared RNG
+        shuffle = False
     loader = torch.utils.data.DataLoader(
-        data.stream, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=2,
+        data.stream, batch_size=distributed.local_batch(batch_size) if shard else batch_size,
+        shuffle=shuffle,
+        sampler=sampler, drop_last=drop_last, num_workers=2,
         pin_memory=device.type == "cuda", persistent_workers=False)
     for x, y in loader:
         yield _flip(to_float(x.to(device, non_blocking=True)), flip), y.to(device)
@@ -249,7 +262,8 @@ def _flip(x: torch.Tensor, flip: bool) -> torch.Tensor:
     """Random horizontal flip of half the batch (augmentation, off by default)."""
     if not flip:
         return x
-    return torch.where(torch.rand(len(x), 1, 1, 1, device=x.device) < 0.5, x.flip(-1), x)
+    return torch.where(distributed.rand((len(x), 1, 1, 1), device=x.device) < 0.5,
+                       x.flip(-1), x)
 
 
 def batches_per_epoch(data: ImageData, batch_size: int, drop_last: bool = True) -> int:

@@ -17,8 +17,11 @@ class Interrupted(UserError):
 
 def run_cli(main: Callable[[], object]) -> None:
     """Call a run script's main(); a UserError becomes one line on stderr and exit status 2."""
+    from utils import distributed
     try:
         main()
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(INTERRUPTED_STATUS if isinstance(err, Interrupted) else 2)
+    finally:
+        distributed.shutdown()

@@ -11,6 +11,7 @@ import torch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
+from utils import distributed  # noqa: E402
 from utils.data import to_uint8  # noqa: E402
 
 MAX_COLUMNS = 12  # progression figures show at most this many epochs, evenly spaced
@@ -28,9 +29,11 @@ def grid_array(images: torch.Tensor, nrow: int, padding: int = 2) -> np.ndarray:
 
 
 def _save(fig, path: Path) -> Path:
+    """Save and close a figure (under torchrun rank 0 alone writes)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    if distributed.is_main():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from utils import distributed
 from utils.errors import UserError
 
 CHECKPOINT = "latest.pt"
@@ -41,6 +42,11 @@ class Run:
 def _folders(save_root: str | Path, family: str) -> tuple[Path, Path]:
     root = Path(save_root)
     return root / "saved_plots" / family, root / "saved_models" / family
+
+
+def run_named(save_root, family: str, name: str) -> Run:
+    """The Run of a family's run folder called `name`."""
+    return _run(save_root, family, name)
 
 
 def _run(save_root, family: str, name: str) -> Run:
@@ -96,7 +102,11 @@ def find_run(save_root: str | Path, family: str, which: str = "latest",
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
-    """Write state to a temporary file in the same folder, then rename it over path."""
+    """Write state to a temporary file in the same folder, then rename it over path. Under
+    torchrun only rank 0 writes; the others wait until it has."""
+    if not distributed.is_main():
+        distributed.barrier()
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
@@ -108,6 +118,13 @@ def save_checkpoint(state: dict, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    distributed.barrier()
+
+
+def write_json(path: Path, obj) -> None:
+    """A JSON file of the run (rank 0 only under torchrun)."""
+    if distributed.is_main():
+        Path(path).write_text(json.dumps(obj, indent=2))
 
 
 def load_checkpoint(path: Path, kind: str | None = None, map_location: Any = "cpu") -> dict:
@@ -156,13 +173,16 @@ class MetricsLog:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
     def append(self, record: dict) -> None:
+        if not distributed.is_main():
+            return
         with self.path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
 
     def truncate(self, epochs_done: int) -> None:
         """Drop records past the checkpoint being resumed, so a resumed run logs each epoch once."""
         keep = [r for r in self.read() if r.get("epoch", 0) <= epochs_done]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        if distributed.is_main():
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
 
 
 def find_resume(save_root, family: str, which: str) -> tuple[Run, dict]:

@@ -1,25 +1,35 @@
 """The first lines of every run script: seed, device, precision, datasets, run folder."""
+import os
+import sys
 from types import SimpleNamespace
 from typing import Sequence
 
 import torch
 
+from utils import distributed
 from utils.config import given_constants, like_default, save_config
 from utils.data import DataSpec, ImageData, load_dataset
-from utils.device import resolve_device, resolve_precision, seed_everything
+from utils.device import resolve_precision, seed_everything
 from utils.errors import UserError
-from utils.runs import Run, find_resume, new_run
+from utils.runs import Run, find_resume, new_run, run_named
 
 
 def seed_and_device(const: SimpleNamespace) -> tuple[torch.device, torch.dtype | None]:
-    """Seed every RNG, pick the device and autocast dtype, and say what was chosen."""
+    """Join torchrun's processes if started by it, seed every RNG (the same SEED on every rank),
+    pick the device and autocast dtype, and say what was chosen (rank 0 alone prints)."""
     if getattr(const, "EPOCHS", 0) < 0:
         raise UserError(f"EPOCHS must be >= 0, got {const.EPOCHS}")
+    device = distributed.init(const.DEVICE)
+    if hasattr(const, "BATCH_SIZE"):
+        distributed.local_batch(const.BATCH_SIZE)  # a global batch that does not divide: stop
+    if not distributed.is_main():
+        sys.stdout = open(os.devnull, "w")  # one copy of every message, from rank 0
     seed_everything(const.SEED)
-    device = resolve_device(const.DEVICE)
     amp_dtype = resolve_precision(const.PRECISION, device)
+    processes = (f", {distributed.world_size()} processes (global batch "
+                 f"{const.BATCH_SIZE})" if distributed.is_distributed() else "")
     print(f"device {device}, precision {'bf16 autocast' if amp_dtype else 'fp32'}, "
-          f"{torch.get_num_threads()} CPU threads")
+          f"{torch.get_num_threads()} CPU threads{processes}")
     return device, amp_dtype
 
 
@@ -78,11 +88,15 @@ def resume_run(const: SimpleNamespace, family: str, argv: Sequence[str] | None =
 def open_run(const: SimpleNamespace, family: str, tag: str, resumed: Run | None = None,
              dataset: str | None = None) -> Run:
     """The resumed run with its config.json brought up to date, or a new numbered run folder
-    named after `dataset` (default DATASET) with the constants saved as config.json."""
+    named after `dataset` (default DATASET) with the constants saved as config.json. Under
+    torchrun rank 0 creates it and every rank gets its name."""
     if resumed is not None:
         save_config(const, resumed.plots / "config.json")
         return resumed
-    run = new_run(const.SAVE_ROOT, family, dataset or const.DATASET, tag)
-    save_config(const, run.plots / "config.json")
-    print(f"run {run.name}: figures in {run.plots}, weights in {run.models}")
-    return run
+    name = None
+    if distributed.is_main():
+        run = new_run(const.SAVE_ROOT, family, dataset or const.DATASET, tag)
+        save_config(const, run.plots / "config.json")
+        print(f"run {run.name}: figures in {run.plots}, weights in {run.models}")
+        name = run.name
+    return run_named(const.SAVE_ROOT, family, distributed.broadcast_object(name))

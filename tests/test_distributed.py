@@ -1,0 +1,139 @@
+"""Data-parallel training: 2 CPU processes (gloo), started here with torchrun's environment.
+
+Two processes with global batch B compute what one process computes with batch B (their share
+of every random draw is a slice of the global one, BatchNorm uses the global batch, DDP
+averages the gradients), so the weights agree to fp32 all-reduce rounding; a 2-process run
+resumes exactly; only rank 0 writes files; a rank that fails stops the other at once.
+"""
+import os
+import socket
+import sys
+import time
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from utils.runs import find_run, load_checkpoint
+
+DIFFUSION = ["--IMAGE_SIZE=8", "--N_TRAIN=64", "--BASE=8", "--CHANNEL_MULT=(1, 2)",
+             "--BLOCKS=1", "--ATTENTION=()", "--BATCH_SIZE=16", "--SAMPLE_STEPS=2",
+             "--PROGRESSION_ROWS=2", "--WARMUP_STEPS=2", "--PRECISION=fp32", "--TIMESTEPS=20",
+             "--DROPOUT=0.0", "--LR_SCHEDULE=cosine", "--DEVICE=cpu"]
+GAN = ["--IMAGE_SIZE=8", "--N_TRAIN=64", "--WIDTH=4", "--LATENT_DIM=8", "--BATCH_SIZE=16",
+       "--N_FIXED=4", "--PROGRESSION_ROWS=2", "--PRECISION=fp32", "--DEVICE=cpu",
+       "--CHANNELS_LAST=False"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, script: str, argv: list, fail_rank: int,
+            written: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
+                      RANK=str(rank), LOCAL_RANK=str(rank), TQDM_DISABLE="1")
+    torch.set_num_threads(1)
+    root = next(a.split("=", 1)[1] for a in argv if a.startswith("--SAVE_ROOT="))
+    opened = []
+
+    def audit(event, args):  # every file this process opens for writing under the run root
+        if event != "open" or not isinstance(args[0], (str, os.PathLike)):
+            return
+        path = os.fspath(args[0])
+        mode = args[1] if len(args) > 1 and isinstance(args[1], str) else ""
+        flags = args[2] if len(args) > 2 and isinstance(args[2], int) else 0
+        if path.startswith(root) and (any(m in mode for m in "wax")
+                                      or flags & (os.O_WRONLY | os.O_RDWR)):
+            opened.append(path)
+    sys.addaudithook(audit)
+    if rank == fail_rank:
+        import train.diffusion as loop
+        real_step = loop.diffusion_step
+
+        def failing(setup, x0, labels=None):
+            if setup.opt.state and next(iter(setup.opt.state.values()))["step"] >= 2:
+                raise RuntimeError("this rank fails")
+            return real_step(setup, x0, labels)
+        loop.diffusion_step = failing
+    import importlib
+    from utils.errors import run_cli
+    sys.argv = [script, *argv]
+    try:
+        run_cli(importlib.import_module(script).main)
+    finally:
+        written[rank] = opened
+
+
+def _spawn(script: str, argv: list, world: int = 2, fail_rank: int = -1) -> dict:
+    """Run `script` in `world` processes; returns the files each rank opened for writing."""
+    written = mp.Manager().dict()
+    mp.start_processes(_worker, args=(world, _free_port(), script, argv, fail_rank, written),
+                       nprocs=world, start_method="spawn")
+    return dict(written)
+
+
+def _weights(root, family: str, *keys: str) -> dict:
+    state = load_checkpoint(find_run(root, family).checkpoint)
+    return {(k, name): v for k in keys for name, v in state[k].items()}, state
+
+
+@pytest.mark.parametrize("script, family, args, keys", [
+    ("Diffusion_run_scripts.DiffusionMain", "diffusion", DIFFUSION, ("model", "ema")),
+    ("GAN_run_scripts.ganmain", "gan", GAN, ("generator", "discriminator"))])
+def test_two_processes_compute_what_one_computes(tmp_path, script, family, args, keys):
+    import importlib
+    one, two = tmp_path / "one", tmp_path / "two"
+    importlib.import_module(script).main([*args, f"--SAVE_ROOT={one}", "--EPOCHS=2"])
+    written = _spawn(script, [*args, f"--SAVE_ROOT={two}", "--EPOCHS=2"])
+    a, state_a = _weights(one, family, *keys)
+    b, state_b = _weights(two, family, *keys)
+    assert state_b["processes"] == 2 and state_a["step"] == state_b["step"] == 8
+    assert state_a["images"] == state_b["images"] == 2 * 64
+    for key in a:
+        if a[key].is_floating_point():
+            assert torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-5), key
+    assert written[1] == [] and any(p.endswith(".png") for p in written[0])  # rank 0 alone
+
+
+def test_two_process_run_resumes_exactly(tmp_path):
+    script = "Diffusion_run_scripts.DiffusionMain"
+    args = [*DIFFUSION, "--LR_SCHEDULE=constant"]  # a plan that does not depend on EPOCHS
+    straight, split = f"--SAVE_ROOT={tmp_path / 'a'}", f"--SAVE_ROOT={tmp_path / 'b'}"
+    _spawn(script, [*args, straight, "--EPOCHS=2"])
+    _spawn(script, [*args, split, "--EPOCHS=1"])
+    _spawn(script, [split, "--RESUME=latest", "--EPOCHS=2"])
+    a, state_a = _weights(tmp_path / "a", "diffusion", "model", "ema")
+    b, state_b = _weights(tmp_path / "b", "diffusion", "model", "ema")
+    assert state_a["step"] == state_b["step"] and state_b["processes"] == 2
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert torch.equal(state_a["frames"], state_b["frames"])
+
+
+def test_resuming_with_another_number_of_processes_says_so(tmp_path, capsys):
+    import Diffusion_run_scripts.DiffusionMain as script
+    args = [*DIFFUSION, f"--SAVE_ROOT={tmp_path}"]
+    _spawn("Diffusion_run_scripts.DiffusionMain", [*args, "--EPOCHS=1"])
+    script.main([f"--SAVE_ROOT={tmp_path}", "--RESUME=latest", "--EPOCHS=2"])
+    assert "trained with 2 process(es) and continues with 1" in capsys.readouterr().out
+    state = load_checkpoint(find_run(tmp_path, "diffusion").checkpoint)
+    assert (state["epoch"], state["processes"], state["images"]) == (2, 1, 2 * 64)
+
+
+def test_a_failing_rank_stops_the_other_within_seconds(tmp_path):
+    started = time.monotonic()
+    with pytest.raises(Exception, match="this rank fails"):
+        _spawn("Diffusion_run_scripts.DiffusionMain",
+               [*DIFFUSION, f"--SAVE_ROOT={tmp_path}", "--EPOCHS=50"], fail_rank=1)
+    assert time.monotonic() - started < 60
+
+
+def test_a_global_batch_that_does_not_divide_is_refused(tmp_path):
+    with pytest.raises(mp.ProcessExitedException) as failed:
+        _spawn("GAN_run_scripts.ganmain", [*GAN, f"--SAVE_ROOT={tmp_path}",
+                                           "--BATCH_SIZE=15"])
+    assert failed.value.exit_code == 2  # the one-line UserError of run_cli
+    assert not (tmp_path / "saved_plots").exists()
