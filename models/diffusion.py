@@ -10,7 +10,9 @@ from typing import Callable
 
 import torch
 
-PREDICTION_TYPES = ("epsilon", "x0", "v")
+from models.flow import FlowSchedule, flow_to_x0_eps, grid_values, velocity_target
+
+PREDICTION_TYPES = ("epsilon", "x0", "v", "flow")  # flow: the rectified-flow velocity
 
 
 class NoiseSchedule:
@@ -27,6 +29,16 @@ class NoiseSchedule:
         # Posterior q(x_{t-1} | x_t, x0) variance, beta-tilde (Ho et al. 2020, eq. 7)
         self.posterior_variance = (self.betas * (1 - self.alphas_cumprod_prev)
                                    / (1 - self.alphas_cumprod))
+
+    def coefficients(self, t, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(alpha, sigma) = (sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t)) at index t, so that
+        x_t = alpha x0 + sigma eps."""
+        abar = _at(self.alphas_cumprod, t, like)
+        return abar.sqrt(), (1 - abar).sqrt()
+
+    def net_time(self, t: torch.Tensor) -> torch.Tensor:
+        """What the network is told at index t: t itself."""
+        return t
 
     def log_snr(self) -> torch.Tensor:
         """log(alpha_bar / (1 - alpha_bar)) per timestep."""
@@ -61,12 +73,7 @@ def make_betas(kind: str, timesteps: int) -> torch.Tensor:
     raise ValueError(f"unknown schedule {kind!r}; use 'linear' or 'cosine'")
 
 
-def _at(values: torch.Tensor, t, like: torch.Tensor) -> torch.Tensor:
-    """values[t] shaped to broadcast against `like` (B, ...), in like's dtype and on its device
-    (indexed there, so a device t costs no host sync)."""
-    t = torch.as_tensor(t, device=like.device).long()
-    out = values.to(device=like.device, dtype=like.dtype)[t]
-    return out.reshape(-1, *([1] * (like.dim() - 1))) if out.dim() else out
+_at = grid_values  # values[t] shaped like a batch, indexed on the tensor's device
 
 
 def sample_timesteps(batch: int, timesteps: int, device,
@@ -75,10 +82,11 @@ def sample_timesteps(batch: int, timesteps: int, device,
     return torch.randint(0, timesteps, (batch,), device=device, generator=generator)
 
 
-def q_sample(schedule: NoiseSchedule, x0: torch.Tensor, t, noise: torch.Tensor) -> torch.Tensor:
-    """x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps (Ho et al. 2020, eq. 4)."""
-    abar = _at(schedule.alphas_cumprod, t, x0)
-    return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+def q_sample(schedule, x0: torch.Tensor, t, noise: torch.Tensor) -> torch.Tensor:
+    """x_t = alpha_t x0 + sigma_t eps at index t: sqrt(alpha_bar_t) and sqrt(1 - alpha_bar_t) for
+    a noise schedule (Ho et al. 2020, eq. 4), 1 - t and t on the flow path."""
+    alpha, sigma = schedule.coefficients(t, x0)
+    return alpha * x0 + sigma * noise
 
 
 def eps_to_x0(schedule, x_t, t, eps):
@@ -115,6 +123,8 @@ def training_target(schedule, x0, t, eps, prediction_type: str) -> torch.Tensor:
         return x0
     if prediction_type == "v":
         return v_target(schedule, x0, t, eps)
+    if prediction_type == "flow":
+        return velocity_target(x0, eps)
     raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
 
 
@@ -130,6 +140,8 @@ def predict_x0_eps(schedule, model_output, t, x_t, prediction_type: str, clip_x0
     elif prediction_type == "v":
         x0 = v_to_x0(schedule, x_t, t, model_output)
         eps = v_to_eps(schedule, x_t, t, model_output)
+    elif prediction_type == "flow":
+        return flow_to_x0_eps(schedule, model_output, t, x_t, clip_x0)
     else:
         raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}")
     if clip_x0:
@@ -162,7 +174,7 @@ class Denoiser:
     recomputes eps from it.
     """
     net: NetFn
-    schedule: NoiseSchedule
+    schedule: NoiseSchedule | FlowSchedule
     prediction_type: str = "epsilon"
     clip_x0: bool = False
 
@@ -171,7 +183,7 @@ class Denoiser:
         t = torch.as_tensor(t, device=x_t.device).long()
         if t.dim() == 0:
             t = t.expand(len(x_t))
-        out = self.net(x_t, t, labels).to(x_t.dtype)
+        out = self.net(x_t, self.schedule.net_time(t), labels).to(x_t.dtype)
         return predict_x0_eps(self.schedule, out, t, x_t, self.prediction_type, self.clip_x0)
 
 

@@ -2,8 +2,18 @@
 denoiser in tests. Any number of steps, any start t (to denoise a noised real image), optional
 snapshots of x_t and the predicted x0 (for reverse-diffusion strips), classifier-free guidance.
 
+    ddpm     ancestral sampling (noise schedules only)
+    ddim     deterministic first-order steps x' = alpha' x0 + sigma' eps (eta > 0: stochastic);
+             the same step is Euler's method in sigma space, and on the flow path Euler in t
+    euler    the name of that step for flow models (identical to ddim)
+    heun     Heun's second-order method on the probability-flow ODE (Karras et al. 2022,
+             algorithm 1): in sigma space for noise schedules, in t for the flow path
+    dpmpp2m  DPM-Solver++(2M) (Lu et al. 2022, algorithm 2), second-order multistep in
+             log-SNR, noise schedules only
+
 Every sampler returns a `Sampled`: the samples and the snapshots (empty unless asked for).
 """
+import math
 from dataclasses import replace
 from typing import Callable, NamedTuple
 
@@ -56,12 +66,23 @@ def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
+def _flow(denoiser: Denoiser) -> bool:
+    return denoiser.schedule.kind == "flow"
+
+
+def _require_noise_schedule(denoiser: Denoiser, name: str) -> None:
+    if _flow(denoiser):
+        raise ValueError(f"the {name} sampler needs a noise schedule; flow models use ddim "
+                         f"(Euler) or heun")
+
+
 @torch.no_grad()
 def ddpm_sample(denoiser: Denoiser, x_t: torch.Tensor, *, steps: int | None = None,
                 start_t: int | None = None, labels=None, snapshots: int = 0,
                 generator: torch.Generator | None = None) -> Sampled:
     """Ancestral sampling over all T steps or an evenly strided subset of them, on the respaced
     schedule that keeps alpha_bar at the visited steps (Nichol & Dhariwal 2021, section 4)."""
+    _require_noise_schedule(denoiser, "ddpm")
     schedule = denoiser.schedule
     ts = timestep_subset(schedule.timesteps, steps or schedule.timesteps, start_t)
     respaced = schedule.respace(torch.tensor(ts[::-1]))  # index k <-> original step ts[-1-k]
@@ -75,28 +96,114 @@ def ddpm_sample(denoiser: Denoiser, x_t: torch.Tensor, *, steps: int | None = No
     return Sampled(x_t, frames)
 
 
+def _coefficients(denoiser: Denoiser, t: int) -> tuple[float, float]:
+    """(alpha, sigma) at grid index t as floats; index -1 is the clean end (1, 0)."""
+    if t < 0:
+        return 1.0, 0.0
+    one = torch.zeros((), dtype=torch.float64)
+    alpha, sigma = denoiser.schedule.coefficients(t, one)
+    return float(alpha), float(sigma)
+
+
 @torch.no_grad()
 def ddim_sample(denoiser: Denoiser, x_t: torch.Tensor, *, steps: int = 50, eta: float = 0.0,
                 start_t: int | None = None, labels=None, snapshots: int = 0,
                 generator: torch.Generator | None = None) -> Sampled:
-    """DDIM (Song et al. 2021) with any number of steps and eta; the last step lands on x0."""
+    """DDIM (Song et al. 2021) with any number of steps and eta; the last step lands on x0. On
+    the flow path (eta 0) it is Euler's method in t."""
+    if eta > 0 and _flow(denoiser):
+        raise ValueError("flow models sample deterministically (eta must be 0)")
     ts = timestep_subset(denoiser.schedule.timesteps, steps, start_t)
     record, frames = _snapshot_steps(ts, snapshots), []
     for t, t_prev in zip(ts, ts[1:] + [-1]):
         x0, eps = denoiser(x_t, t, labels)
         if t in record:
             frames.append((t, x_t.clone(), x0))
-        noise = _noise(x_t, generator) if eta > 0 and t_prev >= 0 else None
-        x_t = ddim_step(denoiser.schedule, x0, eps, t, t_prev, x_t, eta, noise)
+        if _flow(denoiser):
+            alpha, sigma = _coefficients(denoiser, t_prev)
+            x_t = alpha * x0 + sigma * eps
+        else:
+            noise = _noise(x_t, generator) if eta > 0 and t_prev >= 0 else None
+            x_t = ddim_step(denoiser.schedule, x0, eps, t, t_prev, x_t, eta, noise)
     return Sampled(x_t, frames)
 
 
-SAMPLERS: dict[str, Callable[..., Sampled]] = {"ddpm": ddpm_sample, "ddim": ddim_sample}
+@torch.no_grad()
+def heun_sample(denoiser: Denoiser, x_t: torch.Tensor, *, steps: int = 20,
+                start_t: int | None = None, labels=None, snapshots: int = 0,
+                generator: torch.Generator | None = None) -> Sampled:
+    """Heun's method (Karras et al. 2022, algorithm 1) on the probability-flow ODE, `steps`
+    intervals of the same grid as DDIM (2 * steps - 1 network evaluations).
+
+    Noise schedules: state y = x / alpha, time tau = sigma / alpha, dy/dtau = eps. Flow path:
+    y = x, tau = t, dy/dtau = eps - x0. The last interval, to the clean end, is an Euler step.
+    """
+    ts = timestep_subset(denoiser.schedule.timesteps, steps, start_t)
+    record, frames = _snapshot_steps(ts, snapshots), []
+    flow = _flow(denoiser)
+
+    def ode(t: int) -> tuple[float, float]:  # (scale y -> x, tau) at grid index t
+        alpha, sigma = _coefficients(denoiser, t)
+        return (1.0, sigma) if flow else (alpha, sigma / alpha)
+
+    def slope(x0, eps):
+        return eps - x0 if flow else eps
+
+    for t, t_prev in zip(ts, ts[1:] + [-1]):
+        x0, eps = denoiser(x_t, t, labels)
+        if t in record:
+            frames.append((t, x_t.clone(), x0))
+        (scale, tau), (scale_prev, tau_prev) = ode(t), ode(t_prev)
+        y, d = x_t / scale, slope(x0, eps)
+        y_prev = y + (tau_prev - tau) * d
+        if t_prev >= 0:  # the trapezoidal correction with the slope at the Euler point
+            x0_e, eps_e = denoiser(scale_prev * y_prev, t_prev, labels)
+            y_prev = y + (tau_prev - tau) * 0.5 * (d + slope(x0_e, eps_e))
+        x_t = scale_prev * y_prev
+    return Sampled(x_t, frames)
+
+
+@torch.no_grad()
+def dpmpp_2m_sample(denoiser: Denoiser, x_t: torch.Tensor, *, steps: int = 20,
+                    start_t: int | None = None, labels=None, snapshots: int = 0,
+                    generator: torch.Generator | None = None) -> Sampled:
+    """DPM-Solver++(2M) (Lu et al. 2022, algorithm 2): with lambda = log(alpha / sigma) and
+    h_i = lambda_i - lambda_{i-1},
+        x_i = (sigma_i / sigma_{i-1}) x_{i-1} - alpha_i (e^{-h_i} - 1) D_i,
+        D_i = (1 + 1 / (2 r_i)) x0_{i-1} - x0_{i-2} / (2 r_i),  r_i = h_{i-1} / h_i;
+    the first step (D = x0, which is DDIM) and the last (to sigma = 0, x = x0) are first order."""
+    _require_noise_schedule(denoiser, "dpmpp2m")
+    ts = timestep_subset(denoiser.schedule.timesteps, steps, start_t)
+    record, frames = _snapshot_steps(ts, snapshots), []
+    x0_before, h_before = None, None
+    for t, t_prev in zip(ts, ts[1:] + [-1]):
+        x0, _ = denoiser(x_t, t, labels)
+        if t in record:
+            frames.append((t, x_t.clone(), x0))
+        if t_prev < 0:
+            x_t = x0
+            break
+        (alpha, sigma), (alpha_n, sigma_n) = _coefficients(denoiser, t), _coefficients(denoiser,
+                                                                                       t_prev)
+        h = math.log(alpha_n / sigma_n) - math.log(alpha / sigma)
+        d = x0
+        if x0_before is not None:
+            r = h_before / h
+            d = (1 + 1 / (2 * r)) * x0 - x0_before / (2 * r)
+        x_t = (sigma_n / sigma) * x_t - alpha_n * math.expm1(-h) * d
+        x0_before, h_before = x0, h
+    return Sampled(x_t, frames)
+
+
+SAMPLERS: dict[str, Callable[..., Sampled]] = {
+    "ddpm": ddpm_sample, "ddim": ddim_sample, "euler": ddim_sample, "heun": heun_sample,
+    "dpmpp2m": dpmpp_2m_sample}
+FLOW_SAMPLERS = ("ddim", "euler", "heun")  # the ones defined on the flow path
 
 
 def sample(denoiser: Denoiser, x_t: torch.Tensor, sampler: str = "ddim", steps: int = 50,
            eta: float = 0.0, **kwargs) -> Sampled:
-    """Run the sampler named `sampler` (ddpm or ddim) from x_t for `steps` steps."""
+    """Run the sampler named `sampler` from x_t for `steps` steps."""
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     if sampler == "ddim":

@@ -26,7 +26,7 @@ def test_strip_timesteps_and_stride():
     assert steps_from(999, 1000, 50) == 50 and steps_from(0, 1000, 50) == 1
     assert steps_from(499, 1000, 50) == 25
     assert parse_sampler("ddpm-1000") == ("ddpm", 1000)
-    for bad in ("ddim", "ddim-0", "euler-10", "ddim-x"):
+    for bad in ("ddim", "ddim-0", "plms-10", "ddim-x"):
         with pytest.raises(UserError):
             parse_sampler(bad)
 

@@ -1,0 +1,140 @@
+"""The fast samplers and flow matching against closed forms.
+
+For data N(MU, STD^2) the probability-flow ODE is solved exactly: in a noise schedule's sigma
+space (x~ = x / alpha, s = sigma / alpha) x~(s) = MU + (x~_T - MU) sqrt(STD^2 + s^2) /
+sqrt(STD^2 + s_T^2); on the flow path x_t = (1 - t) MU + sqrt((1 - t)^2 STD^2 + t^2) x_1. So a
+deterministic sampler driven by the exact denoiser must approach that endpoint, with an error
+that halves (first order) or quarters (second order) when the steps double.
+"""
+import math
+
+import pytest
+import torch
+
+from models.diffusion import (Denoiser, NoiseSchedule, predict_x0_eps, q_sample,
+                              training_target)
+from models.flow import FlowSchedule, flow_to_x0_eps, interpolate, velocity_target
+from models.samplers import classifier_free_guidance, sample
+
+MU, STD = 0.4, 0.5
+X_T = torch.linspace(-3, 3, 61, dtype=torch.float64)  # deterministic starting points
+
+
+def vp_oracle(schedule: NoiseSchedule) -> Denoiser:
+    """E[eps | x_t] for Gaussian data, as an epsilon-prediction network."""
+    def net(x, t, labels):
+        a = schedule.alphas_cumprod[t].to(x.dtype).view(-1, *[1] * (x.dim() - 1))
+        return (1 - a).sqrt() * (x - a.sqrt() * MU) / (a * STD ** 2 + 1 - a)
+    return Denoiser(net, schedule, "epsilon")
+
+
+def flow_oracle(schedule: FlowSchedule) -> Denoiser:
+    """E[eps - x0 | x_t] for Gaussian data on the path x_t = (1 - t) x0 + t eps."""
+    def net(x, net_time, labels):
+        t = (net_time.to(x.dtype) / schedule.timesteps).view(-1, *[1] * (x.dim() - 1))
+        var = (1 - t) ** 2 * STD ** 2 + t ** 2
+        x0 = MU + (1 - t) * STD ** 2 / var * (x - (1 - t) * MU)
+        eps = t / var * (x - (1 - t) * MU)
+        return eps - x0
+    return Denoiser(net, schedule, "flow")
+
+
+def vp_exact(schedule: NoiseSchedule, x_T: torch.Tensor) -> torch.Tensor:
+    a = schedule.alphas_cumprod[-1].item()
+    return MU + (x_T / math.sqrt(a) - MU) * STD / math.sqrt(STD ** 2 + (1 - a) / a)
+
+
+def errors(denoiser: Denoiser, exact: torch.Tensor, sampler: str, steps: list[int]):
+    return [(sample(denoiser, X_T.clone(), sampler, n).x - exact).abs().max().item()
+            for n in steps]
+
+
+@pytest.mark.parametrize("sampler, order, steps", [("ddim", 1, [20, 40]), ("heun", 2, [20, 40]),
+                                                   ("dpmpp2m", 2, [40, 80])])
+def test_noise_schedule_samplers_converge_at_their_order(sampler, order, steps):
+    schedule = NoiseSchedule("linear", 1000)
+    coarse, fine = errors(vp_oracle(schedule), vp_exact(schedule, X_T), sampler, steps)
+    assert fine < coarse
+    assert coarse / fine == pytest.approx(2 ** order, rel=0.2)
+
+
+@pytest.mark.parametrize("sampler, order", [("euler", 1), ("heun", 2)])
+def test_flow_samplers_converge_to_the_exact_transport_at_their_order(sampler, order):
+    coarse, fine = errors(flow_oracle(FlowSchedule(1000)), MU + STD * X_T, sampler, [20, 40])
+    assert coarse / fine == pytest.approx(2 ** order, rel=0.2)
+    assert fine < (0.06 if order == 1 else 0.001)
+
+
+@pytest.mark.parametrize("sampler, steps", [("heun", 40), ("dpmpp2m", 80)])
+def test_fast_samplers_reach_the_odes_closed_form_moments(sampler, steps):
+    """x_T ~ N(0, 1): the exact ODE output is Gaussian with the moments below. (On the cosine
+    schedule, whose last sigma / alpha is in the thousands, Heun's first interval is far too
+    long for its trapezoid at few steps; the index grid is the same as DDIM's.)"""
+    torch.manual_seed(0)
+    n, schedule = 20000, NoiseSchedule("linear", 1000)
+    a = schedule.alphas_cumprod[-1].item()
+    shrink = STD / math.sqrt(STD ** 2 + (1 - a) / a)
+    mean, std = MU * (1 - shrink), shrink / math.sqrt(a)
+    x = sample(vp_oracle(schedule), torch.randn(n, dtype=torch.float64), sampler, steps).x
+    assert abs(x.mean().item() - mean) < 4 * std / math.sqrt(n) + 0.005
+    assert abs(x.std().item() - std) < 4 * std / math.sqrt(2 * n) + 0.015
+    assert abs(std - STD) < 0.01  # which is (nearly) the data distribution
+
+
+def test_flow_interpolant_target_and_conversions():
+    torch.manual_seed(0)
+    flow = FlowSchedule(100)
+    x0, eps = torch.randn(6, 3, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64)
+    k = torch.tensor([0, 9, 49, 50, 98, 99])
+    t = (k + 1).double() / 100
+    x_t = q_sample(flow, x0, k, eps)
+    assert torch.allclose(x_t, (1 - t[:, None]) * x0 + t[:, None] * eps, atol=1e-12)
+    assert torch.allclose(interpolate(x0, t, eps), x_t, atol=1e-12)
+    assert torch.equal(q_sample(flow, x0, 99, eps), eps)  # t = 1 is pure noise
+    v = training_target(flow, x0, k, eps, "flow")
+    assert torch.equal(v, velocity_target(x0, eps)) and torch.equal(v, eps - x0)
+    x0_hat, eps_hat = predict_x0_eps(flow, v, k, x_t, "flow")
+    assert torch.allclose(x0_hat, x0, atol=1e-12) and torch.allclose(eps_hat, eps, atol=1e-12)
+    clipped, eps_c = flow_to_x0_eps(flow, v, k, x_t, clip_x0=True)
+    assert clipped.abs().max() <= 1
+    assert torch.allclose(interpolate(clipped, t, eps_c), x_t, atol=1e-12)  # still on the path
+
+
+def test_logit_normal_training_times():
+    torch.manual_seed(0)
+    t = FlowSchedule(logit_mean=0.5, logit_std=1.5).sample_times(50000, "cpu")
+    assert 0 < t.min() and t.max() < 1
+    logit = torch.log(t / (1 - t))
+    assert logit.mean().item() == pytest.approx(0.5, abs=0.03)
+    assert logit.std().item() == pytest.approx(1.5, rel=0.02)
+    with pytest.raises(ValueError):
+        FlowSchedule(logit_std=0)
+
+
+def test_classifier_free_guidance_of_a_flow_model():
+    flow = FlowSchedule(50)
+
+    def net(x, t, labels):
+        return 0.3 * x + labels.to(x.dtype)[:, None]
+    x, t, y = torch.randn(3, 2, dtype=torch.float64), torch.tensor([3, 20, 49]), torch.tensor(
+        [1, 2, 3])
+    plain = Denoiser(net, flow, "flow")
+    cond, uncond = plain(x, t, y), plain(x, t, torch.zeros_like(y))
+    for got, c, u in zip(classifier_free_guidance(plain, 2.0, 0)(x, t, y), cond, uncond):
+        assert torch.allclose(got, u + 2.0 * (c - u), atol=1e-12)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "dpmpp2m"])
+def test_samplers_that_need_a_noise_schedule_refuse_the_flow_path(sampler):
+    with pytest.raises(ValueError, match="flow models use ddim"):
+        sample(flow_oracle(FlowSchedule(50)), X_T.clone(), sampler, 5)
+
+
+def test_heun_and_dpmpp_denoise_from_an_intermediate_t_and_keep_snapshots():
+    schedule = NoiseSchedule("cosine", 1000)
+    x0 = torch.full((4,), 0.4, dtype=torch.float64)
+    x_t = q_sample(schedule, x0, 50, torch.zeros(4, dtype=torch.float64))
+    for name in ("heun", "dpmpp2m"):
+        out = sample(vp_oracle(schedule), x_t, name, 10, start_t=50, snapshots=3)
+        assert len(out.frames) == 3 and out.frames[0][0] == 50
+        assert torch.allclose(out.x, x0, atol=0.01)  # the mean image stays where it is
