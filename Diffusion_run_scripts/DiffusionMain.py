@@ -10,10 +10,10 @@ forward_diffusion.png, config.json, metrics.jsonl; weights to saved_models/diffu
 """
 import torch
 
-from models.diffusion import PREDICTION_TYPES, NoiseSchedule, q_sample
-from models.samplers import SAMPLERS
+from models.diffusion import NoiseSchedule, q_sample
 from train.common import Deadline
-from train.diffusion import build_diffusion, ema_samples, train_diffusion
+from train.diffusion import train_diffusion
+from train.diffusion_step import build_diffusion, build_schedule, ema_samples
 from utils.config import check_choice, check_positive, resolve_constants
 from utils.data import batches_per_epoch, iterate_batches
 from utils.errors import run_cli
@@ -30,8 +30,10 @@ FLIP = False  # random horizontal flips
 # diffusion
 SCHEDULE = "cosine"  # linear (Ho et al. 2020) or cosine (Nichol & Dhariwal 2021)
 TIMESTEPS = 1000  # T, the number of noise steps
-PREDICTION = "epsilon"  # what the UNet predicts: epsilon, x0 or v
+PREDICTION = "epsilon"  # what the UNet predicts: epsilon, x0, v or flow (rectified flow)
 MIN_SNR_GAMMA = 0.0  # min-SNR loss weighting gamma (Hang et al. 2023); 0 turns it off
+LOGIT_MEAN = 0.0  # flow: training times t = sigmoid(N(LOGIT_MEAN, LOGIT_STD^2)) (Esser 2024)
+LOGIT_STD = 1.0  # flow: spread of the logit-normal training times
 
 # model
 BASE = 32  # UNet channels at full resolution
@@ -57,7 +59,7 @@ MINUTES = None  # stop training after this many minutes of wall time (None: all 
 # outputs
 SAVE_ROOT = "."  # saved_plots/ and saved_models/ are created here
 CHECKPOINT_EVERY = 1  # epochs between checkpoints (and always at the end)
-SAMPLER = "ddim"  # sampler for the per-epoch samples: ddim or ddpm
+SAMPLER = "ddim"  # per-epoch samples: ddim, ddpm, heun, dpmpp2m (flow: ddim/euler, heun)
 SAMPLE_STEPS = 50  # its number of steps
 PROGRESSION_ROWS = 8  # fixed noise images followed across epochs
 
@@ -67,12 +69,12 @@ def main(argv=None):
     const = resolve_constants(globals(), argv)
     run, state, const = resume_run(const, "diffusion", argv,
                                output_constants=("SAMPLER", "SAMPLE_STEPS"))
-    check_choice("SCHEDULE", const.SCHEDULE, ("linear", "cosine"))
-    check_choice("PREDICTION", const.PREDICTION, PREDICTION_TYPES)
-    check_choice("SAMPLER", const.SAMPLER, tuple(SAMPLERS))
     check_choice("LR_SCHEDULE", const.LR_SCHEDULE, ("constant", "cosine"))
     check_positive(const, "BATCH_SIZE", "LR", "BASE", "TIMESTEPS", "SAMPLE_STEPS", "WARMUP_STEPS",
                    "CHECKPOINT_EVERY", "PROGRESSION_ROWS")
+    schedule = build_schedule(const.PREDICTION, const.SCHEDULE, const.TIMESTEPS,
+                              const.LOGIT_MEAN, const.LOGIT_STD, sampler=const.SAMPLER,
+                              min_snr_gamma=const.MIN_SNR_GAMMA)
     deadline = Deadline(const.MINUTES)
     device, amp_dtype = seed_and_device(const)
     data, train, test = load_splits(const)
@@ -81,7 +83,6 @@ def main(argv=None):
                                channel_mult=tuple(const.CHANNEL_MULT), blocks=const.BLOCKS,
                                attention_resolutions=tuple(const.ATTENTION), heads=const.HEADS,
                                dropout=const.DROPOUT)}
-    schedule = NoiseSchedule(const.SCHEDULE, const.TIMESTEPS)
     steps_per_epoch = batches_per_epoch(train, const.BATCH_SIZE)
     setup = build_diffusion(model_args, schedule, device, lr=const.LR,
                             warmup_steps=const.WARMUP_STEPS,
@@ -89,7 +90,8 @@ def main(argv=None):
                             lr_schedule=const.LR_SCHEDULE, ema_decay=const.EMA_DECAY,
                             amp_dtype=amp_dtype, prediction_type=const.PREDICTION,
                             min_snr_gamma=const.MIN_SNR_GAMMA or None)
-    run = open_run(const, "diffusion", f"{const.SCHEDULE}-{const.PREDICTION}", resumed=run)
+    tag = "flow" if const.PREDICTION == "flow" else f"{const.SCHEDULE}-{const.PREDICTION}"
+    run = open_run(const, "diffusion", tag, resumed=run)
     if state is None:
         write_forward_strip(schedule, train.first(4)[0], run.plots / "forward_diffusion.png")
     noise = (state["fixed_noise"] if state else torch.randn(const.PROGRESSION_ROWS, *train.shape))

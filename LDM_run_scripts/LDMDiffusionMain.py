@@ -11,10 +11,10 @@ metrics.jsonl; weights to saved_models/ldm/<run>/. Never runs the encoder: it re
 """
 import torch
 
-from models.diffusion import PREDICTION_TYPES, NoiseSchedule
 from train.checkpoints import Loaded, load_run
 from train.common import Deadline
-from train.diffusion import build_diffusion, ema_denoiser, train_diffusion
+from train.diffusion import train_diffusion
+from train.diffusion_step import build_diffusion, build_schedule, ema_denoiser
 from train.latents import class_samples, guided, latent_batches, load_cache
 from utils.config import check_choice, check_positive, resolve_constants
 from utils.errors import UserError, run_cli
@@ -27,8 +27,10 @@ DATA_ROOT = "data"  # where torchvision datasets are downloaded (for held-out im
 # diffusion
 SCHEDULE = "cosine"  # linear or cosine
 TIMESTEPS = 1000  # T, the number of noise steps
-PREDICTION = "v"  # v (Salimans & Ho 2022), epsilon or x0
+PREDICTION = "v"  # v (Salimans & Ho 2022), epsilon, x0 or flow (rectified flow)
 MIN_SNR_GAMMA = 0.0  # min-SNR loss weighting gamma; 0 turns it off
+LOGIT_MEAN = 0.0  # flow: training times t = sigmoid(N(LOGIT_MEAN, LOGIT_STD^2)) (Esser 2024)
+LOGIT_STD = 1.0  # flow: spread of the logit-normal training times
 LABEL_DROPOUT = 0.1  # share of labels replaced by the null class (CFG training)
 
 # model
@@ -64,13 +66,13 @@ def main(argv=None):
     const = resolve_constants(globals(), argv)
     run, state, const = resume_run(const, "ldm", argv, output_constants=("GUIDANCE",
                                                                          "SAMPLE_STEPS"))
-    check_choice("SCHEDULE", const.SCHEDULE, ("linear", "cosine"))
-    check_choice("PREDICTION", const.PREDICTION, PREDICTION_TYPES)
     check_choice("LR_SCHEDULE", const.LR_SCHEDULE, ("constant", "cosine"))
     check_positive(const, "BATCH_SIZE", "LR", "BASE", "TIMESTEPS", "SAMPLE_STEPS", "WARMUP_STEPS",
                    "CHECKPOINT_EVERY")
     if not 0 <= const.LABEL_DROPOUT < 1:
         raise UserError(f"LABEL_DROPOUT must be in [0, 1), got {const.LABEL_DROPOUT}")
+    schedule = build_schedule(const.PREDICTION, const.SCHEDULE, const.TIMESTEPS,
+                              const.LOGIT_MEAN, const.LOGIT_STD, min_snr_gamma=const.MIN_SNR_GAMMA)
     deadline = Deadline(const.MINUTES)
     device, amp_dtype = seed_and_device(const)
     stage1, cache = finished_stage1(const.SAVE_ROOT, const.AUTOENCODER_RUN, device)
@@ -84,7 +86,7 @@ def main(argv=None):
                                attention_resolutions=tuple(const.ATTENTION), heads=const.HEADS,
                                dropout=const.DROPOUT, num_classes=num_classes)}
     steps_per_epoch = max(1, len(cache["labels"]) // const.BATCH_SIZE)
-    setup = build_diffusion(model_args, NoiseSchedule(const.SCHEDULE, const.TIMESTEPS), device,
+    setup = build_diffusion(model_args, schedule, device,
                             lr=const.LR, warmup_steps=const.WARMUP_STEPS,
                             total_steps=const.EPOCHS * steps_per_epoch,
                             lr_schedule=const.LR_SCHEDULE,

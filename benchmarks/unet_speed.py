@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from Diffusion_run_scripts import DiffusionMain as defaults
 from models.diffusion import NoiseSchedule
-from train.diffusion import build_diffusion, diffusion_step, ema_samples
+from train.diffusion_step import build_diffusion, diffusion_step, ema_samples
 from utils.config import resolve_constants
 from utils.device import resolve_device, resolve_precision, synchronize
 

@@ -29,6 +29,10 @@ class FlowSchedule:
         times = grid_values(self.times, t, like)
         return 1 - times, times
 
+    def log_snr(self) -> torch.Tensor:
+        """log(alpha^2 / sigma^2) = 2 log((1 - t) / t) per grid time (-inf at t = 1)."""
+        return 2 * (torch.log1p(-self.times) - torch.log(self.times))
+
     def net_time(self, t: torch.Tensor) -> torch.Tensor:
         """What the network is told at grid index t: T * t_k = k + 1."""
         return torch.as_tensor(t) + 1

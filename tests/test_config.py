@@ -73,10 +73,10 @@ def test_every_constant_of_every_script_has_a_meaning_in_help(name, capsys):
 
 
 def test_imported_upper_case_names_are_not_constants():
-    import Diffusion_run_scripts.DiffusionMain as script
+    import Diffusion_run_scripts.DiffusionEval as script
     from utils.config import constants_of
-    assert "PREDICTION_TYPES" in vars(script)  # imported from models.diffusion
-    assert "PREDICTION_TYPES" not in constants_of(vars(script))
+    assert "FLOW_SAMPLERS" in vars(script)  # imported from models.samplers
+    assert "FLOW_SAMPLERS" not in constants_of(vars(script))
     assert "SAMPLER" in constants_of(vars(script))
 
 

@@ -5,7 +5,7 @@ import torch
 
 from models.diffusion import NoiseSchedule
 from train.lr import LRPlan
-from train.diffusion import build_diffusion, diffusion_step, drop_labels
+from train.diffusion_step import build_diffusion, diffusion_step, drop_labels
 
 CPU = torch.device("cpu")
 
@@ -81,6 +81,48 @@ def test_diffusion_main_writes_outputs_and_resumes_exactly(tmp_path):
     assert images.shape == (5, 3, 16, 16) and images.dtype == torch.uint8
 
 
+def test_flow_matching_trains_and_evaluates_end_to_end(tmp_path, capsys):
+    """PREDICTION='flow': logit-normal times, the velocity target, Euler per-epoch samples,
+    then every eval figure with Euler and Heun (ddpm and dpmpp2m are left out of the
+    comparison on the flow path), and FID per compared sampler."""
+    import json
+    import Diffusion_run_scripts.DiffusionEval as eval_script
+    import Diffusion_run_scripts.DiffusionMain as main_script
+    from utils.runs import MetricsLog, find_run, load_checkpoint
+    run = main_script.main([*TINY, "--SAVE_ROOT", str(tmp_path), "--EPOCHS=2",
+                            "--PREDICTION=flow", "--LOGIT_STD=0.8", "--SAMPLER=euler"])
+    assert run.name.endswith("-flow")
+    state = load_checkpoint(run.checkpoint)
+    assert state["diffusion"] == {"schedule": "flow", "timesteps": 50, "prediction": "flow",
+                                  "logit_mean": 0.0, "logit_std": 0.8}
+    records = MetricsLog(run.metrics_path).read()
+    assert all(0 < r["train_loss"] < 5 for r in records) and len(records) == 2
+    eval_script.main(["--SAVE_ROOT", str(tmp_path), "--STEPS=3", "--GRID_SIZE=2",
+                      "--STRIP_IMAGES=1", "--STRIP_COLUMNS=3", "--NOISED_T=(10, 49)",
+                      "--SAMPLER=heun", "--COMPARE=('ddpm-50', 'ddim-3', 'heun-2', 'dpmpp2m-3')",
+                      "--COMPARE_IMAGES=2", "--COMPARE_FID=12", "--N_SAMPLES=0"])
+    assert "comparing ddim-3, heun-2 (ddpm and dpmpp2m need a noise schedule)" in \
+        capsys.readouterr().out
+    timings = json.loads((run.plots / "eval" / "sampler_comparison.json").read_text())
+    assert [t["sampler"] for t in timings] == ["ddim-3", "heun-2"]
+    assert all(t["fid"] > 0 and t["fid_samples"] == 12 for t in timings)
+    for name in ("samples_grid.png", "forward_schedules.png", "reverse_diffusion.png",
+                 "noised_real.png", "sampler_comparison.png"):
+        assert (run.plots / "eval" / name).is_file(), name
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--PREDICTION=flow", "--MIN_SNR_GAMMA=5"], "use 0 with flow"),
+    (["--PREDICTION=flow", "--SAMPLER=ddpm"], "SAMPLER \\(flow\\)='ddpm' is not one of"),
+    (["--PREDICTION=flow", "--LOGIT_STD=0"], "logit-normal std must be > 0")])
+def test_flow_constants_that_do_not_fit_are_refused(tmp_path, args, message):
+    import Diffusion_run_scripts.DiffusionMain as main_script
+    from utils.errors import UserError
+    with pytest.raises(UserError, match=message):
+        main_script.main([*TINY, "--SAVE_ROOT", str(tmp_path), *args])
+    assert not (tmp_path / "saved_plots").exists()
+
+
 def test_diffusion_scripts_reject_bad_constants(tmp_path):
     import Diffusion_run_scripts.DiffusionEval as eval_script
     import Diffusion_run_scripts.DiffusionMain as main_script
@@ -97,7 +139,7 @@ def test_ema_warmup_follows_its_recursion():
     """ema_1 = p_1 (AveragedModel copies first); then ema <- d ema + (1 - d) p with
     d = min(decay, (n + 1) / (n + 10)) after n updates."""
     from torch.optim.swa_utils import AveragedModel
-    from train.diffusion import ema_with_warmup
+    from train.diffusion_step import ema_with_warmup
     param = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
     module = torch.nn.ParameterList([param])
     ema = AveragedModel(module, multi_avg_fn=ema_with_warmup(0.9))

@@ -124,8 +124,10 @@ def test_resuming_with_another_number_of_processes_says_so(tmp_path, capsys):
 
 
 def test_a_failing_rank_stops_the_other_within_seconds(tmp_path):
+    """Whichever exits first is reported: the failing rank, or the other one whose collective
+    lost its peer (gloo: connection reset or closed)."""
     started = time.monotonic()
-    with pytest.raises(Exception, match="this rank fails"):
+    with pytest.raises(Exception, match="this rank fails|Connection reset|Connection closed"):
         _spawn("Diffusion_run_scripts.DiffusionMain",
                [*DIFFUSION, f"--SAVE_ROOT={tmp_path}", "--EPOCHS=50"], fail_rank=1)
     assert time.monotonic() - started < 60

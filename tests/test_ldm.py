@@ -89,7 +89,7 @@ def test_cfg_wiring_with_a_class_conditional_unet():
     the prediction for the network's null class, in one batched forward pass."""
     from models.diffusion import NoiseSchedule
     from models.unet import UNet
-    from train.diffusion import make_denoiser
+    from train.diffusion_step import make_denoiser
     torch.manual_seed(0)
     net = UNet(2, 4, base=8, channel_mult=(1,), blocks=1, attention_resolutions=(),
                num_classes=3)
@@ -158,6 +158,16 @@ def test_ldm_scripts_end_to_end(tmp_path):
     mse = (reconstruct(stage1.nets["autoencoder"], x) - x).pow(2).mean().item()
     assert report["held_out_psnr"] == pytest.approx(10 * math.log10(4 / mse), rel=1e-6)
     assert report["held_out_images"] == len(x) == 300  # digits' test split
+
+    # the same stage 1 under a rectified-flow latent model, sampled with guided Euler steps
+    flow_args = [arg for arg in LDM_TINY if not arg.startswith("--EPOCHS")]
+    flow_run = LDMDiffusionMain.main([*flow_args, *root, "--EPOCHS=1", "--PREDICTION=flow"])
+    assert load_checkpoint(flow_run.checkpoint, "ldm")["diffusion"]["prediction"] == "flow"
+    LDMEval.main([*root, f"--RUN={flow_run.name}", "--SCALES=(0, 3)", "--STEPS=2",
+                  "--NOISED_T=(5, 49)", "--STRIP_IMAGES=1", "--STRIP_COLUMNS=2", "--PER_CLASS=1",
+                  "--METRICS=False"])
+    images, labels = load_samples_npz(flow_run.plots / "eval" / "samples.npz")
+    assert images.shape == (10, 1, 16, 16) and labels.tolist() == list(range(10))
 
 
 def _same_weights(a: dict, b: dict, keys) -> None:

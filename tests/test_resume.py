@@ -9,7 +9,7 @@ import GAN_run_scripts.ganmain as ganmain
 from models.diffusion import NoiseSchedule
 from train.autoencoder import AELoss, build_autoencoder
 from train.lr import LRPlan, PlannedLR
-from train.diffusion import build_diffusion, held_out_loss
+from train.diffusion_step import build_diffusion, held_out_loss
 from train.gan import build_gan, evaluate_gan
 from train.vae import build_vae, evaluate_vae
 from utils.errors import UserError

@@ -14,7 +14,7 @@ from models.autoencoder import (Autoencoder, PatchDiscriminator, adaptive_gan_we
 from models.vae import AdaptiveBetaScheduler, reparameterize
 from train.common import (Deadline, LossMeter, Progress, checkpoint_frame, end_epoch,
                           epoch_batches, epoch_range, resume_point, stop_guard)
-from train.diffusion import ema_network, ema_with_warmup
+from train.diffusion_step import ema_network, ema_with_warmup
 from train.latents import encode_dataset, latent_statistics, save_cache
 from train.lr import LRPlan, PlannedLR
 from utils import distributed

@@ -1,0 +1,230 @@
+"""The diffusion training step (pixel DDPM and latent diffusion): the loss on eps/x0/v or the
+flow velocity, min-SNR weights, label dropout for classifier-free guidance, the AdamW step with
+warm-up, clipping and EMA, and the Denoiser of the EMA weights that samplers take.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel
+
+from models.diffusion import (PREDICTION_TYPES, Denoiser, NoiseSchedule, min_snr_weight,
+                              q_sample, sample_timesteps, training_target)
+from models.flow import FlowSchedule, interpolate
+from models.samplers import FLOW_SAMPLERS, SAMPLERS, sample
+from models.unet import UNet
+from train.common import eval_generator
+from train.lr import LRPlan, PlannedLR
+from utils import distributed
+from utils.data import to_uint8
+from utils.config import check_choice
+from utils.device import autocast
+from utils.errors import UserError
+from utils.runs import load_state
+
+QUARTERS = 4  # the loss is also logged per quarter of the timestep range
+
+
+@dataclass
+class DiffusionSetup:
+    """The built objects of a diffusion run."""
+    model: torch.nn.Module
+    ema: AveragedModel
+    opt: torch.optim.Optimizer
+    lr_sched: PlannedLR
+    schedule: NoiseSchedule
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+    prediction_type: str = "epsilon"
+    min_snr_gamma: float | None = None
+    label_dropout: float = 0.0
+    model_args: dict | None = None  # {"unet": kwargs}
+    ddp: torch.nn.Module | None = None  # the model in DistributedDataParallel under torchrun
+
+    @property
+    def train_net(self) -> torch.nn.Module:
+        """What the training step calls: the DDP wrapper under torchrun, else the model."""
+        return self.ddp if self.ddp is not None else self.model
+
+    @property
+    def modules(self) -> dict:
+        return {"model": self.model, "ema": self.ema, "opt": self.opt, "lr_sched": self.lr_sched}
+
+
+def ema_with_warmup(decay: float):
+    """multi_avg_fn for AveragedModel: ema <- d ema + (1 - d) param with
+    d = min(decay, (1 + n) / (10 + n)) after n updates (the num_updates warm-up of TensorFlow's
+    ExponentialMovingAverage). Without it the zero-initialised start keeps weight decay^n: 21%
+    after 300 steps at 0.995, so early samples would come from a shrunken model.
+    n stays a device tensor: no host sync per step."""
+    def update(ema_params, params, num_averaged):
+        n = num_averaged.to(torch.float32)
+        d = torch.clamp((1 + n) / (10 + n), max=decay)
+        torch._foreach_mul_(ema_params, d)
+        torch._foreach_add_(ema_params, torch._foreach_mul(params, 1 - d))
+    return update
+
+
+NETWORKS = {"unet": UNet}  # model_args names the denoising network's class
+
+
+def build_network(model_args: dict) -> torch.nn.Module:
+    """The denoising network of model_args ({"unet": kwargs})."""
+    (name, kwargs), = model_args.items()
+    return NETWORKS[name](**kwargs)
+
+
+def build_diffusion(model_args: dict, schedule: NoiseSchedule, device: torch.device, *,
+                    lr: float, warmup_steps: int, total_steps: int, lr_schedule: str = "constant",
+                    ema_decay: float = 0.999, weight_decay: float = 0.0, **options
+                    ) -> DiffusionSetup:
+    """The network of model_args, AdamW, the warm-up LR plan and an EMA copy of the weights."""
+    model = build_network(model_args).to(device)
+    ema = AveragedModel(model, multi_avg_fn=ema_with_warmup(ema_decay))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = PlannedLR(opt, LRPlan(warmup_steps, total_steps, lr_schedule))
+    return DiffusionSetup(model, ema, opt, sched, schedule, device, model_args=model_args,
+                          ddp=distributed.wrap(model, device), **options)
+
+
+def drop_labels(labels: torch.Tensor, rate: float, null_class: int,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Replace each label by the null class with probability `rate` (CFG training); the draws
+    come from `generator`, or else from the shared global-batch stream."""
+    if rate <= 0:
+        return labels
+    u = (torch.rand(labels.shape, device=labels.device, generator=generator)
+         if generator is not None
+         else distributed.rand(labels.shape, device=labels.device))
+    return torch.where(u < rate, torch.full_like(labels, null_class), labels)
+
+
+def diffusion_loss(setup: DiffusionSetup, x0: torch.Tensor, labels: torch.Tensor | None = None,
+                   *, net: torch.nn.Module | None = None,
+                   generator: torch.Generator | None = None):
+    """Per-sample weighted MSE of `net` (default: the model being trained) to the target at a
+    random time; returns (loss, per-sample loss, quarter of the time range of each sample).
+    Times, eps and label dropout come from `generator` (evaluation), else from the global RNG
+    as this rank's slice of a global-batch draw."""
+    net = setup.train_net if net is None else net
+    schedule, T = setup.schedule, setup.schedule.timesteps
+    if generator is None:
+        eps = distributed.randn(x0.shape, dtype=x0.dtype, device=x0.device)
+    else:
+        eps = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+    if isinstance(schedule, FlowSchedule):  # continuous t, logit-normal (Esser et al. 2024)
+        def draw(shape, device):
+            return (distributed.randn(shape, device=device) if generator is None
+                    else torch.randn(shape, device=device, generator=generator))
+        t = schedule.sample_times(len(x0), x0.device, draw)
+        x_t, net_t = interpolate(x0, t, eps), t * T
+        quarter = (t * QUARTERS).long().clamp(max=QUARTERS - 1)
+    else:
+        t = (distributed.randint(T, len(x0), x0.device) if generator is None
+             else sample_timesteps(len(x0), T, x0.device, generator))
+        x_t, net_t, quarter = q_sample(schedule, x0, t, eps), t, t * QUARTERS // T
+    if labels is not None and setup.model.num_classes:
+        labels = drop_labels(labels, setup.label_dropout, setup.model.null_class, generator)
+    else:
+        labels = None
+    with autocast(setup.device, setup.amp_dtype):
+        out = net(x_t, net_t, labels)
+    target = training_target(schedule, x0, t, eps, setup.prediction_type)
+    per_sample = F.mse_loss(out.float(), target, reduction="none").flatten(1).mean(1)
+    weight = 1.0
+    if setup.min_snr_gamma:
+        weight = min_snr_weight(schedule, t, setup.prediction_type,
+                                setup.min_snr_gamma).to(x0.device)
+    return (weight * per_sample).mean(), per_sample.detach(), quarter
+
+
+def build_schedule(prediction_type: str, kind: str, timesteps: int, logit_mean: float = 0.0,
+                   logit_std: float = 1.0, *, min_snr_gamma: float = 0.0,
+                   sampler: str = "ddim") -> NoiseSchedule | FlowSchedule:
+    """The flow path for prediction 'flow', else the linear or cosine noise schedule; a choice
+    that does not fit (an unknown kind, min-SNR or a noise-schedule sampler with flow) is one
+    UserError line."""
+    check_choice("PREDICTION", prediction_type, PREDICTION_TYPES)
+    if prediction_type != "flow":
+        check_choice("SCHEDULE", kind, ("linear", "cosine"))
+        check_choice("SAMPLER", sampler, tuple(SAMPLERS))
+        return NoiseSchedule(kind, timesteps)
+    check_choice("SAMPLER (flow)", sampler, FLOW_SAMPLERS)
+    if min_snr_gamma:
+        raise UserError("MIN_SNR_GAMMA weights a noise schedule's SNR; use 0 with flow")
+    try:
+        return FlowSchedule(timesteps, logit_mean, logit_std)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
+def diffusion_step(setup: DiffusionSetup, x0: torch.Tensor, labels=None, clip: float = 1.0
+                   ) -> dict[str, torch.Tensor]:
+    """One optimiser step with gradient clipping, LR schedule and EMA update.
+
+    Returns the loss and the unweighted loss summed and counted per quarter of the time
+    range (2, 4).
+    """
+    loss, per_sample, quarter = diffusion_loss(setup, x0, labels)
+    setup.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(setup.model.parameters(), clip)
+    setup.opt.step()
+    setup.lr_sched.step()
+    setup.ema.update_parameters(setup.model)
+    sums = torch.zeros(QUARTERS, device=x0.device).index_add_(0, quarter, per_sample)
+    counts = torch.bincount(quarter, minlength=QUARTERS).float()
+    return {"loss": loss.detach(), "quarters": torch.stack([sums, counts])}
+
+
+def make_denoiser(net: torch.nn.Module, schedule: NoiseSchedule, prediction_type: str, *,
+                  amp_dtype: torch.dtype | None = None, clip_x0: bool = True) -> Denoiser:
+    """The Denoiser of a network used for inference (eval mode, autocast, float32 output).
+    clip_x0 for pixels in [-1, 1]; off for latents."""
+    device = next(net.parameters()).device
+    net.eval()
+
+    def net_fn(x, t, labels):
+        with autocast(device, amp_dtype):
+            return net(x, t, labels).float()
+    return Denoiser(net_fn, schedule, prediction_type, clip_x0)
+
+
+def ema_denoiser(setup: DiffusionSetup, clip_x0: bool = True) -> Denoiser:
+    """The Denoiser of the EMA weights (the copy only ever used for inference)."""
+    return make_denoiser(setup.ema.module, setup.schedule, setup.prediction_type,
+                         amp_dtype=setup.amp_dtype, clip_x0=clip_x0)
+
+
+def ema_network(state: dict, model: torch.nn.Module) -> torch.nn.Module:
+    """`model` with the EMA weights of a training checkpoint (no optimizer is built)."""
+    ema = state["ema"]
+    weights = {k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")}
+    load_state(model, weights, "EMA denoiser")
+    return model.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def ema_samples(setup: DiffusionSetup, noise: torch.Tensor, sampler: str, steps: int,
+                labels=None) -> torch.Tensor:
+    """Samples from fixed noise with the EMA weights and a (fast) sampler, as uint8 on the CPU."""
+    x = sample(ema_denoiser(setup), noise.clone(), sampler, steps, labels=labels,
+               generator=eval_generator(setup.device)).x
+    return to_uint8(x).cpu()
+
+
+@torch.no_grad()
+def held_out_loss(setup: DiffusionSetup, net: torch.nn.Module, x0: torch.Tensor,
+                  batch_size: int = 128) -> float:
+    """Unweighted loss of `net` (in eval mode) on held-out data, with the same t and noise at
+    every call."""
+    generator, was_training = eval_generator(setup.device), net.training
+    total = torch.zeros((), device=setup.device)
+    net.eval()
+    try:
+        for start in range(0, len(x0), batch_size):
+            batch = x0[start:start + batch_size].to(setup.device)
+            total += diffusion_loss(setup, batch, net=net, generator=generator)[1].sum()
+    finally:
+        net.train(was_training)
+    return total.item() / len(x0)
