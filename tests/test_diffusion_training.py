@@ -88,7 +88,7 @@ def test_flow_matching_trains_and_evaluates_end_to_end(tmp_path, capsys):
     import json
     import Diffusion_run_scripts.DiffusionEval as eval_script
     import Diffusion_run_scripts.DiffusionMain as main_script
-    from utils.runs import MetricsLog, find_run, load_checkpoint
+    from utils.runs import MetricsLog, load_checkpoint
     run = main_script.main([*TINY, "--SAVE_ROOT", str(tmp_path), "--EPOCHS=2",
                             "--PREDICTION=flow", "--LOGIT_STD=0.8", "--SAMPLER=euler"])
     assert run.name.endswith("-flow")
