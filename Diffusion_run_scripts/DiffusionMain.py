@@ -18,7 +18,7 @@ from utils.config import check_choice, check_positive, resolve_constants
 from utils.data import batches_per_epoch, iterate_batches
 from utils.errors import run_cli
 from utils.plots import save_labelled_grid
-from utils.session import load_splits, open_run, resume_run, seed_and_device
+from utils.session import denoiser_args, load_splits, open_run, resume_run, seed_and_device
 
 # data
 DATASET = "shapes"  # shapes, digits (embedded); cifar10, mnist, ... (online)
@@ -36,12 +36,18 @@ LOGIT_MEAN = 0.0  # flow: training times t = sigmoid(N(LOGIT_MEAN, LOGIT_STD^2))
 LOGIT_STD = 1.0  # flow: spread of the logit-normal training times
 
 # model
+BACKBONE = "unet"  # unet, or dit (a Diffusion Transformer, Peebles & Xie 2023)
 BASE = 32  # UNet channels at full resolution
 CHANNEL_MULT = (1, 2, 2)  # channel multiplier per resolution level
 BLOCKS = 1  # residual blocks per level
 ATTENTION = (8,)  # resolutions with self-attention
 HEADS = 4  # attention heads
 DROPOUT = 0.1  # dropout inside residual blocks
+PATCH = 2  # dit: patch size (pixels or latent cells per side)
+DIT_WIDTH = 192  # dit: token width
+DIT_DEPTH = 6  # dit: transformer blocks
+DIT_HEADS = 6  # dit: attention heads
+POS_EMBED = "sincos"  # dit: position embedding, sincos (fixed) or learned
 
 # training
 EPOCHS = 4  # passes over the training set
@@ -78,11 +84,7 @@ def main(argv=None):
     deadline = Deadline(const.MINUTES)
     device, amp_dtype = seed_and_device(const)
     data, train, test = load_splits(const)
-    model_args = {"unet": dict(in_channels=data.channels, image_size=const.IMAGE_SIZE,
-                               base=const.BASE,
-                               channel_mult=tuple(const.CHANNEL_MULT), blocks=const.BLOCKS,
-                               attention_resolutions=tuple(const.ATTENTION), heads=const.HEADS,
-                               dropout=const.DROPOUT)}
+    model_args = denoiser_args(const, data.channels, const.IMAGE_SIZE)
     steps_per_epoch = batches_per_epoch(train, const.BATCH_SIZE)
     setup = build_diffusion(model_args, schedule, device, lr=const.LR,
                             warmup_steps=const.WARMUP_STEPS,

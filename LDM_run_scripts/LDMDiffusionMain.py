@@ -18,7 +18,7 @@ from train.diffusion_step import build_diffusion, build_schedule, ema_denoiser
 from train.latents import class_samples, guided, latent_batches, load_cache
 from utils.config import check_choice, check_positive, resolve_constants
 from utils.errors import UserError, run_cli
-from utils.session import open_run, resume_run, seed_and_device
+from utils.session import denoiser_args, open_run, resume_run, seed_and_device
 
 # autoencoder
 AUTOENCODER_RUN = "latest"  # the stage-1 run (name or number) whose latents are modelled
@@ -34,12 +34,18 @@ LOGIT_STD = 1.0  # flow: spread of the logit-normal training times
 LABEL_DROPOUT = 0.1  # share of labels replaced by the null class (CFG training)
 
 # model
+BACKBONE = "unet"  # unet, or dit (a Diffusion Transformer, Peebles & Xie 2023)
 BASE = 64  # UNet channels at the latent resolution
 CHANNEL_MULT = (1, 2)  # channel multiplier per level
 BLOCKS = 2  # residual blocks per level
 ATTENTION = (4,)  # latent resolutions with self-attention
 HEADS = 4  # attention heads
 DROPOUT = 0.0  # dropout inside residual blocks
+PATCH = 2  # dit: patch size (pixels or latent cells per side)
+DIT_WIDTH = 192  # dit: token width
+DIT_DEPTH = 6  # dit: transformer blocks
+DIT_HEADS = 6  # dit: attention heads
+POS_EMBED = "sincos"  # dit: position embedding, sincos (fixed) or learned
 
 # training
 EPOCHS = 10  # passes over the cached latents
@@ -80,11 +86,7 @@ def main(argv=None):
     ae, scale = stage1.nets["autoencoder"], stage1.state["latent_stats"]["scale_factor"]
     num_classes = int(cache["labels"].max()) + 1
     latent_shape = tuple(cache["mean"].shape[1:])
-    model_args = {"unet": dict(in_channels=latent_shape[0], image_size=latent_shape[-1],
-                               base=const.BASE, channel_mult=tuple(const.CHANNEL_MULT),
-                               blocks=const.BLOCKS,
-                               attention_resolutions=tuple(const.ATTENTION), heads=const.HEADS,
-                               dropout=const.DROPOUT, num_classes=num_classes)}
+    model_args = denoiser_args(const, latent_shape[0], latent_shape[-1], num_classes)
     steps_per_epoch = max(1, len(cache["labels"]) // const.BATCH_SIZE)
     setup = build_diffusion(model_args, schedule, device,
                             lr=const.LR, warmup_steps=const.WARMUP_STEPS,

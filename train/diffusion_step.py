@@ -12,6 +12,7 @@ from models.diffusion import (PREDICTION_TYPES, Denoiser, NoiseSchedule, min_snr
                               q_sample, sample_timesteps, training_target)
 from models.flow import FlowSchedule, interpolate
 from models.samplers import FLOW_SAMPLERS, SAMPLERS, sample
+from models.dit import DiT
 from models.unet import UNet
 from train.common import eval_generator
 from train.lr import LRPlan, PlannedLR
@@ -65,13 +66,17 @@ def ema_with_warmup(decay: float):
     return update
 
 
-NETWORKS = {"unet": UNet}  # model_args names the denoising network's class
+NETWORKS = {"unet": UNet, "dit": DiT}  # model_args names the denoising network's class
 
 
 def build_network(model_args: dict) -> torch.nn.Module:
-    """The denoising network of model_args ({"unet": kwargs})."""
+    """The denoising network of model_args ({"unet": kwargs} or {"dit": kwargs}); sizes that do
+    not fit together are one UserError line."""
     (name, kwargs), = model_args.items()
-    return NETWORKS[name](**kwargs)
+    try:
+        return NETWORKS[name](**kwargs)
+    except ValueError as err:
+        raise UserError(f"{name}: {err}") from None
 
 
 def build_diffusion(model_args: dict, schedule: NoiseSchedule, device: torch.device, *,

@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 
 from utils import distributed
-from utils.config import given_constants, like_default, save_config
+from utils.config import check_choice, given_constants, like_default, save_config
 from utils.data import DataSpec, ImageData, load_dataset
 from utils.device import resolve_precision, seed_everything
 from utils.errors import UserError
@@ -31,6 +31,20 @@ def seed_and_device(const: SimpleNamespace) -> tuple[torch.device, torch.dtype |
     print(f"device {device}, precision {'bf16 autocast' if amp_dtype else 'fp32'}, "
           f"{torch.get_num_threads()} CPU threads{processes}")
     return device, amp_dtype
+
+
+def denoiser_args(const: SimpleNamespace, in_channels: int, image_size: int,
+                  num_classes: int = 0) -> dict:
+    """model_args of the BACKBONE the constants choose: {"unet": ...} or {"dit": ...}."""
+    check_choice("BACKBONE", const.BACKBONE, ("unet", "dit"))
+    if const.BACKBONE == "dit":
+        return {"dit": dict(in_channels=in_channels, image_size=image_size, patch=const.PATCH,
+                            width=const.DIT_WIDTH, depth=const.DIT_DEPTH, heads=const.DIT_HEADS,
+                            num_classes=num_classes, pos_embed=const.POS_EMBED)}
+    return {"unet": dict(in_channels=in_channels, image_size=image_size, base=const.BASE,
+                         channel_mult=tuple(const.CHANNEL_MULT), blocks=const.BLOCKS,
+                         attention_resolutions=tuple(const.ATTENTION), heads=const.HEADS,
+                         dropout=const.DROPOUT, num_classes=num_classes)}
 
 
 def load_splits(const: SimpleNamespace) -> tuple[DataSpec, ImageData, ImageData]:
