@@ -9,9 +9,10 @@ samples.png, config.json, metrics.jsonl; weights to saved_models/gan/<run>/lates
 """
 import torch
 
+from models.gan import ADVERSARIAL_LOSSES
 from train.common import Deadline
 from train.gan import build_gan, generate, train_gan
-from utils.config import check_positive, resolve_constants
+from utils.config import check_choice, check_positive, resolve_constants
 from utils.errors import UserError, run_cli
 from utils.plots import save_grid
 from utils.session import load_splits, open_run, resume_run, seed_and_device
@@ -26,6 +27,9 @@ FLIP = False  # random horizontal flips
 # model
 LATENT_DIM = 100  # size of z
 WIDTH = 64  # channels of the generator's last and the discriminator's first layer
+LOSS = "bce"  # adversarial loss: bce (non-saturating, Goodfellow 2014) or hinge (Miyato 2018)
+SPECTRAL_NORM = False  # spectral norm on D's convolutions, without BatchNorm (Miyato 2018)
+R1_GAMMA = 0.0  # R1 penalty gamma / 2 E||grad D(x)||^2 on real images (Mescheder 2018); 0: off
 
 # training
 EPOCHS = 6  # passes over the training set
@@ -51,13 +55,17 @@ def main(argv=None):
     const = resolve_constants(globals(), argv)
     run, state, const = resume_run(const, "gan", argv, output_constants=("CHANNELS_LAST",))
     check_positive(const, "BATCH_SIZE", "LR", "LATENT_DIM", "WIDTH", "CHECKPOINT_EVERY", "N_FIXED")
+    check_choice("LOSS", const.LOSS, ADVERSARIAL_LOSSES)
+    if const.R1_GAMMA < 0:
+        raise UserError(f"R1_GAMMA must be >= 0, got {const.R1_GAMMA}")
     if const.IMAGE_SIZE < 8 or const.IMAGE_SIZE & (const.IMAGE_SIZE - 1):
         raise UserError(f"IMAGE_SIZE={const.IMAGE_SIZE}: a DCGAN needs a power of two >= 8")
     deadline = Deadline(const.MINUTES)
     device, amp_dtype = seed_and_device(const)
     data, train, test = load_splits(const)
     setup = build_gan(const.LATENT_DIM, const.IMAGE_SIZE, data.channels, const.WIDTH, const.LR,
-                      const.BETAS, device, amp_dtype, const.CHANNELS_LAST)
+                      const.BETAS, device, amp_dtype, const.CHANNELS_LAST, loss=const.LOSS,
+                      spectral_norm=const.SPECTRAL_NORM, r1_gamma=const.R1_GAMMA)
     run = open_run(const, "gan", f"z{const.LATENT_DIM}", run)
     fixed_z = state["fixed_z"] if state else torch.randn(const.N_FIXED, const.LATENT_DIM)
     frames = train_gan(setup, train, test, run, data=data, epochs=const.EPOCHS,

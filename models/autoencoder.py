@@ -8,6 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm as sn
 
+from models import gan as gan_losses
 from models.layers import Attention, Downsample, ResBlock, Upsample, group_norm
 from models.vae import Noise, reparameterize
 
@@ -144,20 +145,14 @@ def kl_term(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 def generator_adversarial(fake_logits: torch.Tensor, kind: str = "hinge") -> torch.Tensor:
     """The autoencoder's adversarial term: -E[D(x_hat)] (hinge) or -log sigmoid(D) (bce)."""
-    if kind == "hinge":
-        return -fake_logits.float().mean()
-    return F.softplus(-fake_logits.float()).mean()
+    return gan_losses.generator_loss(fake_logits, kind)
 
 
 def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor,
                        kind: str = "hinge") -> torch.Tensor:
-    """Hinge: 1/2 (E[relu(1 - D(x))] + E[relu(1 + D(x_hat))]); bce: the logistic loss."""
-    real, fake = real_logits.float(), fake_logits.float()
-    if kind == "hinge":
-        return 0.5 * (F.relu(1 - real).mean() + F.relu(1 + fake).mean())
-    if kind == "bce":
-        return 0.5 * (F.softplus(-real).mean() + F.softplus(fake).mean())
-    raise ValueError(f"discriminator loss must be 'hinge' or 'bce', got {kind!r}")
+    """Half the GAN's discriminator loss, as in Esser et al. 2021's code: hinge
+    1/2 (E[relu(1 - D(x))] + E[relu(1 + D(x_hat))]), or the logistic loss."""
+    return 0.5 * gan_losses.discriminator_loss(real_logits, fake_logits, kind)
 
 
 def feature_matching(real_features: list[torch.Tensor], fake_features: list[torch.Tensor]

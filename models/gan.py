@@ -19,7 +19,9 @@ def _levels(image_size: int) -> int:
 def dcgan_init(module: nn.Module) -> None:
     """Radford et al. 2015: conv weights N(0, 0.02); BatchNorm weight N(1, 0.02), bias 0."""
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-        nn.init.normal_(module.weight, 0.0, 0.02)
+        parametrized = getattr(module, "parametrizations", None)  # spectral norm: the raw weight
+        nn.init.normal_(parametrized.weight.original if parametrized else module.weight, 0.0,
+                        0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.BatchNorm2d):
@@ -50,17 +52,24 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """image (B, C, S, S) -> logits (B,): strided convs, LeakyReLU 0.2, no input BatchNorm."""
+    """image (B, C, S, S) -> logits (B,): strided convs, LeakyReLU 0.2, no input BatchNorm.
 
-    def __init__(self, image_size: int = 32, channels: int = 3, width: int = 64):
+    spectral_norm divides every convolution's weight by its largest singular value (Miyato et
+    al. 2018), which makes D 1-Lipschitz per layer; BatchNorm is then left out, as in SNGAN.
+    """
+
+    def __init__(self, image_size: int = 32, channels: int = 3, width: int = 64,
+                 spectral_norm: bool = False):
         super().__init__()
         levels = _levels(image_size)
         widths = [width * 2 ** i for i in range(levels)]  # e.g. 64, 128, 256
-        layers = [nn.Conv2d(channels, widths[0], 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
+        wrap = nn.utils.parametrizations.spectral_norm if spectral_norm else (lambda m: m)
+        layers = [wrap(nn.Conv2d(channels, widths[0], 4, 2, 1)), nn.LeakyReLU(0.2, inplace=True)]
         for c_in, c_out in zip(widths, widths[1:]):
-            layers += [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False), BatchNorm2d(c_out),
+            norm = nn.Identity() if spectral_norm else BatchNorm2d(c_out)
+            layers += [wrap(nn.Conv2d(c_in, c_out, 4, 2, 1, bias=spectral_norm)), norm,
                        nn.LeakyReLU(0.2, inplace=True)]
-        layers += [nn.Conv2d(widths[-1], 1, 4, 1, 0)]  # 4x4 -> 1x1
+        layers += [wrap(nn.Conv2d(widths[-1], 1, 4, 1, 0))]  # 4x4 -> 1x1
         self.net = nn.Sequential(*layers)
         self.apply(dcgan_init)
 
@@ -68,16 +77,35 @@ class Discriminator(nn.Module):
         return self.net(x).flatten()
 
 
-def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """-log D(x) - log(1 - D(G(z))), averaged (Goodfellow et al. 2014), from logits."""
-    real = F.binary_cross_entropy_with_logits(real_logits.float(), torch.ones_like(real_logits,
-                                              dtype=torch.float32))
-    fake = F.binary_cross_entropy_with_logits(fake_logits.float(), torch.zeros_like(fake_logits,
-                                              dtype=torch.float32))
-    return real + fake
+ADVERSARIAL_LOSSES = ("bce", "hinge")
 
 
-def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
-    """Non-saturating generator loss -log D(G(z)) (Goodfellow et al. 2014, section 3)."""
-    return F.binary_cross_entropy_with_logits(fake_logits.float(), torch.ones_like(
-        fake_logits, dtype=torch.float32))
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor,
+                       kind: str = "bce") -> torch.Tensor:
+    """bce: -log D(x) - log(1 - D(G(z))), averaged (Goodfellow et al. 2014), from logits;
+    hinge: relu(1 - D(x)) + relu(1 + D(G(z))), averaged (Lim & Ye 2017; Miyato et al. 2018)."""
+    real, fake = real_logits.float(), fake_logits.float()
+    if kind == "bce":
+        return (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
+                + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+    if kind == "hinge":
+        return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+    raise ValueError(f"adversarial loss must be one of {ADVERSARIAL_LOSSES}, got {kind!r}")
+
+
+def generator_loss(fake_logits: torch.Tensor, kind: str = "bce") -> torch.Tensor:
+    """bce: the non-saturating -log D(G(z)) (Goodfellow et al. 2014, section 3);
+    hinge: -D(G(z)) (Lim & Ye 2017)."""
+    fake = fake_logits.float()
+    if kind == "bce":
+        return F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
+    if kind == "hinge":
+        return -fake.mean()
+    raise ValueError(f"adversarial loss must be one of {ADVERSARIAL_LOSSES}, got {kind!r}")
+
+
+def r1_penalty(real_logits: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """R1 = E ||grad_x D(x)||^2 on real images (Mescheder et al. 2018, eq. 9, without its
+    gamma / 2); `real` must require grad. Differentiable (for D's update)."""
+    grad, = torch.autograd.grad(real_logits.float().sum(), real, create_graph=True)
+    return grad.pow(2).flatten(1).sum(1).mean()

@@ -152,3 +152,46 @@ def test_minutes_cuts_training_short_and_the_run_resumes(tmp_path, tiny_gan):
                   "--MINUTES=None"])
     state = load_checkpoint(run.checkpoint)
     assert (state["epoch"], state["step"]) == (2, 1 + 128 // 32)
+
+
+def test_hinge_losses_match_their_formulas():
+    real, fake = torch.tensor([2.0, 0.5, -1.0]), torch.tensor([-2.0, 0.0, 1.5])
+    d = torch.relu(1 - real).mean() + torch.relu(1 + fake).mean()
+    assert discriminator_loss(real, fake, "hinge").item() == pytest.approx(d.item())
+    assert discriminator_loss(real, fake, "hinge").item() == pytest.approx(2.5 / 3 + 3.5 / 3)
+    assert generator_loss(fake, "hinge").item() == pytest.approx(-fake.mean().item())
+    zeros = torch.zeros(4)
+    assert discriminator_loss(zeros, zeros, "hinge").item() == 2.0  # both margins violated by 1
+    with pytest.raises(ValueError):
+        generator_loss(zeros, "wasserstein")
+
+
+def test_r1_penalty_is_the_squared_input_gradient():
+    """D(x) = <w, x> + b has grad_x D = w for every image: R1 = ||w||^2."""
+    from models.gan import r1_penalty
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(12, 1)
+    x = torch.randn(5, 3, 2, 2, requires_grad=True)
+    penalty = r1_penalty(linear(x.flatten(1)).flatten(), x)
+    assert penalty.item() == pytest.approx(linear.weight.pow(2).sum().item(), rel=1e-6)
+    penalty.backward()  # differentiable in D's weights: d||w||^2 / dw = 2w
+    assert torch.allclose(linear.weight.grad, 2 * linear.weight.detach())
+
+
+def test_spectral_norm_discriminator_and_the_stabilised_loop(tmp_path, tiny_gan):
+    torch.manual_seed(0)
+    d = Discriminator(16, 3, 8, spectral_norm=True)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in d.modules())
+    for _ in range(30):
+        d(torch.randn(4, 3, 16, 16))
+    for conv in [m for m in d.modules() if isinstance(m, torch.nn.Conv2d)]:
+        sigma = torch.linalg.matrix_norm(conv.weight.detach().flatten(1), ord=2).item()
+        assert sigma == pytest.approx(1.0, rel=0.02)
+    run = ganmain.main([*tiny_gan, "--LOSS=hinge", "--SPECTRAL_NORM=True", "--R1_GAMMA=1.0"])
+    records = train_gan_module.MetricsLog(run.metrics_path).read()
+    assert records[0]["train_r1"] > 0 and math.isfinite(records[0]["train_d_loss"])
+    state = load_checkpoint(run.checkpoint)
+    assert state["model_args"]["discriminator"]["spectral_norm"] is True
+    eval_gan.main(["--SAVE_ROOT", str(tmp_path), "--N_SAMPLES=0"])  # rebuilds the SN D
+    with pytest.raises(UserError, match="LOSS='wgan' is not one of"):
+        ganmain.main([*tiny_gan, "--LOSS=wgan"])

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from models.gan import Discriminator, Generator, discriminator_loss, generator_loss
+from models.gan import (Discriminator, Generator, discriminator_loss, generator_loss,
+                        r1_penalty)
 from train.common import (Deadline, LossMeter, Progress, checkpoint_frame, end_epoch,
                           epoch_batches, epoch_range, eval_generator, resume_point,
                           stack_frames, stop_guard)
@@ -16,7 +17,8 @@ from utils.device import autocast
 from utils.plots import save_curves, save_progression
 from utils.runs import MetricsLog, Run, load_state, save_checkpoint
 
-LOSS_PANELS = [("losses", ["train_d_loss", "train_g_loss", "test_d_loss", "test_g_loss"]),
+LOSS_PANELS = [("losses", ["train_d_loss", "train_g_loss", "test_d_loss", "test_g_loss",
+                           "train_r1"]),
                ("discriminator outputs", ["train_d_real", "train_d_fake", "test_d_real",
                                           "test_d_fake"])]
 
@@ -34,6 +36,8 @@ class GANSetup:
     model_args: dict | None = None  # {"generator": kwargs, "discriminator": kwargs}
     g_ddp: torch.nn.Module | None = None  # the networks in DistributedDataParallel (torchrun)
     d_ddp: torch.nn.Module | None = None
+    loss: str = "bce"  # bce (non-saturating) or hinge
+    r1_gamma: float = 0.0  # R1 penalty weight on D (Mescheder et al. 2018); 0: off
 
     @property
     def modules(self) -> dict:
@@ -51,39 +55,48 @@ class GANSetup:
 
 def build_gan(latent_dim: int, image_size: int, channels: int, width: int, lr: float,
               betas: tuple[float, float], device: torch.device, amp_dtype=None,
-              channels_last: bool = False) -> GANSetup:
-    """Generator, discriminator and their Adam optimizers (Radford et al.: lr 2e-4, beta1 0.5)."""
+              channels_last: bool = False, *, loss: str = "bce", spectral_norm: bool = False,
+              r1_gamma: float = 0.0) -> GANSetup:
+    """Generator, discriminator and their Adam optimizers (Radford et al.: lr 2e-4, beta1 0.5),
+    with the adversarial loss and the discriminator's stabilisers."""
     memory = torch.channels_last if channels_last else torch.contiguous_format
     g = Generator(latent_dim, image_size, channels, width).to(device, memory_format=memory)
-    d = Discriminator(image_size, channels, width).to(device, memory_format=memory)
+    d = Discriminator(image_size, channels, width, spectral_norm).to(device,
+                                                                    memory_format=memory)
     args = {"generator": dict(latent_dim=latent_dim, image_size=image_size, channels=channels,
                               width=width),
-            "discriminator": dict(image_size=image_size, channels=channels, width=width)}
+            "discriminator": dict(image_size=image_size, channels=channels, width=width,
+                                  spectral_norm=spectral_norm)}
     return GANSetup(g, d, torch.optim.Adam(g.parameters(), lr, betas=betas),
                     torch.optim.Adam(d.parameters(), lr, betas=betas), device, amp_dtype,
-                    channels_last, args, distributed.wrap(g, device), distributed.wrap(d, device))
+                    channels_last, args, distributed.wrap(g, device), distributed.wrap(d, device),
+                    loss, r1_gamma)
 
 
 def gan_step(setup: GANSetup, real: torch.Tensor) -> dict[str, torch.Tensor]:
-    """One discriminator step then one non-saturating generator step on the same fakes."""
+    """One discriminator step (with the R1 penalty gamma / 2 E||grad_x D(x)||^2 on real images
+    when r1_gamma > 0) then one generator step on the same fakes."""
     generator, discriminator = setup.train_nets
     z = distributed.randn((len(real), setup.generator.latent_dim), device=setup.device)
+    real = setup.fmt(real).requires_grad_(setup.r1_gamma > 0)
     with autocast(setup.device, setup.amp_dtype):
         fake = generator(z)
-        real_logits = discriminator(setup.fmt(real))
+        real_logits = discriminator(real)
         fake_logits = discriminator(fake.detach())
-        d_loss = discriminator_loss(real_logits, fake_logits)
+        d_loss = discriminator_loss(real_logits, fake_logits, setup.loss)
+    penalty = (r1_penalty(real_logits, real) if setup.r1_gamma > 0
+               else torch.zeros((), device=setup.device))
     setup.opt_d.zero_grad(set_to_none=True)
-    d_loss.backward()
+    (d_loss + 0.5 * setup.r1_gamma * penalty).backward()
     setup.opt_d.step()
     with autocast(setup.device, setup.amp_dtype):
-        g_loss = generator_loss(discriminator(fake))
+        g_loss = generator_loss(discriminator(fake), setup.loss)
     setup.opt_g.zero_grad(set_to_none=True)
     g_loss.backward()
     setup.opt_g.step()
     return {"d_loss": d_loss, "g_loss": g_loss,
-            "d_real": torch.sigmoid(real_logits.float()).mean(),
-            "d_fake": torch.sigmoid(fake_logits.float()).mean()}
+            "d_real": torch.sigmoid(real_logits.detach().float()).mean(),
+            "d_fake": torch.sigmoid(fake_logits.detach().float()).mean(), "r1": penalty.detach()}
 
 
 @torch.no_grad()
@@ -101,8 +114,8 @@ def evaluate_gan(setup: GANSetup, real: torch.Tensor, batch_size: int = 128) -> 
         with autocast(setup.device, setup.amp_dtype):
             real_logits = setup.discriminator(setup.fmt(x))
             fake_logits = setup.discriminator(setup.generator(z))
-        meter.update(0, {"d_loss": discriminator_loss(real_logits, fake_logits),
-                         "g_loss": generator_loss(fake_logits),
+        meter.update(0, {"d_loss": discriminator_loss(real_logits, fake_logits, setup.loss),
+                         "g_loss": generator_loss(fake_logits, setup.loss),
                          "d_real": torch.sigmoid(real_logits.float()).mean(),
                          "d_fake": torch.sigmoid(fake_logits.float()).mean()})
     return meter.means()
