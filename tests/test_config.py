@@ -52,7 +52,8 @@ SCRIPTS = ["GAN_run_scripts.ganmain", "GAN_run_scripts.evalGan", "VAE_run_script
            "Diffusion_run_scripts.DiffusionEval", "LDM_run_scripts.LDMAutoencoderMain",
            "LDM_run_scripts.LDMDiffusionMain", "LDM_run_scripts.LDMEval",
            "benchmarks.compare_families", "benchmarks.evaluate_samples",
-           "benchmarks.gan_speed", "benchmarks.unet_speed", "benchmarks.ddp_speed"]
+           "benchmarks.gan_speed", "benchmarks.unet_speed", "benchmarks.ddp_speed",
+           "benchmarks.diffusion_recipes"]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)

@@ -1,0 +1,145 @@
+"""The recipe study: which diffusion recipe learns the most in a fixed budget of CPU minutes.
+
+    python -m benchmarks.diffusion_recipes                  # about an hour on 2 idle cores
+    python -m benchmarks.diffusion_recipes --DATASETS="('digits',)" --MINUTES=5
+
+Every recipe is a real DiffusionMain (pixels) or LDMDiffusionMain (latents) run with the
+script's defaults plus the recipe's constants, trained for MINUTES of wall time (LDM recipes
+share one LDMAutoencoderMain run per data set, trained for AE_MINUTES), then sampled by its
+eval script with the same sampler and scored by the project's evaluator against held-out
+images: FID with its real-vs-real floor, precision, recall, class accuracy for the
+class-conditional latent models, and sampling ms/img. Each script runs in its own process (as
+benchmarks.compare_families does).
+
+Writes saved_plots/recipes/<run>/: results.md (a table per family and data set, best FID
+first), results.json (rewritten after every recipe, so a crash keeps what finished) and
+bars.png. The trained runs stay in their family folders, named in the table.
+"""
+import json
+from types import SimpleNamespace
+
+from benchmarks.compare_families import call, eval_args, train, train_args
+from utils.config import check_positive, resolve_constants
+from utils.errors import Interrupted, UserError, run_cli
+from utils.plots import save_bar_charts
+from utils.runs import new_run
+
+DATASETS = ("shapes", "digits")  # embedded data sets to run every recipe on
+IMAGE_SIZE = 32  # pixels
+N_TRAIN = None  # cap on training images (None: the whole split)
+MINUTES = 4.0  # training budget of one recipe
+AE_MINUTES = 3.0  # budget of the latent recipes' shared autoencoder, per data set
+_V_MINSNR = ["--PREDICTION=v", "--MIN_SNR_GAMMA=5", "--DROPOUT=0.0"]  # recipes' constants
+_FLOW = ["--PREDICTION=flow", "--DROPOUT=0.0"]
+PIXEL = {"eps": [], "v-minsnr5-nodrop": _V_MINSNR, "flow-nodrop": _FLOW}  # DiffusionMain recipes
+LATENT = {"v": [], "flow": ["--PREDICTION=flow"]}  # LDMDiffusionMain recipes: name -> constants
+N_SAMPLES = 200  # samples scored per recipe
+EVAL_SAMPLER = "ddim"  # the sampler every recipe is scored with
+EVAL_STEPS = 25  # its steps
+EXTRACTOR = "evaluator"  # features: evaluator (the project's classifier) or inception (online)
+OVERRIDES = {}  # extra constants per script for every recipe, e.g. {"DiffusionMain": [...]}
+SEED = 0  # seeds every run
+DEVICE = "auto"  # auto, cpu, cuda
+PRECISION = "auto"  # auto (bf16 autocast where fast), bf16, fp32
+SAVE_ROOT = "."  # saved_plots/ and saved_models/ are created here
+DATA_ROOT = "data"  # where torchvision datasets are downloaded
+
+_FIGURES = {"DiffusionEval": ["--GRID_SIZE=4", "--STRIP_IMAGES=1", "--STRIP_COLUMNS=4",
+                              "--NOISED_T=(500,)", "--COMPARE=('ddim-10',)",
+                              "--COMPARE_IMAGES=1"],
+            "LDMEval": ["--SCALES=(0, 3)", "--STRIP_IMAGES=1", "--STRIP_COLUMNS=4",
+                        "--NOISED_T=(500,)"]}  # the eval scripts' figures kept small
+_PANELS = [("fid_ratio", "FID / real-vs-real floor (log)"), ("precision", "precision"),
+           ("recall", "recall"), ("class_accuracy", "class accuracy (latent)"),
+           ("sampling_ms", "sampling ms/img")]
+
+
+def score(ns, family: str, recipe: str, args: list[str], stage1=None) -> dict:
+    """Train one recipe, sample and score it; its row of the table."""
+    script = "DiffusionMain" if family == "pixel" else "LDMDiffusionMain"
+    folder = "diffusion" if family == "pixel" else "ldm"
+    package = "Diffusion_run_scripts" if family == "pixel" else "LDM_run_scripts"
+    extra = [] if stage1 is None else [f"--AUTOENCODER_RUN={stage1.name}"]
+    run, info, loaded = train(ns, f"{package}.{script}", folder,
+                              [*train_args(ns, ns.MINUTES, data=stage1 is None), *extra, *args])
+    per_class = max(1, ns.N_SAMPLES // len(loaded.data.held_out(1, ns.DATA_ROOT).class_names))
+    count = f"--N_SAMPLES={ns.N_SAMPLES}" if family == "pixel" else f"--PER_CLASS={per_class}"
+    evaluator = "DiffusionEval" if family == "pixel" else "LDMEval"
+    sampler = [f"--SAMPLER={ns.EVAL_SAMPLER}"] if family == "pixel" else []
+    call(ns, f"{package}.{evaluator}", [*eval_args(ns, run), count, *sampler,
+                                        f"--STEPS={ns.EVAL_STEPS}", f"--PRECISION={ns.PRECISION}",
+                                        *_FIGURES[evaluator]])
+    metrics = json.loads((run.plots / "eval" / "metrics.json").read_text())
+    floor = metrics["real_vs_real"]["fid"]
+    return {"family": family, "dataset": ns.DATASET, "recipe": recipe, "args": args,
+            "run": run.name, "epochs": info["epochs"], "images": info["images"],
+            "img_per_s": info["img_per_s"], "fid": metrics["fid"], "fid_floor": floor,
+            "fid_ratio": metrics["fid"] / max(floor, 1e-9), "precision": metrics["precision"],
+            "recall": metrics["recall"], "class_accuracy": metrics.get("class_accuracy"),
+            "sampling_ms": metrics["sampling"]["ms_per_image"], "samples": metrics["samples"]}
+
+
+def markdown(rows: list[dict], const) -> str:
+    """One table per family and data set, best FID first."""
+    lines = [f"# Diffusion recipes: {const.MINUTES:g} minutes of training each "
+             f"({const.AE_MINUTES:g} for each latent family's autoencoder)", "",
+             f"Scored on {const.N_SAMPLES} samples ({const.EVAL_SAMPLER}-{const.EVAL_STEPS}) "
+             f"with the {const.EXTRACTOR} features; FID is biased at this sample count, so "
+             f"compare it with the real-vs-real floor of the same size.", ""]
+    for family, dataset in dict.fromkeys((r["family"], r["dataset"]) for r in rows):
+        group = sorted((r for r in rows if (r["family"], r["dataset"]) == (family, dataset)),
+                       key=lambda r: r.get("fid", float("inf")))
+        lines += [f"## {family} diffusion on {dataset}", "",
+                  "| recipe | constants | FID (floor) | precision | recall | class acc | "
+                  "img/s | images seen | sampling ms/img | run |", "|---" * 10 + "|"]
+        for r in group:
+            if "error" in r:
+                lines.append(f"| {r['recipe']} | failed: {r['error']} |" + " |" * 8)
+                continue
+            acc = "n/a" if r["class_accuracy"] is None else f"{r['class_accuracy']:.3f}"
+            lines.append(f"| {r['recipe']} | {' '.join(r['args']) or '(defaults)'} | "
+                         f"{r['fid']:.1f} ({r['fid_floor']:.1f}) | {r['precision']:.3f} | "
+                         f"{r['recall']:.3f} | {acc} | {r['img_per_s']:.0f} | "
+                         f"{r['images']:,} | {r['sampling_ms']:.1f} | {r['run']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> list[dict]:
+    const = resolve_constants(globals(), argv)
+    check_positive(const, "MINUTES", "AE_MINUTES", "N_SAMPLES", "EVAL_STEPS")
+    if not const.DATASETS or not (const.PIXEL or const.LATENT):
+        raise UserError("DATASETS and at least one of PIXEL, LATENT must be non-empty")
+    out = new_run(const.SAVE_ROOT, "recipes", "-".join(const.DATASETS), f"{const.MINUTES:g}min")
+    rows = []
+    for dataset in const.DATASETS:
+        ns = SimpleNamespace(**{**vars(const), "DATASET": dataset})
+        stage1 = None
+        if const.LATENT:
+            print(f"=== {dataset}: the latent recipes' autoencoder ===")
+            stage1 = train(ns, "LDM_run_scripts.LDMAutoencoderMain", "ldm_autoencoder",
+                           train_args(ns, const.AE_MINUTES))[0]
+        recipes = [("pixel", name, args, None) for name, args in const.PIXEL.items()]
+        recipes += [("latent", name, args, stage1) for name, args in const.LATENT.items()]
+        for family, name, args, ae_run in recipes:
+            print(f"=== {dataset}: {family} recipe {name} ({' '.join(args) or 'defaults'}) ===")
+            try:
+                rows.append(score(ns, family, name, list(args), ae_run))
+            except Interrupted:
+                raise
+            except UserError as err:  # a diverged recipe: the others still run
+                rows.append({"family": family, "dataset": dataset, "recipe": name,
+                             "args": list(args), "error": str(err)})
+            (out.plots / "results.json").write_text(json.dumps(
+                {"constants": vars(const), "rows": rows}, indent=2, default=str))
+    (out.plots / "results.md").write_text(markdown(rows, const))
+    done = {f"{r['family']}/{r['dataset']}/{r['recipe']}": r for r in rows if "error" not in r}
+    save_bar_charts(done, _PANELS, out.plots / "bars.png", log_y=["fid_ratio"],
+                    fractions=["precision", "recall", "class_accuracy"],
+                    title=f"Diffusion recipes, {const.MINUTES:g} minutes each")
+    print(markdown(rows, const))
+    return rows
+
+
+if __name__ == "__main__":
+    run_cli(main)
