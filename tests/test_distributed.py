@@ -32,7 +32,7 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, world: int, port: int, script: str, argv: list, fail_rank: int,
-            written: dict) -> None:
+            written: dict, failure: type = RuntimeError) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
                       RANK=str(rank), LOCAL_RANK=str(rank), TQDM_DISABLE="1")
     torch.set_num_threads(1)
@@ -54,8 +54,8 @@ def _worker(rank: int, world: int, port: int, script: str, argv: list, fail_rank
         real_step = loop.diffusion_step
 
         def failing(setup, x0, labels=None):
-            if setup.opt.state and next(iter(setup.opt.state.values()))["step"] >= 2:
-                raise RuntimeError("this rank fails")
+            if setup.opt.state and next(iter(setup.opt.state.values()))["step"] >= 6:
+                raise failure("this rank fails")
             return real_step(setup, x0, labels)
         loop.diffusion_step = failing
     import importlib
@@ -67,11 +67,12 @@ def _worker(rank: int, world: int, port: int, script: str, argv: list, fail_rank
         written[rank] = opened
 
 
-def _spawn(script: str, argv: list, world: int = 2, fail_rank: int = -1) -> dict:
+def _spawn(script: str, argv: list, world: int = 2, fail_rank: int = -1,
+           failure: type = RuntimeError) -> dict:
     """Run `script` in `world` processes; returns the files each rank opened for writing."""
     written = mp.Manager().dict()
-    mp.start_processes(_worker, args=(world, _free_port(), script, argv, fail_rank, written),
-                       nprocs=world, start_method="spawn")
+    mp.start_processes(_worker, args=(world, _free_port(), script, argv, fail_rank, written,
+                                      failure), nprocs=world, start_method="spawn")
     return dict(written)
 
 
@@ -123,14 +124,19 @@ def test_resuming_with_another_number_of_processes_says_so(tmp_path, capsys):
     assert (state["epoch"], state["processes"], state["images"]) == (2, 1, 2 * 64)
 
 
-def test_a_failing_rank_stops_the_other_within_seconds(tmp_path):
-    """Whichever exits first is reported: the failing rank, or the other one whose collective
-    lost its peer (gloo: connection reset or closed)."""
+@pytest.mark.parametrize("failure", [RuntimeError, KeyboardInterrupt])
+def test_a_failing_or_interrupted_rank_stops_the_other_within_seconds(tmp_path, failure):
+    """Whichever exits first is reported: the failing rank (an error, or Ctrl-C: exit status
+    130), or the other one whose collective lost its peer (gloo: connection reset or closed).
+    The checkpoint of the last finished epoch (4 steps each) is kept."""
     started = time.monotonic()
-    with pytest.raises(Exception, match="this rank fails|Connection reset|Connection closed"):
+    with pytest.raises(Exception, match="this rank fails|Connection reset|Connection closed|"
+                                        "exit code 130"):
         _spawn("Diffusion_run_scripts.DiffusionMain",
-               [*DIFFUSION, f"--SAVE_ROOT={tmp_path}", "--EPOCHS=50"], fail_rank=1)
+               [*DIFFUSION, f"--SAVE_ROOT={tmp_path}", "--EPOCHS=50"], fail_rank=1,
+               failure=failure)
     assert time.monotonic() - started < 60
+    assert load_checkpoint(find_run(tmp_path, "diffusion").checkpoint)["epoch"] == 1
 
 
 def test_a_global_batch_that_does_not_divide_is_refused(tmp_path):

@@ -156,11 +156,16 @@ class Progress:
 
 @contextmanager
 def stop_guard(run: Run, progress: Progress, save: Callable[[], None]):
-    """Ctrl-C saves a checkpoint (the interrupted epoch reruns on resume) and raises Interrupted;
-    a NaN/inf loss raises a UserError without saving, so the last good checkpoint stays."""
+    """Ctrl-C saves a checkpoint (the interrupted epoch reruns on resume) and raises Interrupted
+    (under torchrun it keeps the last checkpoint instead: saving takes a collective, and the
+    other ranks may already have stopped, so no rank can wait on another); a NaN/inf loss raises
+    a UserError without saving, so the last good checkpoint stays."""
     try:
         yield
     except KeyboardInterrupt:
+        if distributed.is_distributed():  # a save needs every rank, and some may be gone
+            raise Interrupted(f"interrupted; the last checkpoint {run.checkpoint} is kept "
+                              f"(resume with --RESUME={run.name})") from None
         save()
         raise Interrupted(f"interrupted; checkpoint saved to {run.checkpoint} "
                           f"(resume with --RESUME={run.name})") from None
