@@ -105,8 +105,11 @@ class Deadline:
         self.at = None if minutes is None else time.monotonic() + 60.0 * minutes
 
     def passed(self) -> bool:
-        """Whether the budget has run out; under torchrun, on any rank (so all stop together)."""
-        return distributed.any_rank(self.at is not None and time.monotonic() >= self.at)
+        """Whether the budget has run out; under torchrun, on any rank (so all stop together).
+        Without a budget no rank asks the others (every rank has the same MINUTES)."""
+        if self.at is None:
+            return False
+        return distributed.any_rank(time.monotonic() >= self.at)
 
 
 def until(deadline: Deadline | None, batches: Iterable) -> Iterator:
