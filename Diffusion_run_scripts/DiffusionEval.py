@@ -12,20 +12,19 @@ from pathlib import Path
 
 import torch
 
-from models.diffusion import Denoiser, NoiseSchedule
-from models.flow import FlowSchedule
+from models.diffusion import Denoiser
 from models.samplers import FLOW_SAMPLERS, SAMPLERS, sample
 from train.checkpoints import load_run
 from train.diffusion import checkpoint_denoiser
-from train.diffusion_figures import (compare_samplers, forward_strip, noised_and_denoised,
-                                     parse_sampler, reverse_strip, strip_timesteps)
+from train.diffusion_figures import (compared_samplers, noised_and_denoised, parse_sampler,
+                                     reverse_strip, write_forward_schedules,
+                                     write_sampler_comparison)
 from train.evaluator import evaluate_samples, write_metrics
 from utils.config import check_choice, check_positive, resolve_constants
 from utils.data import to_uint8
 from utils.device import resolve_device, resolve_precision, seed_everything
 from utils.errors import UserError, run_cli
-from utils.plots import save_grid, save_labelled_grid, save_strips_with_curves
-from utils.runs import write_json
+from utils.plots import save_grid, save_labelled_grid
 from utils.samples import draw_samples, save_samples_npz
 
 RUN = "latest"  # run name or number (e.g. 003), or latest
@@ -103,22 +102,6 @@ def main(argv=None) -> None:
     print(f"done: figures in {out}")
 
 
-def write_forward_schedules(x0: torch.Tensor, T: int, columns: int, this_run: str,
-                            path: Path) -> None:
-    """One image on the linear and cosine schedules and the flow path (same noise), with each
-    one's log-SNR."""
-    ts = strip_timesteps(T, columns)
-    noise = torch.randn_like(x0)
-    paths = {"linear": NoiseSchedule("linear", T), "cosine": NoiseSchedule("cosine", T),
-             "flow": FlowSchedule(T)}
-    strips = {kind: forward_strip(p, x0, ts, noise)[0] for kind, p in paths.items()}
-    curves = {kind: (range(T), p.log_snr().numpy()) for kind, p in paths.items()}
-    save_strips_with_curves(strips, [f"t={t}" for t in ts], curves, path,
-                            "log SNR = log(alpha^2 / sigma^2)", marks=ts,
-                            title=f"Forward process, same image and noise, T={T} "
-                                  f"(this run: {this_run})")
-
-
 def write_reverse_strip(denoiser: Denoiser, noise: torch.Tensor, const, path: Path, title: str
                         ) -> None:
     """x_t and the predicted x0 at evenly spaced steps of one sampling run per image."""
@@ -134,38 +117,6 @@ def write_noised_real(denoiser: Denoiser, x0: torch.Tensor, const, path: Path, t
                                            sampler=const.SAMPLER, steps=const.STEPS)
     save_labelled_grid(rows, path, row_labels, ["x0"] + [f"t={t}" for t in const.NOISED_T],
                        title=title)
-
-
-def write_sampler_comparison(denoiser: Denoiser, noise: torch.Tensor, specs: list[str],
-                             out: Path, title: str, fid_samples: int = 0, score=None) -> None:
-    """The same noise through each sampler spec, timed, and with fid_samples > 0 each spec's
-    FID (score(images) -> metrics) on that many samples: figure and JSON."""
-    rows, timings = compare_samplers(denoiser, noise, specs)
-    if fid_samples > 0:
-        for timing in timings:
-            name, steps = parse_sampler(timing["sampler"])
-            images = torch.cat([to_uint8(sample(denoiser, torch.randn(
-                min(250, fid_samples - i), *noise.shape[1:], device=noise.device), name, steps).x)
-                for i in range(0, fid_samples, 250)])
-            metrics = score(images)
-            timing.update(fid=metrics["fid"], fid_floor=metrics["real_vs_real"]["fid"],
-                          fid_samples=metrics["samples"])
-    save_labelled_grid(rows, out / "sampler_comparison.png",
-                       [f"{t['sampler']}: {t['seconds_per_image']:.3f} s/img"
-                        + (f", FID {t['fid']:.1f}" if "fid" in t else "") for t in timings],
-                       title=f"{title}: the same noise through each sampler")
-    write_json(out / "sampler_comparison.json", timings)
-    for t in timings:
-        print(f"{t['sampler']:>12s}: {t['seconds_per_image']:.3f} s/img"
-              + (f", FID {t['fid']:.2f} (floor {t['fid_floor']:.2f})" if "fid" in t else ""))
-
-
-def compared_samplers(specs: list[str], flow: bool) -> list[str]:
-    """COMPARE, without the samplers a flow model does not have (said once)."""
-    kept = [spec for spec in specs if not flow or parse_sampler(spec)[0] in FLOW_SAMPLERS]
-    if len(kept) < len(specs):
-        print(f"flow run: comparing {', '.join(kept)} (ddpm and dpmpp2m need a noise schedule)")
-    return kept
 
 
 if __name__ == "__main__":

@@ -3,14 +3,20 @@ and a timed sampler comparison. Pixel DDPM and latent diffusion share these; a l
 `decode` (latents -> images), a pixel model leaves it as the identity.
 """
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
 
 from models.diffusion import Denoiser, NoiseSchedule, q_sample
-from models.samplers import SAMPLERS, sample
+from models.flow import FlowSchedule
+from models.samplers import FLOW_SAMPLERS, SAMPLERS, sample
+from utils.data import to_uint8
 from utils.device import synchronize
 from utils.errors import UserError
+from utils.plots import save_labelled_grid, save_strips_with_curves
+from utils.runs import write_json
+from utils.samples import draw_samples
 
 Decode = Callable[[torch.Tensor], torch.Tensor]
 
@@ -98,3 +104,51 @@ def compare_samplers(denoiser: Denoiser, noise: torch.Tensor, specs: list[str], 
         timings.append({"sampler": spec, "seconds_per_image": seconds / len(noise),
                         "images": len(noise)})
     return torch.stack(rows), timings
+
+
+def write_forward_schedules(x0: torch.Tensor, T: int, columns: int, this_run: str,
+                            path: Path) -> None:
+    """One image on the linear and cosine schedules and the flow path (same noise), with each
+    one's log-SNR."""
+    ts = strip_timesteps(T, columns)
+    noise = torch.randn_like(x0)
+    paths = {"linear": NoiseSchedule("linear", T), "cosine": NoiseSchedule("cosine", T),
+             "flow": FlowSchedule(T)}
+    strips = {kind: forward_strip(p, x0, ts, noise)[0] for kind, p in paths.items()}
+    curves = {kind: (range(T), p.log_snr().numpy()) for kind, p in paths.items()}
+    save_strips_with_curves(strips, [f"t={t}" for t in ts], curves, path,
+                            "log SNR = log(alpha^2 / sigma^2)", marks=ts,
+                            title=f"Forward process, same image and noise, T={T} "
+                                  f"(this run: {this_run})")
+
+
+def write_sampler_comparison(denoiser: Denoiser, noise: torch.Tensor, specs: list[str],
+                             out: Path, title: str, fid_samples: int = 0, score=None) -> None:
+    """The same noise through each sampler spec, timed, and with fid_samples > 0 each spec's
+    FID (score(images) -> metrics) on that many samples: figure and JSON."""
+    rows, timings = compare_samplers(denoiser, noise, specs)
+    if fid_samples > 0:
+        for timing in timings:
+            name, steps = parse_sampler(timing["sampler"])
+            images, _ = draw_samples(lambda _, k: to_uint8(sample(denoiser, torch.randn(
+                k, *noise.shape[1:], device=noise.device), name, steps).x), fid_samples, 250,
+                noise.device)
+            metrics = score(images)
+            timing.update(fid=metrics["fid"], fid_floor=metrics["real_vs_real"]["fid"],
+                          fid_samples=metrics["samples"])
+    save_labelled_grid(rows, out / "sampler_comparison.png",
+                       [f"{t['sampler']}: {t['seconds_per_image']:.3f} s/img"
+                        + (f", FID {t['fid']:.1f}" if "fid" in t else "") for t in timings],
+                       title=f"{title}: the same noise through each sampler")
+    write_json(out / "sampler_comparison.json", timings)
+    for t in timings:
+        print(f"{t['sampler']:>12s}: {t['seconds_per_image']:.3f} s/img"
+              + (f", FID {t['fid']:.2f} (floor {t['fid_floor']:.2f})" if "fid" in t else ""))
+
+
+def compared_samplers(specs: list[str], flow: bool) -> list[str]:
+    """COMPARE, without the samplers a flow model does not have (said once)."""
+    kept = [spec for spec in specs if not flow or parse_sampler(spec)[0] in FLOW_SAMPLERS]
+    if len(kept) < len(specs):
+        print(f"flow run: comparing {', '.join(kept)} (ddpm and dpmpp2m need a noise schedule)")
+    return kept
