@@ -11,15 +11,18 @@ def _block(c_in: int, c_out: int) -> nn.Sequential:
 
 
 class EvaluatorCNN(nn.Module):
-    """Three conv blocks, global average pooling, a 128-d feature layer, a linear classifier."""
+    """Three conv blocks, global average pooling, a 128-d feature layer, a linear classifier,
+    and (n_factors > 0) a linear regression of the data set's continuous factors from the same
+    features, so that the features also measure what the class does not (hue, size, position)."""
 
     def __init__(self, channels: int = 3, num_classes: int = 10, width: int = 32,
-                 feature_dim: int = 128):
+                 feature_dim: int = 128, n_factors: int = 0):
         super().__init__()
         self.body = nn.Sequential(_block(channels, width), _block(width, 2 * width),
                                   _block(2 * width, 4 * width), nn.AdaptiveAvgPool2d(1),
                                   nn.Flatten(), nn.Linear(4 * width, feature_dim), nn.ReLU())
         self.head = nn.Linear(feature_dim, num_classes)
+        self.factor_head = nn.Linear(feature_dim, n_factors) if n_factors else None
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)

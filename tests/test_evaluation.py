@@ -41,6 +41,30 @@ def test_real_images_score_like_the_floor_and_noise_does_not(evaluator_root):
         evaluate_samples(noise, None, "shapes", CPU, save_root=evaluator_root, extractor="clip")
 
 
+def test_features_see_the_factors_a_class_ignores_and_tolerate_slight_noise(evaluator_root):
+    """Samples of every shape but one narrow band of hues (a generator that lost the colours)
+    score far from the floor; real images with slight noise are still classified."""
+    from train.evaluator import factor_targets, predict
+    model, _ = get_evaluator("shapes", 32, 3, CPU, save_root=evaluator_root)
+    data = load_dataset("shapes", "train", image_size=32, n=12000)
+    real, labels = data.images[4000:], data.labels[4000:]
+    narrow = torch.from_numpy(data.factors["hue"][4000:] < 0.2)
+    one_hue = evaluate_samples(real[narrow][:500], None, "shapes", CPU,
+                               save_root=evaluator_root)
+    mixed = evaluate_samples(real[~narrow][:500], None, "shapes", CPU, save_root=evaluator_root)
+    assert one_hue["fid"] > 5 * mixed["fid"] and one_hue["recall"] < mixed["recall"]
+    x = real[:500].float() / 127.5 - 1
+    noisy = x + 0.05 * torch.randn_like(x)
+    assert (predict(model, noisy)[1] == labels[:500]).float().mean() > 0.95
+    with torch.no_grad():  # the factor head regresses hue, scale and position
+        model.eval()
+        fitted = model.factor_head(model.features(x))
+    target = factor_targets(data)[4000:4500]
+    r2 = 1 - ((fitted - target) ** 2).mean(0) / target.var(0)
+    assert (r2 > 0.8).all(), r2
+    assert factor_targets(load_dataset("digits", "train", image_size=32, channels=1)) is None
+
+
 def test_evalgan_writes_metrics(evaluator_root, tiny_gan, tmp_path):
     from GAN_run_scripts import evalGan, ganmain
     ganmain.main([*tiny_gan, "--IMAGE_SIZE=32"])

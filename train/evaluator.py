@@ -25,24 +25,64 @@ def evaluator_path(save_root, dataset: str, image_size: int, channels: int) -> P
 
 
 MIN_STEPS = 400  # small data sets (digits) get more epochs, so every evaluator sees enough steps
+NOISE_STD = 0.1  # training augmentation: Gaussian noise of std U(0, NOISE_STD) on half a batch
+RECIPE = 2  # bumped when training changes, so that cached evaluators are retrained
+
+
+def factor_targets(data: ImageData) -> torch.Tensor | None:
+    """Standardised continuous factors (shapes: hue as a point on the colour circle, scale,
+    x and y position) regressed beside the class, or None for data without factors."""
+    if not data.factors:
+        return None
+    hue = torch.as_tensor(data.factors["hue"]) * 2 * torch.pi
+    cols = [hue.cos(), hue.sin()] + [torch.as_tensor(data.factors[k])
+                                     for k in ("scale", "pos_x", "pos_y")]
+    t = torch.stack(cols, 1).float()
+    return (t - t.mean(0)) / t.std(0).clamp_min(1e-6)
+
+
+def _noisy(x: torch.Tensor) -> torch.Tensor:
+    """Half the batch with Gaussian noise: features that do not jump on slightly noisy samples
+    (an under-trained diffusion model's), while a noise image stays far from every real one."""
+    std = torch.rand(len(x), 1, 1, 1, device=x.device) * NOISE_STD
+    std[: len(x) // 2] = 0
+    return x + std * torch.randn_like(x)
+
+
+def _batches(data: ImageData, targets, batch_size: int, device: torch.device):
+    """(images, labels, factor targets or None) batches in a fresh random order."""
+    if data.images is None:  # streamed from disk (no factors)
+        for x, y in iterate_batches(data, batch_size, device):
+            yield x, y, None
+        return
+    order = torch.randperm(len(data))
+    for start in range(0, len(data) - batch_size + 1, batch_size):
+        index = order[start:start + batch_size]
+        t = None if targets is None else targets[index].to(device)
+        yield to_float(data.images[index].to(device)), data.labels[index].to(device), t
 
 
 def train_evaluator(train: ImageData, test: ImageData, device: torch.device, *,
                     epochs: int | None = None, batch_size: int = 128, lr: float = 2e-3
                     ) -> tuple[EvaluatorCNN, float]:
-    """Adam with a one-cycle LR on the training split; returns (model, held-out accuracy).
+    """Adam with a one-cycle LR on the training split: cross-entropy on the class plus (where the
+    data has factors) mean squared error on factor_targets; returns (model, held-out accuracy).
     epochs=None: 2, or enough for MIN_STEPS steps."""
     if epochs is None:
         epochs = max(2, -(-MIN_STEPS * batch_size // len(train)))
-    model = EvaluatorCNN(train.shape[0], train.num_classes).to(device)
+    targets = factor_targets(train)
+    n_factors = 0 if targets is None else targets.shape[1]
+    model = EvaluatorCNN(train.shape[0], train.num_classes, n_factors=n_factors).to(device)
     steps = epochs * max(1, len(train) // batch_size)
     opt = torch.optim.Adam(model.parameters(), lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps)
-    data = train.to(device)
     for _ in range(epochs):
         model.train()
-        for x, y in iterate_batches(data, batch_size, device, flip=False):
-            loss = F.cross_entropy(model(x), y)
+        for x, y, t in _batches(train, targets, batch_size, device):
+            features = model.features(_noisy(x))
+            loss = F.cross_entropy(model.head(features), y)
+            if t is not None:
+                loss = loss + F.mse_loss(model.factor_head(features), t)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -80,7 +120,10 @@ def get_evaluator(dataset: str, image_size: int, channels: int, device: torch.de
             state = load_checkpoint(path, "evaluator")
         except UserError as err:  # a cache written by an older version: train it again
             print(f"{err}; retraining the evaluator")
-        else:
+            state = None
+        if state is not None and state["info"].get("recipe") != RECIPE:
+            print(f"the cached evaluator {path} was trained by an older recipe; retraining it")
+        elif state is not None:
             model = EvaluatorCNN(**state["model_args"]).to(device)
             load_state(model, state["model"], "evaluator")
             return model, state["info"]
@@ -90,14 +133,17 @@ def get_evaluator(dataset: str, image_size: int, channels: int, device: torch.de
     print(f"training the {dataset} evaluator classifier once (cached at {path})")
     model, accuracy = train_evaluator(train, test, device, epochs=epochs)
     info = {"dataset": dataset, "image_size": image_size, "channels": channels,
-            "test_accuracy": accuracy, "test_images": len(test), "train_images": len(train)}
+            "test_accuracy": accuracy, "test_images": len(test), "train_images": len(train),
+            "recipe": RECIPE}
     threshold = THRESHOLDS.get(dataset)
     if threshold and accuracy < threshold:
         print(f"warning: the {dataset} evaluator reached {accuracy:.3f} held-out accuracy, "
               f"below {threshold}; its features are weaker")
     save_checkpoint({"version": CHECKPOINT_VERSION, "kind": "evaluator",
                      "model": model.state_dict(), "info": info, "config": info,
-                     "model_args": {"channels": channels, "num_classes": train.num_classes}},
+                     "model_args": {"channels": channels, "num_classes": train.num_classes,
+                                    "n_factors": model.factor_head.out_features
+                                    if model.factor_head is not None else 0}},
                     path)
     return model, info
 
