@@ -3,8 +3,8 @@
     python -m benchmarks.diffusion_recipes                  # about an hour on 2 idle cores
     python -m benchmarks.diffusion_recipes --DATASETS="('digits',)" --MINUTES=5
 
-Every recipe is a real DiffusionMain (pixels) or LDMDiffusionMain (latents) run with the
-script's defaults plus the recipe's constants, trained for MINUTES of wall time (LDM recipes
+Every recipe is a real DiffusionMain (pixels), LDMDiffusionMain (latents) or ganmain (the
+DCGAN, for GAN_MINUTES) run with the script's defaults plus the recipe's constants, trained for MINUTES of wall time (LDM recipes
 share one LDMAutoencoderMain run per data set, trained for AE_MINUTES), then sampled by its
 eval script with the same sampler and scored by the project's evaluator against held-out
 images: FID with its real-vs-real floor, precision, recall, class accuracy for the
@@ -33,6 +33,8 @@ _V_MINSNR = ["--PREDICTION=v", "--MIN_SNR_GAMMA=5", "--DROPOUT=0.0"]  # recipes'
 _FLOW = ["--PREDICTION=flow", "--DROPOUT=0.0"]
 PIXEL = {"eps": [], "v-minsnr5-nodrop": _V_MINSNR, "flow-nodrop": _FLOW}  # DiffusionMain recipes
 LATENT = {"v": [], "flow": ["--PREDICTION=flow"]}  # LDMDiffusionMain recipes: name -> constants
+GAN = {}  # ganmain recipes, e.g. {"bce": [], "hinge-sn": ["--LOSS=hinge", "--SPECTRAL_NORM=True"]}
+GAN_MINUTES = 3.0  # training budget of one GAN recipe
 N_SAMPLES = 200  # samples scored per recipe
 EVAL_SAMPLER = "ddim"  # the sampler every recipe is scored with
 EVAL_STEPS = 25  # its steps
@@ -48,48 +50,63 @@ _FIGURES = {"DiffusionEval": ["--GRID_SIZE=4", "--STRIP_IMAGES=1", "--STRIP_COLU
                               "--NOISED_T=(500,)", "--COMPARE=('ddim-10',)",
                               "--COMPARE_IMAGES=1"],
             "LDMEval": ["--SCALES=(0, 3)", "--STRIP_IMAGES=1", "--STRIP_COLUMNS=4",
-                        "--NOISED_T=(500,)"]}  # the eval scripts' figures kept small
+                        "--NOISED_T=(500,)"],
+            "evalGan": ["--GRID_SIZE=4", "--N_PAIRS=1", "--STEPS=4"]}  # figures kept small
 _PANELS = [("fid_ratio", "FID / real-vs-real floor (log)"), ("precision", "precision"),
            ("recall", "recall"), ("class_accuracy", "class accuracy (latent)"),
            ("sampling_ms", "sampling ms/img")]
 
 
+_SCRIPTS = {"pixel": ("Diffusion_run_scripts", "DiffusionMain", "DiffusionEval", "diffusion"),
+            "latent": ("LDM_run_scripts", "LDMDiffusionMain", "LDMEval", "ldm"),
+            "gan": ("GAN_run_scripts", "ganmain", "evalGan", "gan")}  # family -> scripts, folder
+
+
+def _eval_args(ns, family: str, loaded) -> list[str]:
+    """How many samples each family's eval script draws, and with which sampler."""
+    if family == "gan":
+        return [f"--N_SAMPLES={ns.N_SAMPLES}"]
+    steps = [f"--STEPS={ns.EVAL_STEPS}", f"--PRECISION={ns.PRECISION}"]
+    if family == "pixel":
+        return [f"--N_SAMPLES={ns.N_SAMPLES}", f"--SAMPLER={ns.EVAL_SAMPLER}", *steps]
+    per_class = max(1, ns.N_SAMPLES // len(loaded.data.held_out(1, ns.DATA_ROOT).class_names))
+    return [f"--PER_CLASS={per_class}", *steps]
+
+
 def score(ns, family: str, recipe: str, args: list[str], stage1=None) -> dict:
     """Train one recipe, sample and score it; its row of the table."""
-    script = "DiffusionMain" if family == "pixel" else "LDMDiffusionMain"
-    folder = "diffusion" if family == "pixel" else "ldm"
-    package = "Diffusion_run_scripts" if family == "pixel" else "LDM_run_scripts"
+    package, script, evaluator, folder = _SCRIPTS[family]
     extra = [] if stage1 is None else [f"--AUTOENCODER_RUN={stage1.name}"]
+    minutes = ns.GAN_MINUTES if family == "gan" else ns.MINUTES
     run, info, loaded = train(ns, f"{package}.{script}", folder,
-                              [*train_args(ns, ns.MINUTES, data=stage1 is None), *extra, *args])
-    per_class = max(1, ns.N_SAMPLES // len(loaded.data.held_out(1, ns.DATA_ROOT).class_names))
-    count = f"--N_SAMPLES={ns.N_SAMPLES}" if family == "pixel" else f"--PER_CLASS={per_class}"
-    evaluator = "DiffusionEval" if family == "pixel" else "LDMEval"
-    sampler = [f"--SAMPLER={ns.EVAL_SAMPLER}"] if family == "pixel" else []
-    call(ns, f"{package}.{evaluator}", [*eval_args(ns, run), count, *sampler,
-                                        f"--STEPS={ns.EVAL_STEPS}", f"--PRECISION={ns.PRECISION}",
+                              [*train_args(ns, minutes, data=stage1 is None), *extra, *args])
+    call(ns, f"{package}.{evaluator}", [*eval_args(ns, run), *_eval_args(ns, family, loaded),
                                         *_FIGURES[evaluator]])
     metrics = json.loads((run.plots / "eval" / "metrics.json").read_text())
     floor = metrics["real_vs_real"]["fid"]
+    sampling = metrics.get("sampling", {}).get("ms_per_image", float("nan"))
     return {"family": family, "dataset": ns.DATASET, "recipe": recipe, "args": args,
-            "run": run.name, "epochs": info["epochs"], "images": info["images"],
-            "img_per_s": info["img_per_s"], "fid": metrics["fid"], "fid_floor": floor,
-            "fid_ratio": metrics["fid"] / max(floor, 1e-9), "precision": metrics["precision"],
-            "recall": metrics["recall"], "class_accuracy": metrics.get("class_accuracy"),
-            "sampling_ms": metrics["sampling"]["ms_per_image"], "samples": metrics["samples"]}
+            "run": run.name, "minutes": minutes, "epochs": info["epochs"],
+            "images": info["images"], "img_per_s": info["img_per_s"], "fid": metrics["fid"],
+            "fid_floor": floor, "fid_ratio": metrics["fid"] / max(floor, 1e-9),
+            "precision": metrics["precision"], "recall": metrics["recall"],
+            "class_accuracy": metrics.get("class_accuracy"), "sampling_ms": sampling,
+            "samples": metrics["samples"]}
 
 
 def markdown(rows: list[dict], const) -> str:
     """One table per family and data set, best FID first."""
     lines = [f"# Diffusion recipes: {const.MINUTES:g} minutes of training each "
-             f"({const.AE_MINUTES:g} for each latent family's autoencoder)", "",
+             f"({const.AE_MINUTES:g} for each latent family's autoencoder, "
+             f"{const.GAN_MINUTES:g} for each GAN recipe)", "",
              f"Scored on {const.N_SAMPLES} samples ({const.EVAL_SAMPLER}-{const.EVAL_STEPS}) "
              f"with the {const.EXTRACTOR} features; FID is biased at this sample count, so "
              f"compare it with the real-vs-real floor of the same size.", ""]
     for family, dataset in dict.fromkeys((r["family"], r["dataset"]) for r in rows):
         group = sorted((r for r in rows if (r["family"], r["dataset"]) == (family, dataset)),
                        key=lambda r: r.get("fid", float("inf")))
-        lines += [f"## {family} diffusion on {dataset}", "",
+        title = "DCGAN" if family == "gan" else f"{family} diffusion"
+        lines += [f"## {title} on {dataset}", "",
                   "| recipe | constants | FID (floor) | precision | recall | class acc | "
                   "img/s | images seen | sampling ms/img | run |", "|---" * 10 + "|"]
         for r in group:
@@ -107,9 +124,9 @@ def markdown(rows: list[dict], const) -> str:
 
 def main(argv=None) -> list[dict]:
     const = resolve_constants(globals(), argv)
-    check_positive(const, "MINUTES", "AE_MINUTES", "N_SAMPLES", "EVAL_STEPS")
-    if not const.DATASETS or not (const.PIXEL or const.LATENT):
-        raise UserError("DATASETS and at least one of PIXEL, LATENT must be non-empty")
+    check_positive(const, "MINUTES", "AE_MINUTES", "GAN_MINUTES", "N_SAMPLES", "EVAL_STEPS")
+    if not const.DATASETS or not (const.PIXEL or const.LATENT or const.GAN):
+        raise UserError("DATASETS and at least one of PIXEL, LATENT, GAN must be non-empty")
     out = new_run(const.SAVE_ROOT, "recipes", "-".join(const.DATASETS), f"{const.MINUTES:g}min")
     rows = []
     for dataset in const.DATASETS:
@@ -121,6 +138,7 @@ def main(argv=None) -> list[dict]:
                            train_args(ns, const.AE_MINUTES))[0]
         recipes = [("pixel", name, args, None) for name, args in const.PIXEL.items()]
         recipes += [("latent", name, args, stage1) for name, args in const.LATENT.items()]
+        recipes += [("gan", name, args, None) for name, args in const.GAN.items()]
         for family, name, args, ae_run in recipes:
             print(f"=== {dataset}: {family} recipe {name} ({' '.join(args) or 'defaults'}) ===")
             try:

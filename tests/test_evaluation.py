@@ -189,23 +189,25 @@ def test_diffusion_recipe_study_smoke(evaluator_root, tmp_path):
     shutil.copy(evaluator_path(evaluator_root, "shapes", 32, 3), target)
     tiny = {"DiffusionMain": ["--BASE=8", "--ATTENTION=()", "--SAMPLE_STEPS=2"],
             "LDMAutoencoderMain": ["--BASE=8"], "LDMDiffusionMain": ["--BASE=8",
-                                                                    "--SAMPLE_STEPS=2"]}
+                                                                    "--SAMPLE_STEPS=2"],
+            "ganmain": ["--WIDTH=8"]}
     pixel = {"eps": [], "broken": ["--PREDICTION=nope"]}
     rows = diffusion_recipes.main([
         "--SAVE_ROOT", str(tmp_path), "--DATASETS=('shapes',)", "--MINUTES=0.01",
         "--AE_MINUTES=0.01", "--N_TRAIN=256", "--N_SAMPLES=20", "--EVAL_STEPS=2",
         f"--PIXEL={pixel!r}", "--LATENT={'flow': ['--PREDICTION=flow']}",
-        f"--OVERRIDES={tiny!r}",
+        "--GAN={'hinge': ['--LOSS=hinge']}", "--GAN_MINUTES=0.01", f"--OVERRIDES={tiny!r}",
         "--PRECISION=fp32"])
     assert [(r["family"], r["recipe"]) for r in rows] == [
-        ("pixel", "eps"), ("pixel", "broken"), ("latent", "flow")]
+        ("pixel", "eps"), ("pixel", "broken"), ("latent", "flow"), ("gan", "hinge")]
     assert "error" in rows[1]
-    for r in (rows[0], rows[2]):
+    for r in (rows[0], rows[2], rows[3]):
         assert r["fid"] > 0 and r["fid_ratio"] == r["fid"] / r["fid_floor"]
         assert r["samples"] == 20 and r["images"] > 0
     assert rows[2]["class_accuracy"] is not None and rows[0]["class_accuracy"] is None
     out = next((tmp_path / "saved_plots" / "recipes").iterdir())
     table = (out / "results.md").read_text()
     assert "## latent diffusion on shapes" in table and "--PREDICTION=flow" in table
+    assert "## DCGAN on shapes" in table and "--LOSS=hinge" in table
     assert (out / "bars.png").is_file()
-    assert len(json.loads((out / "results.json").read_text())["rows"]) == 3
+    assert len(json.loads((out / "results.json").read_text())["rows"]) == 4
