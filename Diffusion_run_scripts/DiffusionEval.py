@@ -25,6 +25,7 @@ from utils.data import to_uint8
 from utils.device import resolve_device, resolve_precision, seed_everything
 from utils.errors import UserError, run_cli
 from utils.plots import save_grid, save_labelled_grid
+from utils.run_index import write_indexes
 from utils.samples import draw_samples, save_samples_npz
 
 RUN = "latest"  # run name or number (e.g. 003), or latest
@@ -99,6 +100,7 @@ def main(argv=None) -> None:
                           extractor=const.EXTRACTOR, save_root=const.SAVE_ROOT,
                           data_root=const.DATA_ROOT,
                           seed=loaded.data.seed, sampling={"sampler": draw, "ms_per_image": ms})
+    write_indexes(out.parent)  # the run's index.html and saved_plots/index.html
     print(f"done: figures in {out}")
 
 

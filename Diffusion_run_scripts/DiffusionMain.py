@@ -18,6 +18,7 @@ from utils.config import check_choice, check_positive, resolve_constants
 from utils.data import batches_per_epoch, iterate_batches
 from utils.errors import run_cli
 from utils.plots import save_labelled_grid
+from utils.run_index import write_indexes
 from utils.session import denoiser_args, load_splits, open_run, resume_run, seed_and_device
 
 # data
@@ -65,6 +66,7 @@ MINUTES = None  # stop training after this many minutes of wall time (None: all 
 # outputs
 SAVE_ROOT = "."  # saved_plots/ and saved_models/ are created here
 CHECKPOINT_EVERY = 1  # epochs between checkpoints (and always at the end)
+TENSORBOARD = True  # scalars and samples to <run>/tensorboard/ (needs the tensorboard package)
 SAMPLER = "ddim"  # per-epoch samples: ddim, ddpm, heun, dpmpp2m (flow: ddim/euler, heun)
 SAMPLE_STEPS = 50  # its number of steps
 PROGRESSION_ROWS = 8  # fixed noise images followed across epochs
@@ -107,6 +109,7 @@ def main(argv=None):
         config=vars(const),
         deadline=deadline, checkpoint_every=const.CHECKPOINT_EVERY, state=state,
         sample_title=f"EMA samples from fixed noise ({const.SAMPLER}, {const.SAMPLE_STEPS} steps)")
+    write_indexes(run.plots)  # the run's index.html and saved_plots/index.html
     print(f"done: figures in {run.plots}")
     return run
 

@@ -16,6 +16,7 @@ from utils.config import resolve_constants
 from utils.device import resolve_device, seed_everything
 from utils.errors import run_cli
 from utils.plots import save_grid, save_labelled_grid
+from utils.run_index import write_indexes
 from utils.runs import MetricsLog
 from utils.samples import draw_samples, save_samples_npz, slerp
 
@@ -54,6 +55,7 @@ def main(argv=None) -> None:
                           save_root=const.SAVE_ROOT, data_root=const.DATA_ROOT,
                           seed=loaded.data.seed,
                           sampling={"sampler": "generator", "ms_per_image": ms})
+    write_indexes(out.parent)  # the run's index.html and saved_plots/index.html
     print(f"done: figures in {out}")
 
 

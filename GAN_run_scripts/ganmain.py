@@ -15,6 +15,7 @@ from train.gan import build_gan, generate, train_gan
 from utils.config import check_choice, check_positive, resolve_constants
 from utils.errors import UserError, run_cli
 from utils.plots import save_grid
+from utils.run_index import write_indexes
 from utils.session import load_splits, open_run, resume_run, seed_and_device
 
 # data
@@ -46,6 +47,7 @@ MINUTES = None  # stop training after this many minutes of wall time (None: all 
 # outputs
 SAVE_ROOT = "."  # saved_plots/ and saved_models/ are created here
 CHECKPOINT_EVERY = 2  # epochs between checkpoints (and always at the end)
+TENSORBOARD = True  # scalars and samples to <run>/tensorboard/ (needs the tensorboard package)
 N_FIXED = 64  # fixed latents for the final sample grid
 PROGRESSION_ROWS = 8  # how many of them the progression figure follows across epochs
 
@@ -74,6 +76,7 @@ def main(argv=None):
                        progression_rows=const.PROGRESSION_ROWS, flip=const.FLIP, state=state)
     save_grid(generate(setup.generator, fixed_z.to(device), amp_dtype), run.plots / "samples.png",
               nrow=8, title=f"DCGAN samples after {len(frames)} epochs")
+    write_indexes(run.plots)  # the run's index.html and saved_plots/index.html
     print(f"done: figures in {run.plots}")
     return run
 

@@ -14,6 +14,7 @@ from train.autoencoder import KL_MODES, AELoss, build_autoencoder, train_autoenc
 from train.common import Deadline
 from utils.config import check_choice, check_positive, resolve_constants
 from utils.errors import UserError, run_cli
+from utils.run_index import write_indexes
 from utils.session import load_splits, open_run, resume_run, seed_and_device
 
 # data
@@ -62,6 +63,7 @@ MINUTES = None  # stop training after this many minutes of wall time (None: all 
 # outputs
 SAVE_ROOT = "."  # saved_plots/ and saved_models/ are created here
 CHECKPOINT_EVERY = 1  # epochs between checkpoints (and always at the end)
+TENSORBOARD = True  # scalars and samples to <run>/tensorboard/ (needs the tensorboard package)
 RECON_EVERY = 1  # epochs between reconstruction figures
 N_RECON = 10  # held-out images in the reconstruction figure
 
@@ -101,6 +103,7 @@ def main(argv=None):
                               checkpoint_every=const.CHECKPOINT_EVERY,
                               recon_every=const.RECON_EVERY,
                               n_recon=const.N_RECON, state=state)
+    write_indexes(run.plots)  # the run's index.html and saved_plots/index.html
     print(f"latents: mean {stats['mean']:.3f}, std {stats['std']:.3f}, scale factor "
           f"{stats['scale_factor']:.4f}; done: figures in {run.plots}")
     return run

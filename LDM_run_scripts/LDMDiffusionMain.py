@@ -18,6 +18,7 @@ from train.diffusion_step import build_diffusion, build_schedule, ema_denoiser
 from train.latents import class_samples, guided, latent_batches, load_cache
 from utils.config import check_choice, check_positive, resolve_constants
 from utils.errors import UserError, run_cli
+from utils.run_index import write_indexes
 from utils.session import denoiser_args, open_run, resume_run, seed_and_device
 
 # autoencoder
@@ -63,6 +64,7 @@ MINUTES = None  # stop training after this many minutes of wall time (None: all 
 # outputs
 SAVE_ROOT = "."  # saved_plots/ and saved_models/ are created here
 CHECKPOINT_EVERY = 1  # epochs between checkpoints (and always at the end)
+TENSORBOARD = True  # scalars and samples to <run>/tensorboard/ (needs the tensorboard package)
 GUIDANCE = 3.0  # CFG scale of the per-epoch samples
 SAMPLE_STEPS = 50  # DDIM steps of the per-epoch samples
 
@@ -114,6 +116,7 @@ def main(argv=None):
                       f"DDIM {const.SAMPLE_STEPS}"),
         row_labels=tuple(cache.get("class_names", ())),
         extras={"autoencoder_run": stage1.run.name, "scale_factor": scale})
+    write_indexes(run.plots)  # the run's index.html and saved_plots/index.html
     print(f"done: figures in {run.plots}")
     return run
 

@@ -28,6 +28,7 @@ from utils.config import check_positive, resolve_constants
 from utils.device import resolve_device, resolve_precision, seed_everything
 from utils.errors import UserError, run_cli
 from utils.plots import save_labelled_grid
+from utils.run_index import write_indexes
 from utils.samples import draw_samples, save_samples_npz
 
 RUN = "latest"  # LDM run name or number, or latest
@@ -83,6 +84,7 @@ def main(argv=None) -> dict:
                 save_root=const.SAVE_ROOT, data_root=const.DATA_ROOT, seed=ldm.data.seed,
                 sampling={"sampler": f"ddim-{const.STEPS}, CFG {const.GUIDANCE:g}, decoded",
                           "ms_per_image": ms})
+    write_indexes(out.parent)  # the run's index.html and saved_plots/index.html
     print(f"held-out PSNR {report['held_out_psnr']:.2f} dB, held-out scaled latents mean "
           f"{report['held_out_scaled_mean']:.3f} std {report['held_out_scaled_std']:.3f}; "
           f"done: figures in {out}")

@@ -18,6 +18,7 @@ from utils.config import check_positive, resolve_constants
 from utils.data import to_uint8
 from utils.device import resolve_device, seed_everything
 from utils.errors import UserError, run_cli
+from utils.run_index import write_indexes
 from utils.runs import MetricsLog
 from utils.samples import draw_samples, save_samples_npz
 
@@ -63,6 +64,7 @@ def main(argv=None) -> dict:
     for f in report["factors"]:
         print(f"{f['factor']:>10s}: best latent z{f['best_latent']}, MIG {f['mig']:.3f}")
     mig = "n/a" if report["mig"] is None else f"{report['mig']:.3f}"
+    write_indexes(out.parent)  # the run's index.html and saved_plots/index.html
     print(f"MIG {mig}; active dims by KL {report['active_dims']}; done: figures in {out}")
     return report
 

@@ -17,6 +17,7 @@ from train.vae import BETA_MODES, build_vae, train_vae
 from train.vae_figures import write_vae_figures
 from utils.config import check_choice, check_positive, resolve_constants
 from utils.errors import UserError, run_cli
+from utils.run_index import write_indexes
 from utils.runs import MetricsLog
 from utils.session import load_splits, open_run, resume_run, seed_and_device
 
@@ -56,6 +57,7 @@ MINUTES = None  # stop training after this many minutes of wall time (None: all 
 SAVE_ROOT = "."  # saved_plots/ and saved_models/ are created here
 TAG = None  # run-name suffix (None: the beta mode)
 CHECKPOINT_EVERY = 5  # epochs between checkpoints (and always at the end)
+TENSORBOARD = True  # scalars and samples to <run>/tensorboard/ (needs the tensorboard package)
 PROGRESSION_ROWS = 8  # fixed prior samples followed across epochs
 
 
@@ -94,6 +96,7 @@ def main(argv=None):
     report = write_vae_figures(setup.model, test, last["test_kl_dims"], run.plots,
                                f"{run.name} (epoch {last['epoch']})")
     mig = "n/a" if report["mig"] is None else f"{report['mig']:.3f}"
+    write_indexes(run.plots)  # the run's index.html and saved_plots/index.html
     print(f"MIG {mig}, active dims {report['active_dims']}; done: figures in {run.plots}")
     return run, report
 

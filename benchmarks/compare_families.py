@@ -11,8 +11,9 @@ feature extractor against the same held-out images. Every script runs in its own
 -m, as a user would run it), so no family's memory or threads carry into the next and each
 peak resident memory is measured on its own.
 
-Writes to saved_plots/compare/<run>/: results.md (the table), results.json (everything, rewritten
-after each family so a crash keeps what finished) and bars.png. The trained runs stay in their
+Writes to saved_plots/compare/<run>/: results.md (the table), results.html (the table and the
+chart, linked from saved_plots/index.html), results.json (everything, rewritten after each
+family so a crash keeps what finished) and bars.png. The trained runs stay in their
 family folders (named in the table), with their usual figures and eval/ folders.
 """
 import json
@@ -29,6 +30,7 @@ from utils.config import check_positive, resolve_constants
 from utils.device import resolve_device, resolve_precision
 from utils.errors import INTERRUPTED_STATUS, Interrupted, UserError, run_cli
 from utils.plots import save_bar_charts
+from utils.run_index import write_results_page
 from utils.runs import MetricsLog, Run, existing_runs, find_run, new_run
 
 DATASET = "shapes"  # shapes, digits (embedded); cifar10, mnist, ... (online)
@@ -248,6 +250,7 @@ def main(argv=None) -> list[dict]:
                     fractions=["precision", "recall", "class_accuracy"],
                     marks={"fid": {k: r["fid_floor"] for k, r in done.items()}},
                     title=f"{const.DATASET}: {const.MINUTES:g} minutes of training per family")
+    write_results_page(out, markdown(rows, const))
     print(markdown(rows, const))
     print(f"done: {out / 'results.md'}, bars.png")
     return rows

@@ -4,16 +4,17 @@
     python -m benchmarks.diffusion_recipes --DATASETS="('digits',)" --MINUTES=5
 
 Every recipe is a real DiffusionMain (pixels), LDMDiffusionMain (latents) or ganmain (the
-DCGAN, for GAN_MINUTES) run with the script's defaults plus the recipe's constants, trained for MINUTES of wall time (LDM recipes
-share one LDMAutoencoderMain run per data set, trained for AE_MINUTES), then sampled by its
-eval script with the same sampler and scored by the project's evaluator against held-out
-images: FID with its real-vs-real floor, precision, recall, class accuracy for the
-class-conditional latent models, and sampling ms/img. Each script runs in its own process (as
-benchmarks.compare_families does).
+DCGAN) run with the script's defaults plus the recipe's constants, trained for MINUTES of wall
+time (GAN_MINUTES for a GAN; the LDM recipes share one LDMAutoencoderMain run per data set,
+trained for AE_MINUTES), then sampled by its eval script with the same sampler and scored
+by the project's evaluator against held-out images: FID with its real-vs-real floor,
+precision, recall, class accuracy for the class-conditional latent models, and sampling
+ms/img. Each script runs in its own process (as benchmarks.compare_families does).
 
 Writes saved_plots/recipes/<run>/: results.md (a table per family and data set, best FID
-first), results.json (rewritten after every recipe, so a crash keeps what finished) and
-bars.png. The trained runs stay in their family folders, named in the table.
+first), results.html (the tables and the chart, linked from saved_plots/index.html),
+results.json (rewritten after every recipe, so a crash keeps what finished) and bars.png.
+The trained runs stay in their family folders, named in the table.
 """
 import json
 from types import SimpleNamespace
@@ -22,6 +23,7 @@ from benchmarks.compare_families import call, eval_args, train, train_args
 from utils.config import check_positive, resolve_constants
 from utils.errors import Interrupted, UserError, run_cli
 from utils.plots import save_bar_charts
+from utils.run_index import write_results_page
 from utils.runs import new_run
 
 DATASETS = ("shapes", "digits")  # embedded data sets to run every recipe on
@@ -155,6 +157,7 @@ def main(argv=None) -> list[dict]:
     save_bar_charts(done, _PANELS, out.plots / "bars.png", log_y=["fid_ratio"],
                     fractions=["precision", "recall", "class_accuracy"],
                     title=f"Diffusion recipes, {const.MINUTES:g} minutes each")
+    write_results_page(out.plots, markdown(rows, const))
     print(markdown(rows, const))
     return rows
 

@@ -13,7 +13,7 @@ from models.autoencoder import (Autoencoder, PatchDiscriminator, adaptive_gan_we
                                 kl_term, reconstruction_term)
 from models.vae import AdaptiveBetaScheduler, reparameterize
 from train.common import (Deadline, LossMeter, Progress, checkpoint_frame, end_epoch,
-                          epoch_batches, epoch_range, resume_point, stop_guard)
+                          epoch_batches, epoch_range, open_log, resume_point, stop_guard)
 from train.diffusion_step import ema_network, ema_with_warmup
 from train.latents import encode_dataset, latent_statistics, save_cache
 from train.lr import LRPlan, PlannedLR
@@ -21,7 +21,7 @@ from utils import distributed
 from utils.data import DataSpec, ImageData
 from utils.device import autocast
 from utils.plots import save_curves, save_labelled_grid, save_latent_histogram
-from utils.runs import MetricsLog, Run, load_state, save_checkpoint, write_json
+from utils.runs import Run, load_state, save_checkpoint, write_json
 
 KL_MODES = ("fixed", "warmup", "adaptive")
 
@@ -182,8 +182,7 @@ def train_autoencoder(setup: AESetup, train_data: ImageData, test_x: torch.Tenso
     """Train for `epochs` total epochs (continuing `state`); then encode the training set into
     the latent cache and measure the latents. Returns the latent statistics."""
     progress, _ = resume_point(setup.modules, state)
-    log = MetricsLog(run.metrics_path)
-    log.truncate(progress.epoch)  # epochs logged after the checkpoint being resumed are redone
+    log = open_log(run, progress, config)
     train_data = train_data.to(setup.device)
     stats = None
 

@@ -19,10 +19,11 @@ from typing import Callable, Iterable, Iterator
 import torch
 from tqdm.auto import tqdm
 
-from utils import distributed
+from utils import board, distributed
 from utils.data import DataSpec, ImageData, batches_per_epoch, iterate_batches
 from utils.device import rng_state, set_rng_state
 from utils.errors import Interrupted, UserError
+from utils.run_index import write_indexes
 from utils.runs import CHECKPOINT_VERSION, MetricsLog, Run, load_state
 
 SYNC_EVERY = 10  # steps between host syncs: progress-bar losses and the NaN/inf check
@@ -178,20 +179,31 @@ def stop_guard(run: Run, progress: Progress, save: Callable[[], None]):
         raise UserError(f"training stopped: {err} (epoch {progress.epoch + 1}); {kept}") from None
 
 
+def open_log(run: Run, progress: Progress, config: dict) -> MetricsLog:
+    """The run's metrics log, cut back to the checkpoint being resumed (epochs logged after it
+    are redone), with a TensorBoard writer unless config's TENSORBOARD is False."""
+    writer = board.open_board(run.plots, config.get("TENSORBOARD", True), progress.step)
+    log = MetricsLog(run.metrics_path, writer)
+    log.truncate(progress.epoch)
+    return log
+
+
 def end_epoch(run: Run, log: MetricsLog, bar, progress: Progress, record: dict, *,
               started: float, epochs: int, checkpoint_every: int, deadline: Deadline | None,
-              save: Callable[[], None]) -> bool:
-    """Close the epoch of `record`: log it (with its wall seconds), count it done, show its
-    losses, checkpoint every `checkpoint_every` epochs, at the end and when the deadline has
-    passed; returns True when the deadline stops the run here."""
+              save: Callable[[], None], images: torch.Tensor | None = None) -> bool:
+    """Close the epoch of `record`: log it (with its wall seconds, and `images`, the epoch's
+    samples, to TensorBoard), count it done, show its losses, checkpoint every
+    `checkpoint_every` epochs, at the end and when the deadline has passed (rewriting the run's
+    index.html); returns True when the deadline stops the run here."""
     epoch = record["epoch"]
-    log.append({**record, "seconds": time.perf_counter() - started})
+    log.append({**record, "seconds": time.perf_counter() - started}, images)
     progress.epoch = epoch
     bar.set_postfix({k: f"{v:.3g}" for k, v in record.items()
                      if k.startswith("train_") and isinstance(v, float)}, refresh=False)
     stop = deadline is not None and deadline.passed() and epoch < epochs
     if epoch % checkpoint_every == 0 or epoch == epochs or stop:
         save()
+        write_indexes(run.plots)
     if stop:
         print(f"time budget reached: stopped after epoch {epoch} of {epochs}; "
               f"resume with --RESUME={run.name}")

@@ -9,12 +9,13 @@ import torch
 
 from models.diffusion import Denoiser
 from train.common import (Deadline, LossMeter, Progress, batch_bar, checkpoint_frame,
-                          end_epoch, epoch_range, resume_point, stack_frames, stop_guard)
+                          end_epoch, epoch_range, open_log, resume_point, stack_frames,
+                          stop_guard)
 from train.diffusion_step import (QUARTERS, DiffusionSetup, build_network, build_schedule,
                                   diffusion_step, ema_network, held_out_loss, make_denoiser)
 from utils.data import DataSpec
 from utils.plots import save_curves, save_progression
-from utils.runs import MetricsLog, Run, save_checkpoint
+from utils.runs import Run, save_checkpoint
 
 
 def train_diffusion(setup: DiffusionSetup, batches: Callable[[int], Iterable], steps_per_epoch: int,
@@ -31,8 +32,7 @@ def train_diffusion(setup: DiffusionSetup, batches: Callable[[int], Iterable], s
     the checkpoint (see diffusion_checkpoint).
     """
     progress, frames = resume_point(setup.modules, state)
-    log = MetricsLog(run.metrics_path)
-    log.truncate(progress.epoch)  # epochs logged after the checkpoint being resumed are redone
+    log = open_log(run, progress, config)
 
     def save() -> None:
         save_checkpoint(diffusion_checkpoint(setup, kind, progress, data, config, fixed_noise,
@@ -53,7 +53,8 @@ def train_diffusion(setup: DiffusionSetup, batches: Callable[[int], Iterable], s
                       **evaluate(setup, meter, quarters, test_x), "img_per_s": speed}
             write_figures(run, frames, [*log.read(), record], sample_title, row_labels)
             if end_epoch(run, log, bar, progress, record, started=started, epochs=epochs,
-                         checkpoint_every=checkpoint_every, deadline=deadline, save=save):
+                         checkpoint_every=checkpoint_every, deadline=deadline, save=save,
+                         images=frames[-1]):
                 break
     return frames
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from models.evaluator import EvaluatorCNN
+from utils.board import log_final_metrics
 from utils.data import ImageData, iterate_batches, load_dataset, to_float
 from utils.errors import UserError
 from utils.metrics import (feature_statistics, frechet_distance, kernel_inception_distance,
@@ -216,13 +217,15 @@ def write_metrics(images: torch.Tensor, labels: torch.Tensor | None, dataset: st
                   device: torch.device, *, extractor: str, save_root, data_root,
                   seed: int = 0, sampling: dict | None = None) -> dict:
     """evaluate_samples into out/metrics.json, with a one-line summary printed; `sampling`
-    (how the samples were drawn and their ms_per_image) is stored beside the scores."""
+    (how the samples were drawn and their ms_per_image) is stored beside the scores, and the
+    run's TensorBoard log (out's parent is the run's folder) gets them as final metrics."""
     result = evaluate_samples(images, labels, dataset, device, extractor=extractor,
                               save_root=save_root, data_root=data_root, seed=seed)
     if sampling:
         result["sampling"] = sampling
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    log_final_metrics(out.parent, result)
     floor = result["real_vs_real"]
     accuracy = (f", class accuracy {result['class_accuracy']:.3f}"
                 if "class_accuracy" in result else "")

@@ -9,13 +9,13 @@ import torch
 from models.gan import (Discriminator, Generator, discriminator_loss, generator_loss,
                         r1_penalty)
 from train.common import (Deadline, LossMeter, Progress, checkpoint_frame, end_epoch,
-                          epoch_batches, epoch_range, eval_generator, resume_point,
+                          epoch_batches, epoch_range, eval_generator, open_log, resume_point,
                           stack_frames, stop_guard)
 from utils import distributed
 from utils.data import DataSpec, ImageData, to_uint8
 from utils.device import autocast
 from utils.plots import save_curves, save_progression
-from utils.runs import MetricsLog, Run, load_state, save_checkpoint
+from utils.runs import Run, load_state, save_checkpoint
 
 LOSS_PANELS = [("losses", ["train_d_loss", "train_g_loss", "test_d_loss", "test_g_loss",
                            "train_r1"]),
@@ -162,8 +162,7 @@ def train_gan(setup: GANSetup, train_data: ImageData, test_data: ImageData, run:
               ) -> list[torch.Tensor]:
     """Train for `epochs` total epochs (continuing `state` if given); returns progression frames."""
     progress, frames = resume_point(setup.modules, state)
-    log = MetricsLog(run.metrics_path)
-    log.truncate(progress.epoch)  # epochs logged after the checkpoint being resumed are redone
+    log = open_log(run, progress, config)
     train_data = train_data.to(setup.device)
     test_x, _ = test_data.first(1000)
 
@@ -184,7 +183,8 @@ def train_gan(setup: GANSetup, train_data: ImageData, test_data: ImageData, run:
             record = {"epoch": epoch, "step": progress.step, **record}
             write_figures(run.plots, frames, [*log.read(), record], run.name)
             if end_epoch(run, log, bar, progress, record, started=started, epochs=epochs,
-                         checkpoint_every=checkpoint_every, deadline=deadline, save=save):
+                         checkpoint_every=checkpoint_every, deadline=deadline, save=save,
+                         images=frames[-1]):
                 break
     return frames
 

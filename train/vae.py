@@ -9,13 +9,13 @@ import torch
 
 from models.vae import VAE, AdaptiveBetaScheduler, active_dims, elbo_loss, reparameterize
 from train.common import (Deadline, LossMeter, Progress, checkpoint_frame, end_epoch,
-                          epoch_batches, epoch_range, eval_generator, resume_point,
+                          epoch_batches, epoch_range, eval_generator, open_log, resume_point,
                           stack_frames, stop_guard)
 from utils import distributed
 from utils.data import DataSpec, ImageData, to_uint8
 from utils.device import autocast
 from utils.plots import save_curves, save_progression
-from utils.runs import MetricsLog, Run, load_state, save_checkpoint
+from utils.runs import Run, load_state, save_checkpoint
 
 BETA_MODES = ("fixed", "warmup", "adaptive")
 ACTIVE_SUBSET = 2000  # training images whose posterior means give the train active-dims count
@@ -109,8 +109,7 @@ def train_vae(setup: VAESetup, train_data: ImageData, test_data: ImageData, run:
               progression_rows: int = 8, flip: bool = False, state: dict | None = None) -> None:
     """Train for `epochs` total epochs (continuing `state`), logging and plotting every epoch."""
     progress, frames = resume_point(setup.modules, state)
-    log = MetricsLog(run.metrics_path)
-    log.truncate(progress.epoch)  # epochs logged after the checkpoint being resumed are redone
+    log = open_log(run, progress, config)
     train_data = train_data.to(setup.device)
     test_x, _ = test_data.first(2000)
     train_x, _ = train_data.first(ACTIVE_SUBSET)
@@ -136,7 +135,8 @@ def train_vae(setup: VAESetup, train_data: ImageData, test_data: ImageData, run:
             record = {"epoch": epoch, **record, "img_per_s": speed}
             write_figures(run, setup.beta_mode, frames, [*log.read(), record])
             if end_epoch(run, log, bar, progress, record, started=started, epochs=epochs,
-                         checkpoint_every=checkpoint_every, deadline=deadline, save=save):
+                         checkpoint_every=checkpoint_every, deadline=deadline, save=save,
+                         images=frames[-1]):
                 break
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from utils import distributed
+from utils import board, distributed
 from utils.errors import UserError
 
 CHECKPOINT = "latest.pt"
@@ -162,21 +162,28 @@ def load_state(module: torch.nn.Module | Any, state: dict, what: str) -> None:
 
 
 class MetricsLog:
-    """Append-only metrics.jsonl: one JSON object per epoch."""
+    """Append-only metrics.jsonl: one JSON object per epoch; with a TensorBoard writer
+    (utils.board) each record's numbers and the epoch's sample images go there too."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, writer=None):
         self.path = Path(path)
+        self.writer = writer
 
     def read(self) -> list[dict]:
         if not self.path.is_file():
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
-    def append(self, record: dict) -> None:
+    def append(self, record: dict, images: torch.Tensor | None = None) -> None:
+        """Log an epoch's record (and, given, its uint8 sample images at its step)."""
         if not distributed.is_main():
             return
         with self.path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            if images is not None and len(images):
+                board.log_image(self.writer, "samples", images, record["step"])
+            board.log_scalars(self.writer, record)
 
     def truncate(self, epochs_done: int) -> None:
         """Drop records past the checkpoint being resumed, so a resumed run logs each epoch once."""

@@ -62,7 +62,7 @@ def load_splits(const: SimpleNamespace) -> tuple[DataSpec, ImageData, ImageData]
 LOCATING = ("RESUME", "SAVE_ROOT")
 # Constants a resumed run may change when they are typed on the command line (each change is
 # printed); every other constant is the run's own, and typing a different value is refused.
-CHANGEABLE_ON_RESUME = ("EPOCHS", "MINUTES", "DEVICE", "PRECISION", "DATA_ROOT",
+CHANGEABLE_ON_RESUME = ("EPOCHS", "MINUTES", "DEVICE", "PRECISION", "DATA_ROOT", "TENSORBOARD",
                         "CHECKPOINT_EVERY")
 
 
