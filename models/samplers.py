@@ -38,6 +38,47 @@ def timestep_subset(timesteps: int, steps: int, start_t: int | None = None) -> l
     return sorted(set(chosen.tolist()), reverse=True)
 
 
+SPACINGS = ("uniform", "logsnr", "karras")  # how a deterministic sampler's steps are spread
+KARRAS_RHO = 7.0  # Karras et al. 2022, eq. 5: sigma_i = (s_max^(1/rho) + i/(N-1) (s_min^(1/rho)
+#                   - s_max^(1/rho)))^rho, with sigma = sigma / alpha here (the ODE's time)
+
+
+# The spacing a sampler uses unless told, per (sampler, schedule kind): the one with the smallest
+# error against the exact ODE solution of Gaussian data at 10-20 steps (tests/test_samplers.py's
+# oracle; numbers in the README). Anything not listed: uniform.
+DEFAULT_SPACING = {("heun", "cosine"): "logsnr", ("dpmpp2m", "cosine"): "logsnr",
+                   ("dpmpp2m", "linear"): "logsnr"}
+
+
+def spaced_timesteps(schedule, steps: int, start_t: int | None = None,
+                     spacing: str = "uniform") -> list[int]:
+    """The grid indices a deterministic sampler visits, descending from start_t to 0.
+
+    uniform: evenly spaced indices (timestep_subset). logsnr: evenly spaced in
+    lambda = log(alpha^2 / sigma^2) (Lu et al. 2022 use this spacing for DPM-Solver). karras:
+    evenly spaced in (sigma / alpha)^(1 / KARRAS_RHO), dense at low noise. Each target is
+    snapped to the nearest index (the network was trained on the grid), so a near-duplicate
+    target may drop a step.
+    """
+    if spacing not in SPACINGS:
+        raise ValueError(f"spacing must be one of {', '.join(SPACINGS)}, got {spacing!r}")
+    ts = timestep_subset(schedule.timesteps, steps, start_t)
+    if spacing == "uniform" or len(ts) < 3:
+        return ts
+    start = ts[0]
+    lam = schedule.log_snr()[:start + 1].double()  # decreasing in t; -inf where sigma / alpha
+    finite = lam[torch.isfinite(lam)]              # is infinite (the flow path's noise end)
+    lam_hi, lam_lo = finite.max(), finite.min()
+    fractions = torch.linspace(0, 1, len(ts), dtype=torch.float64)[1:-1]
+    if spacing == "logsnr":
+        targets = lam_lo + fractions * (lam_hi - lam_lo)
+    else:  # sigma / alpha = exp(-lambda / 2)
+        lo, hi = (torch.exp(-x / 2) ** (1 / KARRAS_RHO) for x in (lam_hi, lam_lo))
+        targets = -2 * KARRAS_RHO * torch.log(hi + fractions * (lo - hi))
+    nearest = (lam[None, :] - targets[:, None]).abs().nan_to_num(float("inf")).argmin(1)
+    return sorted({start, 0, *nearest.tolist()}, reverse=True)
+
+
 def classifier_free_guidance(denoiser: Denoiser, scale: float, null_label: int) -> Denoiser:
     """The denoiser whose network output is out_u + scale * (out_c - out_u) (Ho & Salimans 2022),
     both from one batched forward pass. Scale 0 is unconditional, scale 1 conditional.
@@ -108,12 +149,12 @@ def _coefficients(denoiser: Denoiser, t: int) -> tuple[float, float]:
 @torch.no_grad()
 def ddim_sample(denoiser: Denoiser, x_t: torch.Tensor, *, steps: int = 50, eta: float = 0.0,
                 start_t: int | None = None, labels=None, snapshots: int = 0,
-                generator: torch.Generator | None = None) -> Sampled:
+                generator: torch.Generator | None = None, spacing: str = "uniform") -> Sampled:
     """DDIM (Song et al. 2021) with any number of steps and eta; the last step lands on x0. On
-    the flow path (eta 0) it is Euler's method in t."""
+    the flow path (eta 0) it is Euler's method in t. `spacing`: see spaced_timesteps."""
     if eta > 0 and _flow(denoiser):
         raise ValueError("flow models sample deterministically (eta must be 0)")
-    ts = timestep_subset(denoiser.schedule.timesteps, steps, start_t)
+    ts = spaced_timesteps(denoiser.schedule, steps, start_t, spacing)
     record, frames = _snapshot_steps(ts, snapshots), []
     for t, t_prev in zip(ts, ts[1:] + [-1]):
         x0, eps = denoiser(x_t, t, labels)
@@ -131,14 +172,17 @@ def ddim_sample(denoiser: Denoiser, x_t: torch.Tensor, *, steps: int = 50, eta: 
 @torch.no_grad()
 def heun_sample(denoiser: Denoiser, x_t: torch.Tensor, *, steps: int = 20,
                 start_t: int | None = None, labels=None, snapshots: int = 0,
-                generator: torch.Generator | None = None) -> Sampled:
+                generator: torch.Generator | None = None, spacing: str | None = None) -> Sampled:
     """Heun's method (Karras et al. 2022, algorithm 1) on the probability-flow ODE, `steps`
-    intervals of the same grid as DDIM (2 * steps - 1 network evaluations).
+    intervals (2 * steps - 1 network evaluations) spread by `spacing` (spaced_timesteps;
+    None: DEFAULT_SPACING).
 
     Noise schedules: state y = x / alpha, time tau = sigma / alpha, dy/dtau = eps. Flow path:
     y = x, tau = t, dy/dtau = eps - x0. The last interval, to the clean end, is an Euler step.
     """
-    ts = timestep_subset(denoiser.schedule.timesteps, steps, start_t)
+    ts = spaced_timesteps(denoiser.schedule, steps, start_t,
+                          spacing or DEFAULT_SPACING.get(("heun", denoiser.schedule.kind),
+                                                         "uniform"))
     record, frames = _snapshot_steps(ts, snapshots), []
     flow = _flow(denoiser)
 
@@ -166,14 +210,18 @@ def heun_sample(denoiser: Denoiser, x_t: torch.Tensor, *, steps: int = 20,
 @torch.no_grad()
 def dpmpp_2m_sample(denoiser: Denoiser, x_t: torch.Tensor, *, steps: int = 20,
                     start_t: int | None = None, labels=None, snapshots: int = 0,
-                    generator: torch.Generator | None = None) -> Sampled:
+                    generator: torch.Generator | None = None, spacing: str | None = None
+                    ) -> Sampled:
     """DPM-Solver++(2M) (Lu et al. 2022, algorithm 2): with lambda = log(alpha / sigma) and
     h_i = lambda_i - lambda_{i-1},
         x_i = (sigma_i / sigma_{i-1}) x_{i-1} - alpha_i (e^{-h_i} - 1) D_i,
         D_i = (1 + 1 / (2 r_i)) x0_{i-1} - x0_{i-2} / (2 r_i),  r_i = h_{i-1} / h_i;
-    the first step (D = x0, which is DDIM) and the last (to sigma = 0, x = x0) are first order."""
+    the first step (D = x0, which is DDIM) and the last (to sigma = 0, x = x0) are first order.
+    `spacing`: see spaced_timesteps (None: DEFAULT_SPACING)."""
     _require_noise_schedule(denoiser, "dpmpp2m")
-    ts = timestep_subset(denoiser.schedule.timesteps, steps, start_t)
+    ts = spaced_timesteps(denoiser.schedule, steps, start_t,
+                          spacing or DEFAULT_SPACING.get(("dpmpp2m", denoiser.schedule.kind),
+                                                         "uniform"))
     record, frames = _snapshot_steps(ts, snapshots), []
     x0_before, h_before = None, None
     for t, t_prev in zip(ts, ts[1:] + [-1]):
