@@ -13,6 +13,7 @@ per-dim KL), config.json, metrics.jsonl; weights to saved_models/vae/<run>/.
 import torch
 
 from train.common import Deadline
+from models.vae import OBJECTIVES
 from train.vae import BETA_MODES, build_vae, train_vae
 from train.vae_figures import write_vae_figures
 from utils.config import check_choice, check_positive, resolve_constants
@@ -33,6 +34,7 @@ LATENT_DIM = 10  # latent dimensions
 WIDTH = 32  # encoder channels at full resolution (doubling per level, capped at 8x)
 
 # beta
+OBJECTIVE = "beta"  # beta (beta-VAE), tcvae (beta weighs only the total correlation), capacity
 BETA_MODE = "adaptive"  # fixed, warmup (linear KL ramp to BETA) or adaptive (the scheduler)
 BETA = 1.0  # fixed beta, or the value the warm-up ramps to
 KL_WARMUP_EPOCHS = 5  # length of the linear ramp (BETA_MODE="warmup")
@@ -42,6 +44,9 @@ BETA_ETA = 1.0  # adaptive: exponent on rho
 BETA_MIN = 1e-8  # adaptive: lower bound on beta
 BETA_MAX = 10.0  # adaptive: upper bound on beta
 BETA_WARMUP = 5  # adaptive: epochs that only record losses before beta moves
+CAPACITY_MAX = 25.0  # capacity: the KL target C (nats) rises from 0 to this (Burgess et al. 2018)
+CAPACITY_EPOCHS = 10  # capacity: ... over this many epochs
+CAPACITY_GAMMA = 1000.0  # capacity: weight of |KL - C| (Burgess et al. 2018: 1000)
 
 # training
 EPOCHS = 15  # passes over the training set
@@ -66,8 +71,10 @@ def main(argv=None):
     const = resolve_constants(globals(), argv)
     run, state, const = resume_run(const, "vae", argv, output_constants=("TAG",))
     check_choice("BETA_MODE", const.BETA_MODE, BETA_MODES)
+    check_choice("OBJECTIVE", const.OBJECTIVE, OBJECTIVES)
     check_positive(const, "BATCH_SIZE", "LR", "LATENT_DIM", "WIDTH", "BETA", "BETA_INIT",
-                   "CHECKPOINT_EVERY", "PROGRESSION_ROWS", "KL_WARMUP_EPOCHS")
+                   "CHECKPOINT_EVERY", "PROGRESSION_ROWS", "KL_WARMUP_EPOCHS",
+                   "CAPACITY_EPOCHS", "CAPACITY_GAMMA")
     deadline = Deadline(const.MINUTES)
     device, amp_dtype = seed_and_device(const)
     data, train, test = load_splits(const)
@@ -81,10 +88,14 @@ def main(argv=None):
         setup = build_vae(model_args, device, lr=const.LR, beta_mode=const.BETA_MODE,
                           beta=const.BETA,
                           scheduler_args=scheduler_args, amp_dtype=amp_dtype,
-                          warmup_steps=const.KL_WARMUP_EPOCHS * steps_per_epoch)
+                          warmup_steps=const.KL_WARMUP_EPOCHS * steps_per_epoch,
+                          objective=const.OBJECTIVE, dataset_size=len(train),
+                          capacity_max=const.CAPACITY_MAX, capacity_gamma=const.CAPACITY_GAMMA,
+                          capacity_steps=const.CAPACITY_EPOCHS * steps_per_epoch)
     except ValueError as err:  # the scheduler's bounds
         raise UserError(str(err)) from None
     tag = const.TAG or (f"beta{const.BETA:g}" if const.BETA_MODE == "fixed" else const.BETA_MODE)
+    tag = tag if const.TAG or const.OBJECTIVE == "beta" else f"{const.OBJECTIVE}-{tag}"
     run = open_run(const, "vae", tag, run)
     fixed_z = state["fixed_z"] if state else torch.randn(const.PROGRESSION_ROWS, const.LATENT_DIM)
     train_vae(setup, train, test, run, data=data, epochs=const.EPOCHS, batch_size=const.BATCH_SIZE,

@@ -80,6 +80,56 @@ def elbo_loss(x: torch.Tensor, x_hat: torch.Tensor, mu: torch.Tensor, logvar: to
     return {"loss": recon + beta * kl, "recon": recon, "kl": kl, "kl_dims": kl_dims}
 
 
+def gaussian_log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
+                         ) -> torch.Tensor:
+    """log N(z; mu, exp(logvar)) per element (broadcasting)."""
+    return -0.5 * (math.log(2 * math.pi) + logvar + (z - mu).pow(2) * torch.exp(-logvar))
+
+
+def total_correlation(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+                      dataset_size: int) -> torch.Tensor:
+    """TC = KL(q(z) || prod_d q(z_d)) of the aggregate posterior q(z) = 1/N sum_n q(z | x_n),
+    estimated on a batch of M of the N images (Chen et al. 2018, section 3.1 and appendix C):
+    for z_i ~ q(z | x_i),
+        q(z_i) ~ 1/N q(z_i | x_i) + (N - 1) / (N (M - 1)) sum_{j != i} q(z_i | x_j)
+    (the image's own posterior counts once; the other M - 1 stand in for the other N - 1
+    images, an unbiased estimate of q(z_i); with M = N it is exact), the same for each
+    marginal q(z_id), and TC ~ mean_i [log q(z_i) - sum_d log q(z_id)]."""
+    z, mu, logvar = z.float(), mu.float(), logvar.float()
+    m, n = len(z), max(int(dataset_size), len(z))
+    log_q = gaussian_log_density(z[:, None, :], mu[None], logvar[None])  # (M, M, D): z_i | x_j
+    weight = torch.full((m, m), math.log(n - 1) - math.log(n * max(m - 1, 1)), device=z.device)
+    weight.fill_diagonal_(-math.log(n))
+    log_qz = torch.logsumexp(log_q.sum(2) + weight, dim=1)
+    log_marginals = torch.logsumexp(log_q + weight[:, :, None], dim=1).sum(1)
+    return (log_qz - log_marginals).mean()
+
+
+OBJECTIVES = ("beta", "tcvae", "capacity")
+
+
+def vae_objective(x: torch.Tensor, x_hat: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+                  z: torch.Tensor, *, objective: str = "beta", beta: float = 1.0,
+                  dataset_size: int = 1, capacity: float = 0.0, gamma: float = 1.0
+                  ) -> dict[str, torch.Tensor]:
+    """The training loss of each objective, with its terms (per image, batch mean):
+        beta      recon + beta KL                          (Higgins et al. 2017)
+        tcvae     recon + KL + (beta - 1) TC               (Chen et al. 2018 with alpha = gamma
+                  = 1: KL = index-code MI + TC + dimension-wise KL, so only TC gets beta; the
+                  KL is the closed form, TC the minibatch-weighted estimate)
+        capacity  recon + gamma |KL - C|                   (Burgess et al. 2018; C grows
+                  during training, passed as `capacity`)"""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    out = elbo_loss(x, x_hat, mu, logvar, beta)
+    if objective == "tcvae":
+        out["tc"] = total_correlation(z, mu, logvar, dataset_size)
+        out["loss"] = out["recon"] + out["kl"] + (beta - 1) * out["tc"]
+    elif objective == "capacity":
+        out["loss"] = out["recon"] + gamma * (out["kl"] - capacity).abs()
+    return out
+
+
 Noise = Callable[..., torch.Tensor]  # (shape, dtype=, device=) -> standard normal tensor
 
 
@@ -135,9 +185,10 @@ class VAE(nn.Module):
         return self.decoder(z)
 
     def forward(self, x: torch.Tensor, noise: Noise | None = None):
-        """(reconstruction, mu, logvar) with z drawn by the reparameterisation trick."""
+        """(reconstruction, mu, logvar, z) with z drawn by the reparameterisation trick."""
         mu, logvar = self.encode(x)
-        return self.decode(reparameterize(mu, logvar, noise=noise)), mu, logvar
+        z = reparameterize(mu, logvar, noise=noise)
+        return self.decode(z), mu, logvar, z
 
 
 def active_dims(mu: torch.Tensor, threshold: float = 0.01) -> torch.Tensor:

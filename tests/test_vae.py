@@ -93,7 +93,7 @@ def test_elbo_terms_and_reparameterisation():
 @pytest.mark.parametrize("size", [8, 16, 32, 64])
 def test_vae_shapes(size):
     model = VAE(size, channels=3, latent_dim=5, width=8)
-    x_hat, mu, logvar = model(torch.randn(2, 3, size, size))
+    x_hat, mu, logvar, z = model(torch.randn(2, 3, size, size))
     assert x_hat.shape == (2, 3, size, size) and mu.shape == logvar.shape == (2, 5)
     with pytest.raises(ValueError):
         VAE(24)
@@ -129,3 +129,62 @@ def test_mig_on_constructed_latents():
     assert noise < 0.02
     constant = np.concatenate([factors, np.zeros((10000, 1))], axis=1)
     assert len(mutual_information_gap(factors, constant)["factors"]) == 4  # no entropy: skipped
+
+
+def test_sap_on_constructed_latents():
+    """Perfect and permuted latents score near 1, a duplicated latent (two equally good
+    predictors) and noise near 0; a categorical factor is scored by eta^2."""
+    from utils.metrics import sap_score
+    rng = np.random.default_rng(0)
+    factors = np.stack([rng.integers(0, 4, 5000), rng.uniform(size=5000),
+                        rng.uniform(size=5000)], 1).astype(float)
+    perfect = np.stack([3 * factors[:, 0] - 1, -2 * factors[:, 1], factors[:, 2]], 1)
+    assert sap_score(perfect, factors)["sap"] > 0.99
+    permuted = sap_score(perfect[:, [2, 0, 1]], factors, ["shape", "a", "b"])
+    assert permuted["sap"] > 0.99
+    assert [f["best_latent"] for f in permuted["factors"]] == [1, 2, 0]
+    assert sap_score(np.concatenate([perfect, perfect], 1), factors)["sap"] < 1e-9
+    assert sap_score(rng.normal(size=(5000, 6)), factors)["sap"] < 0.01
+    half = perfect.copy()
+    half[:, 0] = np.where(factors[:, 0] < 2, 0.0, 1.0)  # explains the class means half-way
+    codes = factors[:, 0]
+    eta2 = np.var([half[codes == c, 0].mean() for c in range(4)]) / half[:, 0].var()
+    assert sap_score(half, factors)["scores"][0][0] == pytest.approx(eta2, rel=0.05)
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.5, 0.8])
+def test_total_correlation_matches_the_gaussian_closed_form(rho):
+    """Posteriors N(mu_n, s^2 I) with mu_n ~ N(0, C): q(z) is close to N(0, C + s^2 I), whose
+    TC is (sum log diag S - log det S) / 2. With the batch the whole data set the estimate is
+    that mixture's own; a batch of 256 stays close."""
+    from models.vae import total_correlation
+    torch.manual_seed(0)
+    n, s = 3000, 0.3
+    cov = torch.tensor([[1, rho, 0], [rho, 1, 0], [0, 0, 1.0]], dtype=torch.float64)
+    mu = torch.randn(n, 3, dtype=torch.float64) @ torch.linalg.cholesky(cov).T
+    logvar = torch.full_like(mu, 2 * math.log(s))
+    z = mu + s * torch.randn_like(mu)
+    total = cov + s * s * torch.eye(3, dtype=torch.float64)
+    exact = 0.5 * (torch.log(torch.diag(total)).sum() - torch.logdet(total)).item()
+    assert total_correlation(z, mu, logvar, n).item() == pytest.approx(exact, abs=0.06)
+    batches = [total_correlation(z[i:i + 256], mu[i:i + 256], logvar[i:i + 256], n).item()
+               for i in range(0, 2560, 256)]
+    assert np.mean(batches) == pytest.approx(exact, abs=0.15)
+
+
+def test_objectives_reduce_to_the_beta_vae_and_hold_kl_at_the_capacity():
+    from models.vae import vae_objective
+    torch.manual_seed(0)
+    x, x_hat = torch.randn(32, 3, 8, 8), torch.randn(32, 3, 8, 8)
+    mu, logvar = torch.randn(32, 4), torch.randn(32, 4) * 0.3
+    z = reparameterize(mu, logvar)
+    beta = vae_objective(x, x_hat, mu, logvar, z, beta=1.0)
+    tc1 = vae_objective(x, x_hat, mu, logvar, z, objective="tcvae", beta=1.0, dataset_size=1000)
+    assert tc1["loss"].item() == pytest.approx(beta["loss"].item())  # beta = 1: the ELBO
+    tc6 = vae_objective(x, x_hat, mu, logvar, z, objective="tcvae", beta=6.0, dataset_size=1000)
+    assert tc6["loss"].item() == pytest.approx(beta["loss"].item() + 5 * tc6["tc"].item())
+    cap = vae_objective(x, x_hat, mu, logvar, z, objective="capacity", capacity=2.0, gamma=10)
+    assert cap["loss"].item() == pytest.approx(
+        beta["recon"].item() + 10 * abs(beta["kl"].item() - 2.0))
+    with pytest.raises(ValueError, match="objective"):
+        vae_objective(x, x_hat, mu, logvar, z, objective="dip")

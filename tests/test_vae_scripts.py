@@ -71,3 +71,49 @@ def test_vae_scripts_reject_bad_constants(tmp_path):
         vaeEval.main(["--SAVE_ROOT", str(tmp_path)])
     with pytest.raises(UserError, match="no vae_experiment run"):
         vaeEvalExperiments.main(["--SAVE_ROOT", str(tmp_path)])
+
+
+def test_traversal_labels_name_back_the_factors_of_a_known_encoder(monkeypatch, tmp_path):
+    """An "encoder" whose latents are the factors themselves, shuffled and scaled: the report,
+    the traversal labels and the per-factor panel must name each latent's factor back."""
+    import numpy as np
+    from train import vae_figures
+    from utils.data import load_dataset
+    test = load_dataset("shapes", "test", image_size=16)
+    order = ["pos_y", "hue", "shape", "pos_x", "scale", "rotation"]  # latent i = order[i]
+    table = np.stack([np.asarray(test.factors[k], float) * (2 + i) for i, k in
+                      enumerate(order)], 1)
+    monkeypatch.setattr(vae_figures, "posterior_means",
+                        lambda model, x, batch_size=500: torch.from_numpy(table[:len(x)]).float())
+    report = vae_figures.factor_report(None, test)
+    names = vae_figures.latent_names(report)
+    assert {i: names[i].split(" ")[0] for i in names} == dict(enumerate(order))
+    assert report["mig"] > 0.6 and report["sap"] > 0.3
+    assert {f["factor"]: f["best_latent"] for f in report["sap_factors"]}["pos_x"] == 3
+    labels = []
+    monkeypatch.setattr(vae_figures, "decode", lambda model, z: torch.zeros(len(z), 3, 16, 16))
+    monkeypatch.setattr(vae_figures, "save_labelled_grid",
+                        lambda rows, path, row_labels, *a, **k: labels.extend(row_labels))
+    vae_figures.save_factor_traversals(None, torch.zeros(2, 3, 16, 16), report,
+                                       tmp_path / "f.png", n_images=2)
+    assert [label.split(" (")[0] for label in labels if label] == [
+        f"{k}: z{order.index(k)}" for k in ("shape", "hue", "scale", "rotation", "pos_x",
+                                            "pos_y")]
+    assert vae_figures.save_mi_matrix(report, tmp_path / "mi.png").is_file()
+
+
+def test_vaemain_tcvae_and_capacity_objectives_train_and_log_their_terms(tmp_path):
+    from VAE_run_scripts import vaemain
+    run, report = vaemain.main([*TINY, "--WIDTH=8", "--EPOCHS=1", "--SAVE_ROOT", str(tmp_path),
+                                "--OBJECTIVE=tcvae", "--BETA_MODE=fixed", "--BETA=6"])
+    record = MetricsLog(run.metrics_path).read()[-1]
+    assert "train_tc" in record and run.name.endswith("tcvae-beta6")
+    for name in ("factor_traversals.png", "mi_matrix.png"):
+        assert (run.plots / name).is_file(), name
+    assert "sap" in report
+    run, _ = vaemain.main([*TINY, "--WIDTH=8", "--EPOCHS=2", "--SAVE_ROOT", str(tmp_path),
+                           "--OBJECTIVE=capacity", "--CAPACITY_MAX=4", "--CAPACITY_EPOCHS=2"])
+    records = MetricsLog(run.metrics_path).read()
+    assert [r["capacity"] for r in records] == [2.0, 4.0]
+    with pytest.raises(UserError, match="OBJECTIVE"):
+        vaemain.main([*TINY, "--SAVE_ROOT", str(tmp_path), "--OBJECTIVE=factor"])

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from models.vae import VAE, AdaptiveBetaScheduler, active_dims, elbo_loss, reparameterize
+from models.vae import (OBJECTIVES, VAE, AdaptiveBetaScheduler, active_dims, elbo_loss,
+                        reparameterize, vae_objective)
 from train.common import (Deadline, LossMeter, Progress, checkpoint_frame, end_epoch,
                           epoch_batches, epoch_range, eval_generator, open_log, resume_point,
                           stack_frames, stop_guard)
@@ -34,6 +35,11 @@ class VAESetup:
     amp_dtype: torch.dtype | None = None
     model_args: dict | None = None  # {"vae": kwargs}
     ddp: torch.nn.Module | None = None  # the model in DistributedDataParallel under torchrun
+    objective: str = "beta"  # beta, tcvae or capacity (models.vae.vae_objective)
+    dataset_size: int = 1  # N of the total-correlation estimate (tcvae)
+    capacity_max: float = 0.0  # capacity: C rises linearly from 0 to this many nats ...
+    capacity_steps: int = 1  # ... over this many steps, then stays
+    capacity_gamma: float = 1.0  # capacity: weight of |KL - C|
 
     @property
     def modules(self) -> dict:
@@ -47,27 +53,39 @@ class VAESetup:
             return self.beta * min(1.0, (step + 1) / max(1, self.warmup_steps))
         return self.beta
 
+    def capacity_at(self, step: int) -> float:
+        """The KL target C at optimiser step `step` (objective "capacity")."""
+        return self.capacity_max * min(1.0, step / max(1, self.capacity_steps))
+
 
 def build_vae(model_args: dict, device: torch.device, *, lr: float, beta_mode: str,
               beta: float = 1.0, scheduler_args: dict | None = None, warmup_steps: int = 0,
-              amp_dtype=None) -> VAESetup:
-    """The VAE, its Adam optimiser and, in adaptive mode, the beta scheduler."""
+              amp_dtype=None, objective: str = "beta", **objective_args) -> VAESetup:
+    """The VAE, its Adam optimiser and, in adaptive mode, the beta scheduler; objective_args
+    are VAESetup's dataset_size, capacity_max, capacity_steps, capacity_gamma."""
     if beta_mode not in BETA_MODES:
         raise ValueError(f"beta mode must be one of {BETA_MODES}, got {beta_mode!r}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     model = VAE(**model_args).to(device)
     scheduler = AdaptiveBetaScheduler(**(scheduler_args or {})) if beta_mode == "adaptive" \
         else None
     return VAESetup(model, torch.optim.Adam(model.parameters(), lr), device, beta_mode, beta,
                     scheduler, warmup_steps, amp_dtype, {"vae": dict(model_args)},
-                    distributed.wrap(model, device))
+                    distributed.wrap(model, device), objective, **objective_args)
 
 
-def vae_step(setup: VAESetup, x: torch.Tensor, beta: float) -> dict[str, torch.Tensor]:
-    """One Adam step on sum (x - x_hat)^2 + beta * KL (per image, batch mean)."""
+def vae_step(setup: VAESetup, x: torch.Tensor, beta: float, step: int = 0
+             ) -> dict[str, torch.Tensor]:
+    """One Adam step on the setup's objective (beta: sum (x - x_hat)^2 + beta KL per image,
+    batch mean; tcvae, capacity: see vae_objective). Under torchrun the TC estimate uses each
+    process's share of the batch."""
     net = setup.ddp if setup.ddp is not None else setup.model
     with autocast(setup.device, setup.amp_dtype):
-        x_hat, mu, logvar = net(x, noise=distributed.randn)
-    out = elbo_loss(x, x_hat, mu, logvar, beta)
+        x_hat, mu, logvar, z = net(x, noise=distributed.randn)
+    out = vae_objective(x, x_hat, mu, logvar, z, objective=setup.objective, beta=beta,
+                        dataset_size=setup.dataset_size, capacity=setup.capacity_at(step),
+                        gamma=setup.capacity_gamma)
     setup.opt.zero_grad(set_to_none=True)
     out["loss"].backward()
     setup.opt.step()
@@ -124,9 +142,10 @@ def train_vae(setup: VAESetup, train_data: ImageData, test_data: ImageData, run:
             kl_dims = torch.zeros(setup.model.latent_dim, device=setup.device)
             for x, _ in epoch_batches(train_data, batch_size, setup.device, flip, epoch, epochs,
                                       deadline):
-                out = vae_step(setup, x, setup.beta_at(progress.step))
+                out = vae_step(setup, x, setup.beta_at(progress.step), progress.step)
                 kl_dims += out["kl_dims"].detach()
-                meter.update(progress.advance(x), {k: out[k] for k in ("loss", "recon", "kl")})
+                meter.update(progress.advance(x), {k: out[k] for k in ("loss", "recon", "kl", "tc")
+                                                   if k in out})
             speed = meter.count * batch_size / (time.perf_counter() - started)
             record = evaluate(setup, meter, kl_dims, test_x, train_x, progress.step)
             frames.append(prior_frame(setup.model, fixed_z[:progression_rows]))
@@ -149,7 +168,8 @@ def evaluate(setup: VAESetup, meter: LossMeter, kl_dims: torch.Tensor, test_x: t
     test = evaluate_vae(setup, test_x, beta)
     train_active = int(active_dims(posterior_means(setup.model, train_x)).sum())
     setup.model.train()
-    return {"step": step, "beta": beta, **{f"train_{k}": v for k, v in train.items()},
+    capacity = {"capacity": setup.capacity_at(step)} if setup.objective == "capacity" else {}
+    return {"step": step, "beta": beta, **capacity, **{f"train_{k}": v for k, v in train.items()},
             "train_recon_plus_kl": train["recon"] + train["kl"],
             "test_recon_plus_kl": test["recon"] + test["kl"],
             "train_kl_dims": (distributed.all_sum(kl_dims) / distributed.world_size()

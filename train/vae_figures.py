@@ -1,5 +1,8 @@
 """What a trained beta-VAE shows: reconstructions, prior samples, latent traversals, and which
-latent captures which ground-truth factor (MIG, Chen et al. 2018)."""
+latent captures which ground-truth factor (MIG, Chen et al. 2018; SAP, Kumar et al. 2018): the
+traversal rows are labelled with the factor each latent captures best and its score, a
+per-factor panel traverses the best latent of every factor, and the mutual information of
+every latent with every factor is drawn as a heat map."""
 from pathlib import Path
 
 import numpy as np
@@ -8,8 +11,8 @@ import torch
 from models.vae import VAE, active_dims
 from train.vae import posterior_means
 from utils.data import ImageData
-from utils.metrics import mutual_information_gap
-from utils.plots import save_grid, save_labelled_grid
+from utils.metrics import mutual_information_gap, sap_score
+from utils.plots import save_grid, save_heatmap, save_labelled_grid
 from utils.runs import write_json
 
 MIG_IMAGES = 2000  # held-out images whose posterior means are scored
@@ -42,8 +45,10 @@ def factor_report(model: VAE, data: ImageData) -> dict | None:
         names, factors = ["class"], labels.numpy()[:, None].astype(float)
     else:
         return None
-    report = mutual_information_gap(posterior_means(model, x).numpy(), factors, names)
-    report["images"] = len(x)
+    latents = posterior_means(model, x).numpy()
+    report = mutual_information_gap(latents, factors, names)
+    sap = sap_score(latents, factors, names)
+    report.update(sap=sap["sap"], sap_factors=sap["factors"], images=len(x))
     return report
 
 
@@ -53,6 +58,41 @@ def latent_names(report: dict | None) -> dict[int, str]:
     for f in (report or {}).get("factors", []):
         names.setdefault(f["best_latent"], []).append(f"{f['factor']} (MIG {f['mig']:.2f})")
     return {i: ", ".join(v) for i, v in names.items()}
+
+
+def save_factor_traversals(model: VAE, x: torch.Tensor, report: dict, path: Path,
+                           n_values: int = 11, n_images: int = 3) -> Path | None:
+    """For each ground-truth factor, the latent that captures it best (highest mutual
+    information) traversed from -3 to +3 on n_images images: one row per (factor, image)."""
+    factors = report.get("factors", [])
+    if not factors:
+        return None
+    mu = posterior_means(model, x[:n_images])  # (N, D)
+    values = traversal_values(n_values)
+    rows, labels = [], []
+    for f in factors:
+        z = mu.unsqueeze(1).repeat(1, n_values, 1)
+        z[:, :, f["best_latent"]] = values
+        rows.append(decode(model, z.flatten(0, 1)).unflatten(0, (len(mu), n_values)))
+        labels += [f"{f['factor']}: z{f['best_latent']} (MIG {f['mig']:.2f})"] + \
+            [""] * (len(mu) - 1)
+    return save_labelled_grid(torch.cat(rows), path, labels,
+                              [f"{v:+.1f}" for v in values.tolist()],
+                              title="each factor's best latent, traversed on "
+                                    f"{len(mu)} images", xlabel="latent value (prior std)")
+
+
+def save_mi_matrix(report: dict, path: Path) -> Path | None:
+    """The mutual information of every latent with every factor, divided by the factor's
+    entropy (the matrix MIG is read from), as a heat map."""
+    factors = report.get("factors", [])
+    if not factors:
+        return None
+    matrix = np.array([f["normalized_mi"] for f in factors]).T  # (D, K)
+    return save_heatmap(matrix, path, [f"z{i}" for i in range(len(matrix))],
+                        [f["factor"] for f in factors],
+                        title=f"I(z_i; v_k) / H(v_k): MIG {report['mig']:.3f}",
+                        value_label="normalised mutual information")
 
 
 def traversal_values(n: int, limit: float = 3.0) -> torch.Tensor:
@@ -96,9 +136,11 @@ def save_traversal_one_dim(model: VAE, x: torch.Tensor, dim: int, path: Path,
 def write_vae_figures(model: VAE, test: ImageData, kl_dims: list[float], out: Path, title: str,
                       *, n_images: int = 8, n_values: int = 11, seed: int = 0,
                       dim: int | None = None) -> dict:
-    """Reconstructions, prior samples, both traversals and the MIG report (also written to
-    out/report.json with the active dims ordered by KL and the KL per latent); returns the
-    report. `dim` picks the single-latent traversal (default: the largest-KL active latent)."""
+    """Reconstructions, prior samples, the traversals (all latents of one image, each factor's
+    best latent, one latent over several images), the MI heat map and the MIG/SAP report (also
+    written to out/report.json with the active dims ordered by KL and the KL per latent);
+    returns the report. `dim` picks the single-latent traversal (default: the largest-KL
+    active latent)."""
     model.eval()
     x, _ = test.first(max(n_images, 1))
     save_reconstructions(model, x, out / "reconstructions.png", f"{title}: reconstructions")
@@ -113,6 +155,8 @@ def write_vae_figures(model: VAE, test: ImageData, kl_dims: list[float], out: Pa
     save_traversal_all_dims(model, x, kl_dims, shown, out / "traversal_dims.png", n_values,
                             report, f"{title}: latent traversals of one image "
                             f"({len(active)} active dims, by KL)")
+    save_factor_traversals(model, x, report, out / "factor_traversals.png", n_values)
+    save_mi_matrix(report, out / "mi_matrix.png")
     dim = shown[0] if dim is None else dim
     save_traversal_one_dim(model, x, dim, out / f"traversal_z{dim}.png", n_values,
                            latent_names(report).get(dim, ""))

@@ -1,4 +1,5 @@
-"""Numbers that compare models: disentanglement (the Mutual Information Gap, Chen et al. 2018) and
+"""Numbers that compare models: disentanglement (the Mutual Information Gap, Chen et al. 2018; the
+Separated Attribute Predictability score, Kumar et al. 2018) and
 sample quality on feature vectors (Frechet distance, KID, improved precision and recall)."""
 from typing import Sequence
 
@@ -64,6 +65,45 @@ def mutual_information_gap(latents: np.ndarray, factors: np.ndarray,
                            "normalized_mi": (mi[:, k] / h).tolist()})
     score = float(np.mean([f["mig"] for f in per_factor])) if per_factor else 0.0
     return {"mig": score, "factors": per_factor, "mi": mi.tolist()}
+
+
+def sap_score(latents: np.ndarray, factors: np.ndarray, factor_names: Sequence[str] = (),
+              max_classes: int = 20) -> dict:
+    """SAP = mean over factors k of the gap between the two largest S[i, k], where S[i, k] says
+    how well latent i alone predicts factor k (Kumar et al. 2018, section 4): for a continuous
+    factor the R^2 of a linear fit (the squared correlation), for a categorical one (at most
+    max_classes values) the share of the latent's variance explained by the class (eta^2, the
+    R^2 of regressing the latent on the one-hot class). Constant factors are left out.
+
+    Returns {"sap", "factors": [{"factor", "sap", "best_latent"}], "scores": S (D, K)}.
+    """
+    z = np.asarray(latents, dtype=np.float64)
+    v = np.asarray(factors, dtype=np.float64)
+    names = list(factor_names) or [f"factor{k}" for k in range(v.shape[1])]
+    z_var = z.var(0)
+    scores = np.zeros((z.shape[1], v.shape[1]))
+    for k in range(v.shape[1]):
+        column = v[:, k]
+        values = np.unique(column)
+        if len(values) <= max_classes:  # eta^2 = var(E[z | class]) / var(z)
+            codes = np.searchsorted(values, column)
+            counts = np.bincount(codes)[:, None]
+            means = np.stack([np.bincount(codes, z[:, i]) for i in range(z.shape[1])], 1) / counts
+            explained = (counts * (means - z.mean(0)) ** 2).sum(0) / len(z)
+        else:  # squared correlation
+            cov = ((z - z.mean(0)) * (column - column.mean())[:, None]).mean(0)
+            explained = cov ** 2 / max(column.var(), 1e-300)
+        scores[:, k] = np.where(z_var > 1e-12, explained / np.maximum(z_var, 1e-300), 0.0)
+    per_factor = []
+    for k, name in enumerate(names):
+        if v[:, k].var() <= 1e-12:
+            continue
+        ranked = np.sort(scores[:, k])[::-1]
+        second = ranked[1] if len(ranked) > 1 else 0.0
+        per_factor.append({"factor": name, "sap": float(ranked[0] - second),
+                           "best_latent": int(np.argmax(scores[:, k]))})
+    score = float(np.mean([f["sap"] for f in per_factor])) if per_factor else 0.0
+    return {"sap": score, "factors": per_factor, "scores": scores.tolist()}
 
 
 # Sample quality: Frechet distance, KID, precision/recall (on features of an evaluator network)

@@ -241,3 +241,22 @@ def save_bar_charts(values: dict[str, dict], panels: Sequence[tuple[str, str]], 
         if key in fractions:
             ax.set_ylim(0, 1.08)
     return _finish(fig, axes, len(panels), path, title)
+
+
+def save_heatmap(matrix: np.ndarray, path: Path, row_labels: Sequence[str],
+                 col_labels: Sequence[str], title: str | None = None,
+                 value_label: str = "") -> Path:
+    """A (R, K) matrix of values in [0, 1] as a heat map with each value written in its cell."""
+    matrix = np.asarray(matrix, dtype=float)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * matrix.shape[1], 0.8 + 0.4 * matrix.shape[0]))
+    image = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=max(1e-9, matrix.max(initial=0)),
+                      aspect="auto")
+    for (i, k), value in np.ndenumerate(matrix):
+        ax.text(k, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                color="white" if value < 0.6 * matrix.max(initial=0) else "black")
+    ax.set_xticks(range(matrix.shape[1]), list(col_labels), fontsize=8, rotation=30)
+    ax.set_yticks(range(matrix.shape[0]), list(row_labels), fontsize=8)
+    fig.colorbar(image, ax=ax, label=value_label)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path)

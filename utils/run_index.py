@@ -26,6 +26,9 @@ CAPTIONS = {
     ("*", "prior_samples.png"): "decoded samples of the prior",
     ("*", "traversal_dims.png"): "a row per active latent, ordered by KL and labelled with the "
                                  "factor it captures",
+    ("*", "factor_traversals.png"): "for each ground-truth factor, the latent that captures it "
+                                    "best, traversed on several images",
+    ("*", "mi_matrix.png"): "mutual information of every latent with every factor",
     ("diffusion", "progression.png"): "EMA samples from fixed noise, per epoch",
     ("diffusion", "losses.png"): "loss (log scale) with the loss per quarter of the timestep "
                                  "range, and the held-out loss",
@@ -132,8 +135,8 @@ def write_run_index(plots: Path) -> Path:
             f"<tr><td>{html.escape(k)}</td><td class=num>{scores[k]:.4g}</td></tr>"
             for k in keys) + "</table>")
     if records:
-        parts.append("<h2>Metrics per epoch: final and best (lowest loss or time, highest otherwise)"
-                     "</h2><table><tr><th>metric</th><th>final</th><th>best</th></tr>"
+        parts.append("<h2>Metrics per epoch: final and best (lowest loss or time, highest "
+                     "otherwise)</h2><table><tr><th>metric</th><th>final</th><th>best</th></tr>"
                      + _metric_rows(records) + "</table>")
     figures = sorted((p for folder in (plots, plots / "eval") if folder.is_dir()
                       for p in folder.glob("*.png")), key=lambda p: -p.stat().st_mtime)
