@@ -117,3 +117,27 @@ def test_vaemain_tcvae_and_capacity_objectives_train_and_log_their_terms(tmp_pat
     assert [r["capacity"] for r in records] == [2.0, 4.0]
     with pytest.raises(UserError, match="OBJECTIVE"):
         vaemain.main([*TINY, "--SAVE_ROOT", str(tmp_path), "--OBJECTIVE=factor"])
+
+
+def test_disentanglement_study_smoke(tmp_path):
+    """Two settings, two seeds, one epoch each: every run scored, the medians and ranges
+    tabulated, the spread chart and the results page written."""
+    from benchmarks import vae_disentanglement
+    settings = {"beta4": ["--BETA_MODE=fixed", "--BETA=4"],
+                "tcvae": ["--OBJECTIVE=tcvae", "--BETA_MODE=fixed", "--BETA=6"]}
+    rows = vae_disentanglement.main([
+        "--SAVE_ROOT", str(tmp_path), "--IMAGE_SIZE=16", "--N_TRAIN=256", "--EPOCHS=1",
+        "--SEEDS=(0, 1)", f"--SETTINGS={settings!r}", "--PRECISION=fp32",
+        "--OVERRIDES=['--WIDTH=8', '--LATENT_DIM=4', '--BATCH_SIZE=64']"])
+    assert [(r["setting"], r["seed"]) for r in rows] == [("beta4", 0), ("beta4", 1),
+                                                         ("tcvae", 0), ("tcvae", 1)]
+    assert all(0 <= r["mig"] <= 1 and r["mse"] > 0 for r in rows)
+    assert rows[0]["run"] != rows[1]["run"] and rows[0]["mig"] != rows[1]["mig"]
+    out = find_run(tmp_path, "disentanglement", marker="results.md").plots
+    table = (out / "results.md").read_text()
+    assert "| beta4 |" in table and "| tcvae |" in table
+    for name in ("spread.png", "results.html", "results.json"):
+        assert (out / name).is_file(), name
+    summary = vae_disentanglement.summarise(rows)
+    mig = [r["mig"] for r in rows[:2]]
+    assert summary["beta4"]["mig"]["min"] == min(mig) and summary["beta4"]["seeds"] == 2

@@ -260,3 +260,24 @@ def save_heatmap(matrix: np.ndarray, path: Path, row_labels: Sequence[str],
     if title:
         ax.set_title(title, fontsize=9)
     return _save(fig, path)
+
+
+def save_spread_chart(summary: dict[str, dict], panels: Sequence[tuple[str, str]], path: Path,
+                      title: str | None = None) -> Path:
+    """One panel per score: for every setting (x) the median over seeds as a bar and each seed's
+    value as a dot. summary[setting][key] = {"median", "values"}."""
+    names = list(summary)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
+    for ax, (key, label) in zip(axes[0], panels):
+        medians = [summary[n][key]["median"] for n in names]
+        ax.bar(range(len(names)), medians, color="#9ecae1")
+        for i, n in enumerate(names):
+            values = summary[n][key]["values"]
+            ax.scatter([i] * len(values), values, s=12, color="#08519c", zorder=3)
+        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+        ax.set_title(label, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
