@@ -16,7 +16,7 @@ PREDICTION_TYPES = ("epsilon", "x0", "v", "flow")  # flow: the rectified-flow ve
 
 
 class NoiseSchedule:
-    """betas and alphas_cumprod (float64, length T) for the 'linear' or 'cosine' schedule."""
+    """betas and alphas_cumprod (float64, length T) for a schedule kind of make_betas."""
 
     def __init__(self, kind: str = "linear", timesteps: int = 1000, betas: torch.Tensor = None):
         if betas is None:
@@ -56,7 +56,9 @@ class NoiseSchedule:
 
 
 def make_betas(kind: str, timesteps: int) -> torch.Tensor:
-    """Linear: Ho et al. 2020; cosine: Nichol & Dhariwal 2021, eq. 17, betas clipped at 0.999."""
+    """Linear: Ho et al. 2020; cosine: Nichol & Dhariwal 2021, eq. 17, betas clipped at 0.999;
+    scaled_linear: Stable Diffusion's, sqrt(beta) linear from sqrt(0.00085) to sqrt(0.012)
+    (Rombach et al. 2022, the v1 configuration)."""
     if timesteps < 1:
         raise ValueError(f"timesteps must be >= 1, got {timesteps}")
     if kind == "linear":
@@ -70,7 +72,9 @@ def make_betas(kind: str, timesteps: int) -> torch.Tensor:
         u = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
         f = torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2
         return torch.clamp(1 - f[1:] / f[:-1], max=0.999)
-    raise ValueError(f"unknown schedule {kind!r}; use 'linear' or 'cosine'")
+    if kind == "scaled_linear":
+        return torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, timesteps, dtype=torch.float64) ** 2
+    raise ValueError(f"unknown schedule {kind!r}; use 'linear', 'cosine' or 'scaled_linear'")
 
 
 _at = grid_values  # values[t] shaped like a batch, indexed on the tensor's device

@@ -6,10 +6,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
+def group_norm(channels: int, eps: float = 1e-5) -> nn.GroupNorm:
     """GroupNorm with up to 32 groups that divide the channel count."""
     groups = math.gcd(32, channels)
-    return nn.GroupNorm(groups, channels)
+    return nn.GroupNorm(groups, channels, eps=eps)
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -23,21 +23,31 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0)
 
 
 class ResBlock(nn.Module):
-    """GroupNorm-SiLU-conv twice with a residual path; optional scale-and-shift conditioning
-    (out = norm(h) * (1 + scale) + shift, Dhariwal & Nichol 2021) from an embedding."""
+    """GroupNorm-SiLU-conv twice with a residual path; optional conditioning on an embedding,
+    by scale and shift after the second norm (out = norm(h) * (1 + scale) + shift, Dhariwal &
+    Nichol 2021) or, with emb_mode "add", added before it (h + W silu(emb), Ho et al. 2020 and
+    Stable Diffusion). `eps` is the GroupNorms' (Stable Diffusion's VAE uses 1e-6)."""
 
-    def __init__(self, c_in: int, c_out: int, emb_dim: int = 0, dropout: float = 0.0):
+    def __init__(self, c_in: int, c_out: int, emb_dim: int = 0, dropout: float = 0.0,
+                 emb_mode: str = "scale_shift", eps: float = 1e-5):
         super().__init__()
-        self.norm1, self.conv1 = group_norm(c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.emb = nn.Linear(emb_dim, 2 * c_out) if emb_dim else None
-        self.norm2, self.dropout = group_norm(c_out), nn.Dropout(dropout)
+        if emb_mode not in ("scale_shift", "add"):
+            raise ValueError(f"emb_mode must be scale_shift or add, got {emb_mode!r}")
+        self.norm1, self.conv1 = group_norm(c_in, eps), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.emb_mode = emb_mode
+        width = 2 * c_out if emb_mode == "scale_shift" else c_out
+        self.emb = nn.Linear(emb_dim, width) if emb_dim else None
+        self.norm2, self.dropout = group_norm(c_out, eps), nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
+        conditioned = self.emb is not None and emb is not None
+        if conditioned and self.emb_mode == "add":
+            h = h + self.emb(F.silu(emb))[:, :, None, None]
         h = self.norm2(h)
-        if self.emb is not None and emb is not None:
+        if conditioned and self.emb_mode == "scale_shift":
             scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
             h = h * (1 + scale) + shift
         h = self.conv2(self.dropout(F.silu(h)))
