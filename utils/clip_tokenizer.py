@@ -69,12 +69,17 @@ class CLIPTokenizer:
 
     @classmethod
     def load(cls, path: str | Path) -> "CLIPTokenizer":
-        """From a folder with vocab.json and merges.txt (a diffusers model's `tokenizer/`, or the
-        model folder itself), or from CLIP's bpe_simple_vocab_16e6.txt.gz."""
+        """From a folder with vocab.json and merges.txt, or tokenizer.json (a diffusers model's
+        `tokenizer/`, or the model folder itself), or from CLIP's bpe_simple_vocab_16e6.txt.gz."""
         path = Path(path)
         if path.is_dir() and (path / "tokenizer").is_dir():
             path = path / "tokenizer"
         try:
+            if path.is_dir() and not (path / "vocab.json").is_file() \
+                    and (path / "tokenizer.json").is_file():  # one file: vocab and merges
+                model = json.loads((path / "tokenizer.json").read_text(encoding="utf-8"))["model"]
+                merges = [m.split() if isinstance(m, str) else m for m in model["merges"]]
+                return cls(model["vocab"], [tuple(m) for m in merges[:N_MERGES]])
             if path.is_dir():
                 vocab = json.loads((path / "vocab.json").read_text(encoding="utf-8"))
                 lines = (path / "merges.txt").read_text(encoding="utf-8").split("\n")
@@ -83,8 +88,8 @@ class CLIPTokenizer:
             return cls.from_merges(_merge_pairs(lines))
         except (OSError, ValueError, KeyError) as err:
             raise UserError(f"TOKENIZER {path}: not a CLIP vocabulary (vocab.json + merges.txt, "
-                            f"or bpe_simple_vocab_16e6.txt.gz): {type(err).__name__}: {err}"
-                            ) from None
+                            f"tokenizer.json, or bpe_simple_vocab_16e6.txt.gz): "
+                            f"{type(err).__name__}: {err}") from None
 
     def bpe(self, piece: str) -> str:
         """The piece's BPE tokens, space separated: adjacent symbols are merged, lowest merge

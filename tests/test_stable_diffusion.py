@@ -1,0 +1,114 @@
+"""Stable Diffusion end to end against diffusers' pipelines (test-only oracles) built from the
+same tiny random components and scheduler configuration: the same final latents for the same
+prompt, seed and guidance; our loader reads the diffusers folder the pipeline saved."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+open_clip = pytest.importorskip("open_clip")
+
+from train.stable_diffusion import StableDiffusion, load_components  # noqa: E402
+from utils.clip_tokenizer import CLIPTokenizer  # noqa: E402
+
+TINY = {"text": dict(width=32, layers=2, heads=4, hidden=64),
+        "unet": dict(base=32, channel_mult=(1, 2), blocks=1, attention_levels=(0,), heads=4,
+                     context_dim=32),
+        "vae": dict(base=32, mult=(1, 2), blocks=1)}
+BPE = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+
+
+def _vocabulary(folder: Path) -> Path:
+    tokenizer = CLIPTokenizer.load(BPE)
+    folder.mkdir(parents=True)
+    (folder / "vocab.json").write_text(json.dumps(tokenizer.vocab), encoding="utf-8")
+    merges = sorted(tokenizer.ranks, key=tokenizer.ranks.get)
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges),
+                                       encoding="utf-8")
+    return folder
+
+
+def _scheduler():
+    """SD's training schedule; "leading" steps (900, 800, ..., 0 for 10) and a last step to
+    alpha_bar = 1, which is the project's DDIM on the grid from first_t = 900."""
+    return diffusers.DDIMScheduler(beta_start=0.00085, beta_end=0.012,
+                                   beta_schedule="scaled_linear", clip_sample=False,
+                                   set_alpha_to_one=True, steps_offset=0,
+                                   timestep_spacing="leading", prediction_type="epsilon")
+
+
+@pytest.fixture(scope="module")
+def saved_pipeline(tmp_path_factory) -> Path:
+    """A tiny random diffusers StableDiffusionPipeline saved with save_pretrained."""
+    root = tmp_path_factory.mktemp("sd")
+    torch.manual_seed(0)
+    text = transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=77, hidden_act="quick_gelu"))
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64),
+        layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+        attention_head_dim=4)
+    vae = diffusers.AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(32, 64), layers_per_block=1, latent_channels=4, sample_size=16)
+    for model in (text, unet, vae):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn_like(p))  # away from zero-initialised outputs
+    vocab = _vocabulary(root / "vocab")
+    tokenizer = transformers.CLIPTokenizer(str(vocab / "vocab.json"), str(vocab / "merges.txt"),
+                                           pad_token="<|endoftext|>", model_max_length=77)
+    pipe = diffusers.StableDiffusionPipeline(
+        vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=_scheduler(),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(root / "model", safe_serialization=True)
+    return root / "model"
+
+
+def _ours(folder: Path) -> StableDiffusion:
+    return StableDiffusion(load_components(folder, model_args=TINY), torch.device("cpu"),
+                           torch.float32)
+
+
+def test_text_to_image_latents_equal_diffusers(saved_pipeline):
+    ours = _ours(saved_pipeline)
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(saved_pipeline)
+    pipe.scheduler = _scheduler()  # the pipeline rewrites steps_offset to 1 when it loads
+    pipe.set_progress_bar_config(disable=True)
+    start = torch.randn((2, 4, 8, 8), generator=torch.Generator().manual_seed(3))
+    expected = pipe("a red fox in the snow", negative_prompt="blurry", num_inference_steps=10,
+                    guidance_scale=7.5, num_images_per_prompt=2, latents=start.clone(),
+                    output_type="latent", height=16, width=16).images
+    got = ours.generate("a red fox in the snow", "blurry", steps=10, guidance=7.5, height=16,
+                        width=16, n_images=2, seed=3, first_t=900)
+    assert (got.latents - expected).abs().max() <= 1e-4
+    assert got.images.shape == (2, 3, 16, 16)  # the tiny VAE downsamples by 2
+    decoded = pipe.vae.decode(expected / 0.18215).sample.clamp(-1, 1)
+    assert (got.images - decoded).abs().max() <= 1e-4
+
+
+def test_image_to_image_latents_equal_diffusers_and_strength_zero_is_the_autoencoder(
+        saved_pipeline):
+    ours = _ours(saved_pipeline)
+    pipe = diffusers.StableDiffusionImg2ImgPipeline.from_pretrained(saved_pipeline)
+    pipe.scheduler = _scheduler()
+    pipe.set_progress_bar_config(disable=True)
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))  # [0, 1]
+    expected = pipe("a castle", image=image, strength=0.5, num_inference_steps=10,
+                    guidance_scale=5.0, generator=torch.Generator().manual_seed(7),
+                    output_type="latent").images
+    got = ours.generate("a castle", steps=10, guidance=5.0, height=16, width=16, seed=7,
+                        init_image=image * 2 - 1, strength=0.5, first_t=900)
+    assert (got.latents - expected).abs().max() <= 1e-4
+    same = ours.generate("a castle", steps=10, height=16, width=16, seed=7,
+                         init_image=image * 2 - 1, strength=0.0)
+    with torch.no_grad():
+        mean, logvar = ours.parts.vae.encode(image * 2 - 1)
+        noise = torch.randn(mean.shape, generator=torch.Generator().manual_seed(7))
+        z = mean + (0.5 * logvar).exp() * noise
+        assert (same.images - ours.parts.vae.decode(z).clamp(-1, 1)).abs().max() <= 1e-5
