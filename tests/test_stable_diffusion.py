@@ -112,3 +112,51 @@ def test_image_to_image_latents_equal_diffusers_and_strength_zero_is_the_autoenc
         noise = torch.randn(mean.shape, generator=torch.Generator().manual_seed(7))
         z = mean + (0.5 * logvar).exp() * noise
         assert (same.images - ours.parts.vae.decode(z).clamp(-1, 1)).abs().max() <= 1e-5
+
+
+def _single_file(ours: StableDiffusion, path: Path, ema_shift: float | None = None) -> Path:
+    """The project's components written as one original-layout checkpoint (optionally with
+    EMA copies of the UNet, shifted so that they differ)."""
+    from models.sd_weights import (TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX, to_layout,
+                                   unet_key_table, vae_key_table)
+    parts = ours.parts
+    state = {TEXT_PREFIX + k: v for k, v in parts.text.state_dict().items()}
+    state.update(to_layout(parts.unet, unet_key_table(parts.unet), 0, UNET_PREFIX))
+    state.update(to_layout(parts.vae, vae_key_table(parts.vae), 0, VAE_PREFIX))
+    state[TEXT_PREFIX + "text_model.embeddings.position_ids"] = torch.arange(77)[None]
+    if ema_shift is not None:
+        for key, value in list(state.items()):
+            if key.startswith(UNET_PREFIX):
+                name = "model_ema.diffusion_model" + key[len(UNET_PREFIX):].replace(".", "")
+                state[name] = value + ema_shift
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        torch.save({"state_dict": state}, path)
+    return path
+
+
+def test_single_file_checkpoints_load_with_their_ema_and_fail_clearly(saved_pipeline, tmp_path):
+    from utils.errors import UserError
+    ours = _ours(saved_pipeline)
+    vocab = saved_pipeline / "tokenizer"
+    single = _single_file(ours, tmp_path / "model.safetensors")
+    loaded = load_components(single, vocab, model_args=TINY)
+    for name in ("text", "unet", "vae"):
+        a, b = getattr(ours.parts, name).state_dict(), getattr(loaded, name).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    full = load_components(_single_file(ours, tmp_path / "full.ckpt", ema_shift=0.5), vocab,
+                           model_args=TINY)
+    key = "conv_in.weight"
+    assert torch.allclose(full.unet.state_dict()[key], ours.parts.unet.state_dict()[key] + 0.5)
+    assert full.notes == ["UNet: EMA weights"]
+    with pytest.raises(UserError, match="TOKENIZER"):
+        load_components(single, None, model_args=TINY)
+    (tmp_path / "cut.safetensors").write_bytes(single.read_bytes()[:1000])
+    with pytest.raises(UserError, match="could not be read"):
+        load_components(tmp_path / "cut.safetensors", vocab, model_args=TINY)
+    with pytest.raises(UserError, match=r"WEIGHTS: .*does not exist"):
+        load_components(tmp_path / "none.ckpt", vocab, model_args=TINY)
+    with pytest.raises(UserError, match=r"UNet tensor time_mlp.0.weight has shape \(128, 32\)"):
+        load_components(single, vocab, model_args={**TINY, "unet": {**TINY["unet"], "base": 64}})
