@@ -160,3 +160,53 @@ def test_single_file_checkpoints_load_with_their_ema_and_fail_clearly(saved_pipe
         load_components(tmp_path / "none.ckpt", vocab, model_args=TINY)
     with pytest.raises(UserError, match=r"UNet tensor time_mlp.0.weight has shape \(128, 32\)"):
         load_components(single, vocab, model_args={**TINY, "unet": {**TINY["unet"], "base": 64}})
+
+
+def test_a_diffusers_folder_gives_its_own_sizes(saved_pipeline):
+    from train.stable_diffusion import folder_model_args
+    args = folder_model_args(saved_pipeline)
+    for name in TINY:
+        assert {k: args[name][k] for k in TINY[name]} == TINY[name], name
+    assert args["text"]["vocab"] == 49408
+
+
+def test_run_script_writes_images_strip_config_and_metrics(saved_pipeline, tmp_path):
+    from PIL import Image
+
+    from LDM_run_scripts import StableDiffusion as script
+    from utils.errors import UserError
+    args = [f"--WEIGHTS={saved_pipeline}", "--HEIGHT=16", "--WIDTH=16", "--STEPS=4",
+            "--N_IMAGES=2", "--STRIP_STEPS=3", "--PRECISION=fp32", f"--SAVE_ROOT={tmp_path}",
+            "--PROMPT=a red fox"]
+    run, result = script.main(args)
+    for name in ("image_0.png", "image_1.png", "grid.png", "denoising_strip.png",
+                 "config.json", "metrics.json", "index.html"):
+        assert (run.plots / name).is_file(), name
+    metrics = json.loads((run.plots / "metrics.json").read_text())
+    assert {"text_encoder", "unet", "unet_per_step", "vae_decode"} <= set(metrics["seconds"])
+    assert metrics["peak_rss_mb"] > 0 and metrics["dtype"] == "float32"
+    assert json.loads((run.plots / "config.json").read_text())["PROMPT"] == "a red fox"
+    again = script.main(args)[1]  # the same seed: the same images
+    assert torch.equal(again.images, result.images)
+    Image.fromarray((torch.rand(20, 24, 3) * 255).byte().numpy()).save(tmp_path / "init.png")
+    run, _ = script.main([*args, f"--INIT_IMAGE={tmp_path / 'init.png'}", "--STRENGTH=0.5"])
+    assert (run.plots / "init_and_results.png").is_file() and run.name.endswith("img2img")
+    for bad, message in [("--HEIGHT=15", "multiples of 2"), ("--STRENGTH=2", "STRENGTH"),
+                         ("--SAMPLER=plms", "SAMPLER"), (f"--INIT_IMAGE={tmp_path}", "INIT_IMAGE"),
+                         ("--OFFLOAD=disk", "OFFLOAD")]:
+        with pytest.raises(UserError, match=message):
+            script.main([*args, bad])
+    with pytest.raises(UserError, match="WEIGHTS is not set"):
+        script.main([f"--SAVE_ROOT={tmp_path}"])
+
+
+def test_a_missing_checkpoint_is_one_line_and_exit_status_2(tmp_path):
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-m", "LDM_run_scripts.StableDiffusion",
+                           f"--WEIGHTS={tmp_path / 'none.safetensors'}",
+                           f"--SAVE_ROOT={tmp_path}"], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1 and "does not exist" in done.stderr
+    assert not (tmp_path / "saved_plots").exists()  # nothing written

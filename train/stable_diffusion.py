@@ -137,16 +137,51 @@ def _read_diffusers(folder: Path, component: str) -> dict:
                     f"(or .bin)")
 
 
+def folder_model_args(folder: Path) -> dict:
+    """Constructor arguments from a diffusers folder's config.json files (a v1-style model of
+    another size loads too); v1.5's sizes where a file is missing."""
+    import json
+
+    def config(sub):
+        path = folder / sub / "config.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+    args = {k: dict(v) for k, v in FULL_SIZE.items()}
+    text, unet, vae = config("text_encoder"), config("unet"), config("vae")
+    if text:
+        args["text"] = dict(vocab=text["vocab_size"], width=text["hidden_size"],
+                            layers=text["num_hidden_layers"], heads=text["num_attention_heads"],
+                            hidden=text["intermediate_size"],
+                            positions=text["max_position_embeddings"])
+    if unet:
+        widths = unet["block_out_channels"]
+        heads = unet["attention_head_dim"]  # diffusers' v1 configs store the head count here
+        args["unet"] = dict(
+            in_channels=unet["in_channels"], out_channels=unet["out_channels"], base=widths[0],
+            channel_mult=tuple(w // widths[0] for w in widths), blocks=unet["layers_per_block"],
+            attention_levels=tuple(i for i, kind in enumerate(unet["down_block_types"])
+                                   if "CrossAttn" in kind),
+            heads=heads if isinstance(heads, int) else heads[0],
+            context_dim=unet["cross_attention_dim"])
+    if vae:
+        widths = vae["block_out_channels"]
+        args["vae"] = dict(channels=vae["in_channels"], base=widths[0],
+                           mult=tuple(w // widths[0] for w in widths),
+                           blocks=vae["layers_per_block"], z=vae["latent_channels"])
+    return args
+
+
 def load_components(weights: str | Path, tokenizer: str | Path | None = None,
                     model_args: dict | None = None) -> Components:
     """The four parts, weights loaded, on the CPU in fp32. `weights`: a single-file checkpoint
     (EMA-only or full; a full one's EMA UNet is used) or a diffusers model folder; `tokenizer`:
-    a vocabulary (needed for a single file, which holds none)."""
-    args = model_args or FULL_SIZE
+    a vocabulary (needed for a single file, which holds none). model_args: the sizes (None:
+    v1.5's, or a diffusers folder's own config.json)."""
+    weights = Path(weights)
+    args = model_args or (folder_model_args(weights) if weights.is_dir() else FULL_SIZE)
     parts = {"text": CLIPTextEncoder(**args["text"]), "unet": SDUNet(**args["unet"]),
              "vae": SDVAE(**args["vae"])}
     tables = {"unet": unet_key_table(parts["unet"]), "vae": vae_key_table(parts["vae"])}
-    weights, notes = Path(weights), []
+    notes = []
     if weights.is_dir():
         text = _read_diffusers(weights, "text")
         if not any(k.startswith("text_model.") for k in text):  # saved by transformers >= 5
@@ -286,3 +321,41 @@ class StableDiffusion:
                          generator=generator)
         seconds["unet_per_step"] = seconds["unet"] / max(run_steps, 1)
         return Generated(self.decode(out.x, seconds), out.x, out.frames, seconds)
+
+
+def sd_device(name: str) -> torch.device:
+    """DEVICE: auto is CUDA, then Apple's MPS, then the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    from utils.device import resolve_device
+    return resolve_device(name)
+
+
+def load_init_image(path: str | Path, height: int, width: int) -> torch.Tensor:
+    """An image file as a (1, 3, HEIGHT, WIDTH) tensor in [-1, 1] (resized with Lanczos)."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        image = Image.open(path).convert("RGB").resize((width, height), Image.LANCZOS)
+    except (OSError, UnidentifiedImageError) as err:
+        raise UserError(f"INIT_IMAGE {path}: not a readable image ({type(err).__name__})"
+                        ) from None
+    array = torch.tensor(list(image.getdata()), dtype=torch.float32).view(height, width, 3)
+    return (array.permute(2, 0, 1)[None] / 127.5 - 1).contiguous()
+
+
+def peak_memory_mb(device: torch.device) -> dict:
+    """Peak resident memory of this process, and the GPU's peak allocation on CUDA."""
+    import resource
+    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.type == "cuda":
+        out["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return out
+
+
+def denoising_strip(pipe: StableDiffusion, result: Generated, rows: int = 2) -> torch.Tensor:
+    """The decoded x0 predictions of the first `rows` images at each snapshot: (R, S, 3, H, W)."""
+    columns = [pipe.decode(x0[:rows], {}) for _, _, x0 in result.frames]
+    return torch.stack(columns, dim=1)
