@@ -126,10 +126,10 @@ def main(argv=None) -> list[dict]:
         "cuda" if torch.cuda.is_available() else "cpu"))]
     which = ["_ours"]
     if const.PEER:
-        try:
-            import diffusers  # noqa: F401
+        import importlib.util
+        if importlib.util.find_spec("diffusers") and importlib.util.find_spec("transformers"):
             which.append("_peer")
-        except ImportError:
+        else:
             print("diffusers is not installed: only the project's rows")
     rows = [_child(w, const.SIZE, const.STEPS, p, o) for p in precisions
             for o in const.OFFLOADS for w in which]
