@@ -16,8 +16,9 @@ import json
 
 import torch
 
-from train.stable_diffusion import (StableDiffusion, denoising_strip, load_components,
-                                    load_init_image, peak_memory_mb, sd_device, sd_dtype)
+from train.sd_loading import load_components
+from train.stable_diffusion import (StableDiffusion, denoising_strip, load_init_image,
+                                    peak_memory_mb, sd_device, sd_dtype)
 from utils.config import check_choice, check_positive, resolve_constants, save_config
 from utils.errors import UserError, run_cli
 from utils.plots import save_grid, save_labelled_grid

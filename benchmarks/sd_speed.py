@@ -36,8 +36,8 @@ def _ours(size: int, steps: int, precision: str, offload: str) -> dict:
     from models.clip import CLIPTextEncoder
     from models.sd_unet import SDUNet
     from models.sd_vae import SDVAE
-    from train.stable_diffusion import (Components, StableDiffusion, peak_memory_mb, sd_device,
-                                        sd_dtype)
+    from train.sd_loading import Components
+    from train.stable_diffusion import StableDiffusion, peak_memory_mb, sd_device, sd_dtype
     from utils.clip_tokenizer import CLIPTokenizer
     device = sd_device("auto")
     tokenizer = CLIPTokenizer({"<|startoftext|>": 49406, "<|endoftext|>": 49407, "a</w>": 1},

@@ -14,7 +14,6 @@ import torch
 TEXT_PREFIX = "cond_stage_model.transformer."
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
-_IGNORED = ("text_model.embeddings.position_ids",)  # a buffer some exports carry, not a weight
 
 
 # The one written mapping: each project key of the UNet and the VAE -> (original single-file

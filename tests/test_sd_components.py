@@ -104,7 +104,7 @@ def test_diffusers_saved_weights_load_into_the_project_models(tmp_path):
 
     from models.sd_vae import SDVAE
     from models.sd_weights import to_layout, vae_key_table
-    from train.stable_diffusion import from_layout
+    from train.sd_loading import from_layout
     for reference, ours, table_of in [(_reference_unet(), SDUNet(**TINY_UNET), unet_key_table),
                                       (_reference_vae(), SDVAE(**TINY_VAE), vae_key_table)]:
         _randomise(reference).save_pretrained(tmp_path / type(ours).__name__)
@@ -126,7 +126,7 @@ def test_diffusers_saved_weights_load_into_the_project_models(tmp_path):
 
 
 def test_a_wrong_shape_or_missing_tensor_is_named():
-    from train.stable_diffusion import from_layout
+    from train.sd_loading import from_layout
     from utils.errors import UserError
     ours = SDUNet(**TINY_UNET)
     table = unet_key_table(ours)

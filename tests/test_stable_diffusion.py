@@ -11,7 +11,8 @@ diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 open_clip = pytest.importorskip("open_clip")
 
-from train.stable_diffusion import StableDiffusion, load_components  # noqa: E402
+from train.sd_loading import load_components  # noqa: E402
+from train.stable_diffusion import StableDiffusion  # noqa: E402
 from utils.clip_tokenizer import CLIPTokenizer  # noqa: E402
 
 TINY = {"text": dict(width=32, layers=2, heads=4, hidden=64),
@@ -163,7 +164,7 @@ def test_single_file_checkpoints_load_with_their_ema_and_fail_clearly(saved_pipe
 
 
 def test_a_diffusers_folder_gives_its_own_sizes(saved_pipeline):
-    from train.stable_diffusion import folder_model_args
+    from train.sd_loading import folder_model_args
     args = folder_model_args(saved_pipeline)
     for name in TINY:
         assert {k: args[name][k] for k in TINY[name]} == TINY[name], name
