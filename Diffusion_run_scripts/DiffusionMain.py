@@ -1,7 +1,9 @@
-"""Train a pixel-space DDPM (Ho et al. 2020) with a UNet denoiser.
+"""Train a pixel-space diffusion model with a UNet (or DiT) denoiser: by default rectified flow
+(Liu et al. 2023, chosen by the recipe study: see the README); DDPM's epsilon (Ho et al. 2020),
+v or x0 prediction on a linear or cosine noise schedule with --PREDICTION.
 
     python -m Diffusion_run_scripts.DiffusionMain
-    python -m Diffusion_run_scripts.DiffusionMain --SCHEDULE=linear --PREDICTION=v --EPOCHS=5
+    python -m Diffusion_run_scripts.DiffusionMain --PREDICTION=v --MIN_SNR_GAMMA=5 --EPOCHS=5
     python -m Diffusion_run_scripts.DiffusionMain --RESUME=latest --EPOCHS=10
 
 Writes to saved_plots/diffusion/<run>/: progression.png (EMA samples from fixed noise, one column
@@ -31,7 +33,7 @@ FLIP = False  # random horizontal flips
 # diffusion
 SCHEDULE = "cosine"  # linear (Ho et al. 2020) or cosine (Nichol & Dhariwal 2021)
 TIMESTEPS = 1000  # T, the number of noise steps
-PREDICTION = "epsilon"  # what the UNet predicts: epsilon, x0, v or flow (rectified flow)
+PREDICTION = "flow"  # what the UNet predicts: flow (rectified flow), v, epsilon or x0
 MIN_SNR_GAMMA = 0.0  # min-SNR loss weighting gamma (Hang et al. 2023); 0 turns it off
 LOGIT_MEAN = 0.0  # flow: training times t = sigmoid(N(LOGIT_MEAN, LOGIT_STD^2)) (Esser 2024)
 LOGIT_STD = 1.0  # flow: spread of the logit-normal training times
@@ -43,7 +45,7 @@ CHANNEL_MULT = (1, 2, 2)  # channel multiplier per resolution level
 BLOCKS = 1  # residual blocks per level
 ATTENTION = (8,)  # resolutions with self-attention
 HEADS = 4  # attention heads
-DROPOUT = 0.1  # dropout inside residual blocks
+DROPOUT = 0.0  # dropout inside residual blocks
 PATCH = 2  # dit: patch size (pixels or latent cells per side)
 DIT_WIDTH = 192  # dit: token width
 DIT_DEPTH = 6  # dit: transformer blocks

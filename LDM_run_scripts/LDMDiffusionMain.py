@@ -1,5 +1,6 @@
-"""Latent diffusion stage 2: a class-conditional v-prediction UNet on the cached, scaled latents of
-a finished LDMAutoencoderMain run, with label dropout for classifier-free guidance.
+"""Latent diffusion stage 2: a class-conditional UNet (rectified flow by default, chosen by the
+recipe study; v, epsilon or x0 with --PREDICTION) on the cached, scaled latents of a finished
+LDMAutoencoderMain run, with label dropout for classifier-free guidance.
 
     python -m LDM_run_scripts.LDMDiffusionMain
     python -m LDM_run_scripts.LDMDiffusionMain --AUTOENCODER_RUN=001 --EPOCHS=20 --GUIDANCE=2
@@ -28,7 +29,7 @@ DATA_ROOT = "data"  # where torchvision datasets are downloaded (for held-out im
 # diffusion
 SCHEDULE = "cosine"  # linear or cosine
 TIMESTEPS = 1000  # T, the number of noise steps
-PREDICTION = "v"  # v (Salimans & Ho 2022), epsilon, x0 or flow (rectified flow)
+PREDICTION = "flow"  # flow (rectified flow), v (Salimans & Ho 2022), epsilon or x0
 MIN_SNR_GAMMA = 0.0  # min-SNR loss weighting gamma; 0 turns it off
 LOGIT_MEAN = 0.0  # flow: training times t = sigmoid(N(LOGIT_MEAN, LOGIT_STD^2)) (Esser 2024)
 LOGIT_STD = 1.0  # flow: spread of the logit-normal training times

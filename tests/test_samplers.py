@@ -176,3 +176,9 @@ def test_default_spacings_beat_the_uniform_grid_on_the_cosine_schedule():
         assert tuned < uniform / 5
     ddim = (sample(denoiser, X_T.clone(), "ddim", 50).x - exact).abs().max()
     assert (sample(denoiser, X_T.clone(), "dpmpp2m", 10).x - exact).abs().max() < ddim / 2
+
+
+def test_sampler_spacing_benchmark_smoke():
+    from benchmarks import sampler_spacing
+    rows = sampler_spacing.main(["--STEPS=(4,)"])
+    assert len(rows) == (2 * 3 + 2) * 3 and all(r["errors"][0] >= 0 for r in rows)

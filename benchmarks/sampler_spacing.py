@@ -1,0 +1,69 @@
+"""Which step grid suits each sampler and schedule: the error of DDIM/Euler, Heun and
+DPM-Solver++(2M) against the exact probability-flow ODE solution for Gaussian data, driven by
+the exact denoiser (the oracle of tests/test_samplers.py), for every spacing and step count.
+
+    python -m benchmarks.sampler_spacing                 # a few seconds
+
+Prints one markdown table (max absolute error over 61 starting points; lower is better); the
+README's table and models.samplers.DEFAULT_SPACING come from it.
+"""
+import math
+
+import torch
+
+from models.diffusion import Denoiser, NoiseSchedule
+from models.flow import FlowSchedule
+from models.samplers import SPACINGS, sample
+from utils.config import resolve_constants
+from utils.errors import run_cli
+
+STEPS = (5, 10, 20, 50)  # step counts compared
+MU, STD = 0.4, 0.5  # the Gaussian data N(MU, STD^2)
+X_T = torch.linspace(-3, 3, 61, dtype=torch.float64)  # deterministic starting points
+
+
+def noise_schedule_case(kind: str) -> tuple[Denoiser, torch.Tensor]:
+    """E[eps | x_t] of Gaussian data as an epsilon network, and the exact ODE endpoint."""
+    schedule = NoiseSchedule(kind, 1000)
+
+    def net(x, t, labels):
+        a = schedule.alphas_cumprod[t].to(x.dtype).view(-1, *[1] * (x.dim() - 1))
+        return (1 - a).sqrt() * (x - a.sqrt() * MU) / (a * STD ** 2 + 1 - a)
+    a = schedule.alphas_cumprod[-1].item()
+    exact = MU + (X_T / math.sqrt(a) - MU) * STD / math.sqrt(STD ** 2 + (1 - a) / a)
+    return Denoiser(net, schedule, "epsilon"), exact
+
+
+def flow_case() -> tuple[Denoiser, torch.Tensor]:
+    """E[eps - x0 | x_t] of Gaussian data on the flow path, and the exact transport."""
+    schedule = FlowSchedule(1000)
+
+    def net(x, net_time, labels):
+        t = (net_time.to(x.dtype) / schedule.timesteps).view(-1, *[1] * (x.dim() - 1))
+        var = (1 - t) ** 2 * STD ** 2 + t ** 2
+        x0 = MU + (1 - t) * STD ** 2 / var * (x - (1 - t) * MU)
+        return t / var * (x - (1 - t) * MU) - x0
+    return Denoiser(net, schedule, "flow"), MU + STD * X_T
+
+
+def main(argv=None) -> list[dict]:
+    const = resolve_constants(globals(), argv)
+    cases = [(kind, noise_schedule_case(kind), ("ddim", "heun", "dpmpp2m"))
+             for kind in ("cosine", "linear")] + [("flow", flow_case(), ("euler", "heun"))]
+    rows = []
+    print("| schedule | sampler | spacing | " + " | ".join(f"{n} steps" for n in const.STEPS)
+          + " |\n|---|---|---|" + "---|" * len(const.STEPS))
+    for kind, (denoiser, exact), samplers in cases:
+        for name in samplers:
+            for spacing in SPACINGS:
+                errors = [(sample(denoiser, X_T.clone(), name, n, spacing=spacing).x - exact)
+                          .abs().max().item() for n in const.STEPS]
+                rows.append({"schedule": kind, "sampler": name, "spacing": spacing,
+                             "errors": errors})
+                print(f"| {kind} | {name} | {spacing} | "
+                      + " | ".join(f"{e:.3g}" for e in errors) + " |")
+    return rows
+
+
+if __name__ == "__main__":
+    run_cli(main)
