@@ -35,8 +35,8 @@ WIDTH = 32  # encoder channels at full resolution (doubling per level, capped at
 
 # beta
 OBJECTIVE = "beta"  # beta (beta-VAE), tcvae (beta weighs only the total correlation), capacity
-BETA_MODE = "adaptive"  # fixed, warmup (linear KL ramp to BETA) or adaptive (the scheduler)
-BETA = 1.0  # fixed beta, or the value the warm-up ramps to
+BETA_MODE = "fixed"  # fixed, warmup (linear KL ramp to BETA) or adaptive (the scheduler)
+BETA = 4.0  # fixed beta (4: the best MIG of the disentanglement study), or the ramp's end
 KL_WARMUP_EPOCHS = 5  # length of the linear ramp (BETA_MODE="warmup")
 BETA_INIT = 1.0  # adaptive: starting beta
 BETA_GAMMA = 0.1  # adaptive: decay of the moving ratio rho

@@ -49,7 +49,7 @@ SAVE_ROOT = "."  # saved_plots/ and saved_models/ are created here
 DATA_ROOT = "data"  # where torchvision datasets are downloaded
 
 _EPOCH_CAP = 100_000  # EPOCHS given to the training scripts: the budget stops them first
-_LABELS = {"gan": "DCGAN", "vae": "beta-VAE (adaptive)", "diffusion": "DDPM (pixels)",
+_LABELS = {"gan": "DCGAN", "vae": "beta-VAE (beta 4)", "diffusion": "DDPM (pixels)",
           "ldm": "LDM (latent, CFG)"}
 _PANELS = [("params_m", "parameters used to sample (M)"), ("img_per_s", "training img/s"),
           ("sampling_ms", "sampling ms/img (log)"), ("fid", "FID, log (dashed: real vs real)"),

@@ -11,7 +11,7 @@ from models.gan import Discriminator, Generator, discriminator_loss, generator_l
 from train.gan import build_gan, gan_step
 from utils.data import iterate_batches, load_dataset, to_float
 from utils.errors import UserError
-from utils.runs import find_run, load_checkpoint
+from utils.runs import MetricsLog, find_run, load_checkpoint
 
 
 def test_losses_at_zero_logits_equal_log_2():
@@ -78,7 +78,7 @@ def test_resume_continues_exactly(tmp_path, tiny_gan):
         assert torch.equal(g_a[key], g_b[key]), key
     assert opt_a["state"][0]["step"] == opt_b["state"][0]["step"]
     run = find_run(split, "gan", "latest")
-    epochs = [r["epoch"] for r in train_gan_module.MetricsLog(run.metrics_path).read()]
+    epochs = [r["epoch"] for r in MetricsLog(run.metrics_path).read()]
     assert epochs == [1, 2]
 
 
@@ -188,7 +188,7 @@ def test_spectral_norm_discriminator_and_the_stabilised_loop(tmp_path, tiny_gan)
         sigma = torch.linalg.matrix_norm(conv.weight.detach().flatten(1), ord=2).item()
         assert sigma == pytest.approx(1.0, rel=0.02)
     run = ganmain.main([*tiny_gan, "--LOSS=hinge", "--SPECTRAL_NORM=True", "--R1_GAMMA=1.0"])
-    records = train_gan_module.MetricsLog(run.metrics_path).read()
+    records = MetricsLog(run.metrics_path).read()
     assert records[0]["train_r1"] > 0 and math.isfinite(records[0]["train_d_loss"])
     state = load_checkpoint(run.checkpoint)
     assert state["model_args"]["discriminator"]["spectral_norm"] is True

@@ -14,7 +14,8 @@ TINY = ["--IMAGE_SIZE=16", "--N_TRAIN=256", "--LATENT_DIM=4", "--BATCH_SIZE=64",
 def test_vaemain_adaptive_resumes_exactly(tmp_path):
     from VAE_run_scripts import vaemain
     straight, split = tmp_path / "a", tmp_path / "b"
-    args = [*TINY, "--WIDTH=8", "--BETA_WARMUP=1", "--CHECKPOINT_EVERY=1"]
+    args = [*TINY, "--WIDTH=8", "--BETA_WARMUP=1", "--CHECKPOINT_EVERY=1",
+            "--BETA_MODE=adaptive"]
     vaemain.main([*args, "--SAVE_ROOT", str(straight), "--EPOCHS=3"])
     vaemain.main([*args, "--SAVE_ROOT", str(split), "--EPOCHS=2"])
     vaemain.main(["--SAVE_ROOT", str(split), "--EPOCHS=3", "--RESUME=latest",
@@ -66,7 +67,8 @@ def test_vae_scripts_reject_bad_constants(tmp_path):
     with pytest.raises(UserError, match="BETA_MODE"):
         vaemain.main([*TINY, "--SAVE_ROOT", str(tmp_path), "--BETA_MODE=cyclic"])
     with pytest.raises(UserError, match="beta_min <= beta_init"):
-        vaemain.main([*TINY, "--SAVE_ROOT", str(tmp_path), "--BETA_INIT=20"])
+        vaemain.main([*TINY, "--SAVE_ROOT", str(tmp_path), "--BETA_MODE=adaptive",
+                      "--BETA_INIT=20"])
     with pytest.raises(UserError, match="no vae run"):
         vaeEval.main(["--SAVE_ROOT", str(tmp_path)])
     with pytest.raises(UserError, match="no vae_experiment run"):
