@@ -41,7 +41,7 @@ SEED = 0  # seeds the noise (drawn on the CPU: the same images on every device)
 STRIP_STEPS = 6  # snapshots in the denoising strip (0: none)
 DEVICE = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, mps
 PRECISION = "auto"  # auto (fp16 on CUDA, bf16 on CPUs that have it, else fp32), fp32, bf16, fp16
-OFFLOAD = "none"  # none, or model: each component on the device only while it runs
+OFFLOAD = "none"  # none, or model: each network in memory only while it runs (peak memory)
 SAVE_ROOT = "."  # saved_plots/ is created here
 
 
@@ -52,14 +52,16 @@ def main(argv=None):
                         "(see the README for where to get one)")
     check_positive(const, "STEPS", "HEIGHT", "WIDTH", "N_IMAGES")
     check_choice("SAMPLER", const.SAMPLER, ("ddim", "ddpm", "heun", "dpmpp2m"))
+    check_choice("OFFLOAD", const.OFFLOAD, ("none", "model"))
     if not 0 <= const.STRENGTH <= 1:
         raise UserError(f"STRENGTH={const.STRENGTH} must be in [0, 1]")
     device = sd_device(const.DEVICE)
     dtype = sd_dtype(const.PRECISION, device)
     init = None if const.INIT_IMAGE is None else load_init_image(const.INIT_IMAGE, const.HEIGHT,
                                                                  const.WIDTH)
-    pipe = StableDiffusion(load_components(const.WEIGHTS, const.TOKENIZER), device, dtype,
-                           const.OFFLOAD)
+    parts = load_components(const.WEIGHTS, const.TOKENIZER, dtype=dtype,
+                            lazy=const.OFFLOAD == "model" and device.type == "cpu")
+    pipe = StableDiffusion(parts, device, dtype, const.OFFLOAD)
     result = pipe.generate(const.PROMPT, const.NEGATIVE_PROMPT, steps=const.STEPS,
                            guidance=const.GUIDANCE, sampler=const.SAMPLER, height=const.HEIGHT,
                            width=const.WIDTH, n_images=const.N_IMAGES, seed=const.SEED,

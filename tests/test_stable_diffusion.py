@@ -163,6 +163,30 @@ def test_single_file_checkpoints_load_with_their_ema_and_fail_clearly(saved_pipe
         load_components(single, vocab, model_args={**TINY, "unet": {**TINY["unet"], "base": 64}})
 
 
+def test_offload_on_a_cpu_keeps_each_network_in_the_file_until_it_runs(saved_pipeline,
+                                                                       tmp_path):
+    ours = _ours(saved_pipeline)
+    single = _single_file(ours, tmp_path / "model.safetensors")
+    vocab = saved_pipeline / "tokenizer"
+    lazy = load_components(single, vocab, model_args=TINY, lazy=True)
+    networks = ("text", "unet", "vae")
+    assert all(p.is_meta for n in networks for p in getattr(lazy, n).parameters())
+    offloaded = StableDiffusion(lazy, torch.device("cpu"), torch.float32, "model")
+    kwargs = dict(steps=4, guidance=5.0, height=16, width=16, n_images=2, seed=1, snapshots=2)
+    got = offloaded.generate("a red fox", "blurry", **kwargs)
+    expected = ours.generate("a red fox", "blurry", **kwargs)
+    assert torch.equal(got.latents, expected.latents)
+    assert torch.equal(got.images, expected.images)
+    assert got.seconds["weights_read"] > 0
+    assert all(p.is_meta for n in networks for p in getattr(lazy, n).parameters())  # released
+    # read in the pipeline's dtype: no fp32 copy of a bf16 run
+    half = load_components(single, vocab, model_args=TINY, dtype=torch.bfloat16)
+    assert {p.dtype for n in networks for p in getattr(half, n).parameters()} == {torch.bfloat16}
+    same = StableDiffusion(load_components(single, vocab, model_args=TINY, lazy=True),
+                           torch.device("cpu"), torch.float32, "none")  # read at once
+    assert torch.equal(same.generate("a red fox", "blurry", **kwargs).latents, expected.latents)
+
+
 def test_a_diffusers_folder_gives_its_own_sizes(saved_pipeline):
     from train.sd_loading import folder_model_args
     args = folder_model_args(saved_pipeline)

@@ -24,7 +24,6 @@ from utils.device import bf16_is_fast, synchronize
 from utils.errors import UserError
 
 
-
 def sd_dtype(precision: str, device: torch.device) -> torch.dtype:
     """The weights' dtype: auto is fp16 on CUDA, bf16 where the CPU runs it natively, else fp32
     (never fp16 on a CPU)."""
@@ -52,8 +51,9 @@ class Generated:
 
 class StableDiffusion:
     """Text-to-image and image-to-image with a Components on `device` in `dtype`. offload
-    "model" keeps each component on the CPU except while it runs (on a GPU, peak memory is one
-    component; on a CPU it changes nothing)."""
+    "model": each network is on the device only while it runs. On a GPU the others wait in
+    CPU memory; on a CPU they wait in the weights file (on the meta device, read again when they
+    run), so that peak memory is about the largest network's."""
 
     def __init__(self, parts: Components, device: torch.device, dtype: torch.dtype,
                  offload: str = "none"):
@@ -61,13 +61,27 @@ class StableDiffusion:
             raise UserError(f"OFFLOAD={offload!r} is not one of 'none', 'model'")
         self.parts, self.device, self.dtype, self.offload = parts, device, dtype, offload
         self.schedule = NoiseSchedule("scaled_linear", 1000)  # SD v1's training schedule
-        for module in (parts.text, parts.unet, parts.vae):
+        self.from_file = offload == "model" and device.type == "cpu" and parts.source is not None
+        for name in ("text", "unet", "vae"):
+            module = getattr(parts, name)
+            if self.from_file:
+                parts.release(name)
+                continue
+            if next(module.parameters()).is_meta:  # loaded lazily: read it now
+                parts.materialize(name, dtype)
             module.to(dtype=dtype, device="cpu" if offload == "model" else device)
 
     @contextlib.contextmanager
-    def _running(self, module: torch.nn.Module, name: str, seconds: dict):
-        """Time a component (and, offloading, move it to the device only for its run)."""
-        if self.offload == "model":
+    def _running(self, name: str, label: str, seconds: dict):
+        """Time a network (name: text, unet, vae) under `label`; offloading, bring it to the
+        device for the run only (reading its weights is timed as weights_read)."""
+        module = getattr(self.parts, name)
+        if self.from_file:
+            started = time.perf_counter()
+            self.parts.materialize(name, self.dtype)
+            seconds["weights_read"] = seconds.get("weights_read", 0.0) + (
+                time.perf_counter() - started)
+        elif self.offload == "model":
             module.to(self.device)
         synchronize(self.device)
         started = time.perf_counter()
@@ -75,15 +89,17 @@ class StableDiffusion:
             yield module
         finally:
             synchronize(self.device)
-            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
-            if self.offload == "model":
+            seconds[label] = seconds.get(label, 0.0) + time.perf_counter() - started
+            if self.from_file:
+                self.parts.release(name)
+            elif self.offload == "model":
                 module.to("cpu")
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str], seconds: dict) -> torch.Tensor:
         """(B, 77, 768) text embeddings: the final LayerNorm's output."""
         ids = self.parts.tokenizer(prompts).to(self.device)
-        with self._running(self.parts.text, "text_encoder", seconds) as text:
+        with self._running("text", "text_encoder", seconds) as text:
             return text(ids)
 
     def denoiser(self, cond: torch.Tensor, uncond: torch.Tensor, guidance: float) -> Denoiser:
@@ -105,14 +121,14 @@ class StableDiffusion:
     def encode_image(self, image: torch.Tensor, generator: torch.Generator, seconds: dict
                      ) -> torch.Tensor:
         """Scaled latents z ~ q(z | x) * 0.18215 of [-1, 1] images (B, 3, H, W)."""
-        with self._running(self.parts.vae, "vae_encode", seconds) as vae:
+        with self._running("vae", "vae_encode", seconds) as vae:
             mean, logvar = vae.encode(image.to(self.device, self.dtype))
         noise = torch.randn(mean.shape, generator=generator).to(self.device)
         return (mean.float() + (0.5 * logvar.float()).exp() * noise) * SCALE_FACTOR
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, seconds: dict) -> torch.Tensor:
-        with self._running(self.parts.vae, "vae_decode", seconds) as vae:
+        with self._running("vae", "vae_decode", seconds) as vae:
             images = vae.decode((latents / SCALE_FACTOR).to(self.dtype))
         return images.float().clamp(-1, 1).cpu()
 
@@ -147,7 +163,7 @@ class StableDiffusion:
             x = q_sample(self.schedule, z0, torch.full((n_images,), start_t,
                                                        device=self.device), noise)
         denoiser = self.denoiser(cond, uncond, guidance)
-        with self._running(self.parts.unet, "unet", seconds):
+        with self._running("unet", "unet", seconds):
             out = sample(denoiser, x, sampler, run_steps, start_t=start_t, snapshots=snapshots,
                          generator=generator)
         seconds["unet_per_step"] = seconds["unet"] / max(run_steps, 1)
@@ -178,9 +194,17 @@ def load_init_image(path: str | Path, height: int, width: int) -> torch.Tensor:
 
 
 def peak_memory_mb(device: torch.device) -> dict:
-    """Peak resident memory of this process, and the GPU's peak allocation on CUDA."""
+    """Peak resident memory of this process (Linux: VmHWM of its own address space, which,
+    unlike getrusage's maxrss, does not inherit the parent's peak across fork and exec), and the
+    GPU's peak allocation on CUDA."""
     import resource
-    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                peak = int(line.split()[1]) / 1024
+    out = {"peak_rss_mb": peak}
     if device.type == "cuda":
         out["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
     return out
