@@ -145,8 +145,9 @@ def main(argv=None) -> dict:
         if peer is not None:
             peer_flops, peer_seconds = measure(peer, const, device)
             results[f"diffusers {name}"] = peer_flops / peer_seconds / 1e9
-            print(f"  {name} diffusers UNet2DModel: {peer_flops / peer_seconds / 1e9:6.1f} "
-                  f"GFLOP/s; ours / diffusers = "
+            print(f"  {name} diffusers UNet2DModel: {const.BATCH_SIZE / peer_seconds:6.1f} "
+                  f"img/s ({peer_flops / const.BATCH_SIZE / 1e9:.2f} GFLOP/img, "
+                  f"{peer_flops / peer_seconds / 1e9:6.1f} GFLOP/s); ours / diffusers = "
                   f"{achieved / (peer_flops / peer_seconds / 1e9):.2f}x")
     if "diffusers fp32" not in results:
         print("  (pip install diffusers to add its UNet2DModel of the same shape as a row)")

@@ -68,10 +68,16 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w)
-        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each (B, heads, HW, C/heads)
-        y = F.scaled_dot_product_attention(q, k, v)
-        return x + self.out(y.transpose(-1, -2).reshape(b, c, h, w))
+        # The 1x1 convolutions run as matmuls over the pixels (the same weights, viewed as
+        # linear layers): on CPUs a 1x1 convolution's backward is much slower than a matmul's.
+        # q, k, v come out (B, heads, HW, C/heads) with a unit last stride, which SDPA's fused
+        # CPU kernel needs (with a strided one it takes its slower math path).
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
+        qkv = F.linear(tokens, self.qkv.weight.flatten(1), self.qkv.bias)
+        q, k, v = qkv.view(b, h * w, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, h * w, c)
+        y = F.linear(y, self.out.weight.flatten(1), self.out.bias)
+        return x + y.transpose(1, 2).reshape(b, c, h, w)
 
 
 class Downsample(nn.Module):
