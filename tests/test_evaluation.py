@@ -33,6 +33,8 @@ def test_real_images_score_like_the_floor_and_noise_does_not(evaluator_root):
     assert good["samples"] == 500 and good["class_accuracy"] > 0.97
     assert good["fid"] < 3 * good["real_vs_real"]["fid"] + 1.0
     assert good["precision"] > 0.8 and good["recall"] > 0.8
+    assert good["hue"]["coverage"] == 1.0  # 500 images in 12 sectors: TV about 0.08 by chance
+    assert good["hue"]["total_variation"] < 2 * good["real_vs_real"]["hue_total_variation"] + 0.05
     noise = torch.randint(0, 256, (500, 3, 32, 32), dtype=torch.uint8)
     bad = evaluate_samples(noise, None, "shapes", CPU, save_root=evaluator_root)
     assert bad["fid"] > 10 * good["fid"] and bad["kid"] > good["kid"] + 5 * bad["kid_std"]
@@ -53,6 +55,9 @@ def test_features_see_the_factors_a_class_ignores_and_tolerate_slight_noise(eval
                                save_root=evaluator_root)
     mixed = evaluate_samples(real[~narrow][:500], None, "shapes", CPU, save_root=evaluator_root)
     assert one_hue["fid"] > 5 * mixed["fid"] and one_hue["recall"] < mixed["recall"]
+    # the hue histograms say the same in their own words: hues below 0.2 fill 2-3 of 12 sectors
+    assert one_hue["hue"]["coverage"] < 0.35 and one_hue["hue"]["total_variation"] > 0.6
+    assert mixed["hue"]["total_variation"] < one_hue["hue"]["total_variation"]
     x = real[:500].float() / 127.5 - 1
     noisy = x + 0.05 * torch.randn_like(x)
     assert (predict(model, noisy)[1] == labels[:500]).float().mean() > 0.95
@@ -78,7 +83,8 @@ def test_evalgan_writes_metrics(evaluator_root, tiny_gan, tmp_path):
     from utils.runs import find_run
     metrics = json.loads((find_run(root, "gan").plots / "eval" / "metrics.json").read_text())
     assert metrics["samples"] == 50 and "evaluator CNN" in metrics["extractor"]
-    assert {"fid", "kid", "precision", "recall", "real_vs_real"} <= set(metrics)
+    assert {"fid", "kid", "precision", "recall", "real_vs_real", "hue"} <= set(metrics)
+    assert (find_run(root, "gan").plots / "eval" / "hue_histogram.png").is_file()
 
 
 def test_evaluate_samples_cli_rejects_a_missing_or_bad_file(tmp_path):

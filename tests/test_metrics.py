@@ -40,3 +40,39 @@ def test_precision_recall_identical_and_disjoint():
     assert far == (0.0, 0.0)
     narrow = precision_recall(x, 0.1 * rng.normal(size=(300, 5)))  # all fakes near the mode
     assert narrow[0] > 0.9 and narrow[1] < 0.5
+
+
+def test_pixel_hues_invert_the_shapes_colours_and_skip_greys():
+    import torch
+
+    from utils.metrics import pixel_hues
+    from utils.shapes import _hsv_to_rgb
+    hues = torch.linspace(0, 0.99, 100)
+    rgb = _hsv_to_rgb(hues) * 2 - 1  # (100, 3) in [-1, 1]: one coloured pixel per image
+    images = rgb[:, :, None, None].numpy()
+    np.testing.assert_allclose(pixel_hues(images), hues.numpy(), atol=1e-6)
+    corners = np.array([[1, -1, -1], [1, 1, -1], [-1, 1, -1], [-1, 1, 1], [-1, -1, 1],
+                        [1, -1, 1]], dtype=float)[:, :, None, None]  # red, yellow, ... magenta
+    np.testing.assert_allclose(pixel_hues(corners), np.arange(6) / 6, atol=1e-12)
+    greys = np.linspace(-1, 1, 5)[:, None, None, None].repeat(3, 1)  # black to white
+    dark = np.array([[-0.7, -1, -1]])[:, :, None, None]  # saturated but too dark to see
+    assert len(pixel_hues(np.concatenate([greys, dark]))) == 0
+
+
+def test_hue_histograms_same_disjoint_and_half_covered():
+    import torch
+
+    from utils.metrics import hue_histograms
+    from utils.shapes import _hsv_to_rgb
+
+    def images(hues):
+        return (_hsv_to_rgb(torch.tensor(hues, dtype=torch.float32)) * 2 - 1)[
+            :, :, None, None].numpy()
+    every = images(np.arange(120) / 120)  # every hue, 10 per sector of 12
+    same = hue_histograms(every, every)
+    assert same["total_variation"] == 0 and same["coverage"] == 1
+    reds = hue_histograms(images(np.full(50, 0.01)), every)  # one sector only
+    assert reds["coverage"] == pytest.approx(1 / 12)
+    assert reds["total_variation"] == pytest.approx(11 / 12)
+    half = hue_histograms(images(np.arange(60) / 120), every)  # the first six sectors
+    assert half["coverage"] == pytest.approx(0.5) and half["total_variation"] == pytest.approx(0.5)

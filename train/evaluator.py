@@ -1,6 +1,7 @@
 """Train (once) and cache the evaluator classifier of a data set, and score generated samples
 against held-out real images with it: FID, KID, precision/recall, class accuracy, and the
-real-vs-real floor of each (Heusel et al. 2017 note FID's bias at small sample counts)."""
+real-vs-real floor of each (Heusel et al. 2017 note FID's bias at small sample counts), and for
+colour images the hue histograms of samples and real images."""
 import json
 from pathlib import Path
 
@@ -12,8 +13,9 @@ from models.evaluator import EvaluatorCNN
 from utils.board import log_final_metrics
 from utils.data import ImageData, iterate_batches, load_dataset, to_float
 from utils.errors import UserError
-from utils.metrics import (feature_statistics, frechet_distance, kernel_inception_distance,
-                           precision_recall)
+from utils.metrics import (feature_statistics, frechet_distance, hue_histograms,
+                           kernel_inception_distance, precision_recall)
+from utils.plots import save_hue_histogram
 from utils.runs import CHECKPOINT_VERSION, load_checkpoint, load_state, save_checkpoint
 
 THRESHOLDS = {"shapes": 0.98, "digits": 0.95}  # held-out accuracy an evaluator must reach
@@ -210,6 +212,11 @@ def evaluate_samples(images: torch.Tensor, labels: torch.Tensor | None, dataset:
               "real_vs_real": _scores(train_f, real_f)}
     if labels is not None:
         result["class_accuracy"] = float((fake_cls == labels[:n].cpu()).float().mean())
+    if channels == 3:  # do the samples draw the data's colours?
+        result["hue"] = hue_histograms(_as_float(images[:n], torch.device("cpu")).numpy(),
+                                       real.numpy())
+        result["real_vs_real"]["hue_total_variation"] = hue_histograms(
+            train.numpy(), real.numpy())["total_variation"]  # its floor at this sample count
     return result
 
 
@@ -225,10 +232,16 @@ def write_metrics(images: torch.Tensor, labels: torch.Tensor | None, dataset: st
         result["sampling"] = sampling
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    if "hue" in result:
+        save_hue_histogram(result["hue"], out / "hue_histogram.png")
     log_final_metrics(out.parent, result)
     floor = result["real_vs_real"]
     accuracy = (f", class accuracy {result['class_accuracy']:.3f}"
                 if "class_accuracy" in result else "")
+    if "hue" in result:
+        accuracy += (f", hue coverage {result['hue']['coverage']:.2f} (total variation "
+                     f"{result['hue']['total_variation']:.2f}, real vs real "
+                     f"{floor.get('hue_total_variation', float('nan')):.2f})")
     print(f"{result['samples']} samples, {result['extractor']}: FID {result['fid']:.2f} "
           f"(real vs real {floor['fid']:.2f}), KID {result['kid']:.4f} +- {result['kid_std']:.4f}"
           f", precision {result['precision']:.3f}, recall {result['recall']:.3f}{accuracy}"

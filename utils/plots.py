@@ -281,3 +281,22 @@ def save_spread_chart(summary: dict[str, dict], panels: Sequence[tuple[str, str]
         fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def save_hue_histogram(report: dict, path: Path, title: str | None = None) -> Path:
+    """The hue histograms of metrics.hue_histograms: a bar per hue sector in that sector's
+    colour for the samples, the real images' share as a black step line over it."""
+    import colorsys
+    bins = report["bins"]
+    centres = (np.arange(bins) + 0.5) / bins
+    fig, ax = plt.subplots(figsize=(6.4, 3.2))
+    ax.bar(centres, report["fake"], width=0.9 / bins,
+           color=[colorsys.hsv_to_rgb(h, 1.0, 0.9) for h in centres], label="samples")
+    ax.step(np.arange(bins + 1) / bins, report["real"] + report["real"][-1:], where="post",
+            color="black", linewidth=1.2, label="real")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("hue (share of coloured pixels per sector)")
+    ax.legend(fontsize=8)
+    ax.set_title(title or f"hue: total variation {report['total_variation']:.2f}, coverage "
+                          f"{report['coverage']:.2f}", fontsize=9)
+    return _save(fig, path)

@@ -47,6 +47,8 @@ CAPTIONS = {
     ("ldm", "losses.png"): "loss (log scale) with the loss per quarter of the timestep range",
     ("*", "cfg_sweep.png"): "rows classes, columns guidance scales",
     ("*", "forward_latent.png"): "the forward process in latent space, decoded",
+    ("*", "hue_histogram.png"): "the hues of the samples' coloured pixels against the real "
+                                "images'",
     ("*", "per_run.png"): "a row per run",
     ("*", "overlay.png"): "the runs on shared axes",
     ("*", "bars.png"): "the benchmark's measurements as bar charts",
