@@ -46,8 +46,7 @@ BETA_MAX = 10.0  # adaptive: upper bound on beta
 BETA_WARMUP = 5  # adaptive: epochs that only record losses before beta moves
 CAPACITY_MAX = 25.0  # capacity: the KL target C (nats) rises from 0 to this (Burgess et al. 2018)
 CAPACITY_EPOCHS = 10  # capacity: ... over this many epochs
-CAPACITY_GAMMA = 100.0  # capacity: weight of |KL - C| (Burgess et al. 2018 used 1000 on
-# 64x64 binary images; here 1000 diverged (KL 2600 nats at C = 25) and 100 holds KL at C)
+CAPACITY_GAMMA = 100.0  # capacity: weight of |KL - C| (Burgess et al. 2018: 1000, diverges here)
 
 # training
 EPOCHS = 15  # passes over the training set
