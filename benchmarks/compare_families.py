@@ -32,6 +32,7 @@ from utils.errors import INTERRUPTED_STATUS, Interrupted, UserError, run_cli
 from utils.plots import save_bar_charts
 from utils.run_index import write_results_page
 from utils.runs import MetricsLog, Run, existing_runs, find_run, new_run
+from VAE_run_scripts import vaemain
 
 DATASET = "shapes"  # shapes, digits (embedded); cifar10, mnist, ... (online)
 IMAGE_SIZE = 32  # pixels
@@ -49,8 +50,8 @@ SAVE_ROOT = "."  # saved_plots/ and saved_models/ are created here
 DATA_ROOT = "data"  # where torchvision datasets are downloaded
 
 _EPOCH_CAP = 100_000  # EPOCHS given to the training scripts: the budget stops them first
-_LABELS = {"gan": "DCGAN", "vae": "beta-VAE (beta 4)", "diffusion": "DDPM (pixels)",
-          "ldm": "LDM (latent, CFG)"}
+_LABELS = {"gan": "DCGAN", "vae": f"beta-VAE ({vaemain.OBJECTIVE}, beta {vaemain.BETA:g})",
+           "diffusion": "diffusion (pixels)", "ldm": "LDM (latent, CFG)"}
 _PANELS = [("params_m", "parameters used to sample (M)"), ("img_per_s", "training img/s"),
           ("sampling_ms", "sampling ms/img (log)"), ("fid", "FID, log (dashed: real vs real)"),
           ("kid", "KID"), ("precision", "precision"), ("recall", "recall"),
