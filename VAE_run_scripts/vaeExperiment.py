@@ -50,7 +50,8 @@ def main(argv=None):
         value = f"--BETA_INIT={beta!r}" if mode == "adaptive" else f"--BETA={beta!r}"
         tag = f"{mode}{beta:g}" if mode == "adaptive" else f"beta{beta:g}"
         print(f"=== {tag} ===")
-        run, _ = vaemain.main([*shared, f"--BETA_MODE={mode}", value, f"--TAG={tag}"])
+        run, _ = vaemain.main([*shared, "--OBJECTIVE=beta", f"--BETA_MODE={mode}", value,
+                               f"--TAG={tag}"])  # the beta-VAE objective, whatever vaemain's is
         names.append(run.name)
         write_json(experiment.plots / "experiment.json", {"runs": names})
     if distributed.is_main():

@@ -15,7 +15,7 @@ def test_vaemain_adaptive_resumes_exactly(tmp_path):
     from VAE_run_scripts import vaemain
     straight, split = tmp_path / "a", tmp_path / "b"
     args = [*TINY, "--WIDTH=8", "--BETA_WARMUP=1", "--CHECKPOINT_EVERY=1",
-            "--BETA_MODE=adaptive"]
+            "--OBJECTIVE=beta", "--BETA_MODE=adaptive"]
     vaemain.main([*args, "--SAVE_ROOT", str(straight), "--EPOCHS=3"])
     vaemain.main([*args, "--SAVE_ROOT", str(split), "--EPOCHS=2"])
     vaemain.main(["--SAVE_ROOT", str(split), "--EPOCHS=3", "--RESUME=latest",
@@ -60,6 +60,10 @@ def test_vae_experiment_and_comparison(tmp_path):
     for name in ("per_run.png", "overlay.png", "comparison.md", "config.json"):
         assert (folder / name).is_file(), name
     assert set(next(iter(rows.values()))["best_latent"]) == {"class"}  # digits: MIG vs label
+    runs = json.loads((folder / "experiment.json").read_text())["runs"]
+    for name in runs:  # the beta-VAE objective, whatever vaemain's default is
+        config = json.loads((tmp_path / "saved_plots" / "vae" / name / "config.json").read_text())
+        assert config["OBJECTIVE"] == "beta", name
 
 
 def test_vae_scripts_reject_bad_constants(tmp_path):
@@ -125,7 +129,7 @@ def test_disentanglement_study_smoke(tmp_path):
     """Two settings, two seeds, one epoch each: every run scored, the medians and ranges
     tabulated, the spread chart and the results page written."""
     from benchmarks import vae_disentanglement
-    settings = {"beta4": ["--BETA_MODE=fixed", "--BETA=4"],
+    settings = {"beta4": ["--OBJECTIVE=beta", "--BETA_MODE=fixed", "--BETA=4"],
                 "tcvae": ["--OBJECTIVE=tcvae", "--BETA_MODE=fixed", "--BETA=6"]}
     rows = vae_disentanglement.main([
         "--SAVE_ROOT", str(tmp_path), "--IMAGE_SIZE=16", "--N_TRAIN=256", "--EPOCHS=1",
