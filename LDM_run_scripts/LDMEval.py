@@ -6,9 +6,11 @@
 Writes to saved_plots/ldm/<run>/eval/: cfg_sweep.png (rows classes, columns guidance scales),
 forward_latent.png (a test image's latent noised to t, decoded), noised_real.png (test latents
 noised to t, denoised with their class, decoded: where the model stops reconstructing and starts
-inventing), reconstructions.png, latent_stats.json and samples.npz (PER_CLASS per class at
-GUIDANCE, uint8 NHWC `images` with `labels`), metrics.json (FID, KID, precision, recall and
-class accuracy by the evaluator classifier, with the real-vs-real floor).
+inventing), reconstructions.png, latent_stats.json (with METRICS also the evaluator's class
+accuracy on held-out reconstructions: the ceiling the autoencoder sets for the samples) and
+samples.npz (PER_CLASS per class at GUIDANCE, uint8 NHWC `images` with `labels`), metrics.json
+(FID, KID, precision, recall and class accuracy by the evaluator classifier, with the
+real-vs-real floor).
 """
 import json
 from pathlib import Path
@@ -22,7 +24,7 @@ from train.autoencoder import psnr, reconstruct
 from train.checkpoints import Loaded, load_run
 from train.diffusion import checkpoint_denoiser
 from train.diffusion_figures import forward_strip, noised_and_denoised, strip_timesteps
-from train.evaluator import write_metrics
+from train.evaluator import class_accuracy, write_metrics
 from train.latents import class_samples, decode_latents, guided
 from utils.config import check_positive, resolve_constants
 from utils.device import resolve_device, resolve_precision, seed_everything
@@ -66,7 +68,11 @@ def main(argv=None) -> dict:
     write_cfg_sweep(denoiser, net, ae, scale, latent_shape, classes, const, out / "cfg_sweep.png",
                     title)
     write_latent_strips(denoiser, net, ae, scale, test, const, out, title)
-    report = write_autoencoder_report(ae, scale, stage1, test.first(512)[0], out)
+    x, y = test.first(512)
+    classify = (lambda images: class_accuracy(  # noqa: E731
+        images, y, ldm.data.dataset, device, save_root=const.SAVE_ROOT,
+        data_root=const.DATA_ROOT, seed=ldm.data.seed)) if const.METRICS else None
+    report = write_autoencoder_report(ae, scale, stage1, x, out, classify)
     if const.PER_CLASS > 0:
         def generate(start: int, k: int) -> torch.Tensor:  # classes in order, PER_CLASS each
             labels = (torch.arange(start, start + k) // const.PER_CLASS).to(device)
@@ -85,9 +91,11 @@ def main(argv=None) -> dict:
                 sampling={"sampler": f"ddim-{const.STEPS}, CFG {const.GUIDANCE:g}, decoded",
                           "ms_per_image": ms})
     write_indexes(out.parent)  # the run's index.html and saved_plots/index.html
-    print(f"held-out PSNR {report['held_out_psnr']:.2f} dB, held-out scaled latents mean "
-          f"{report['held_out_scaled_mean']:.3f} std {report['held_out_scaled_std']:.3f}; "
-          f"done: figures in {out}")
+    recon_acc = report.get("reconstruction_class_accuracy")
+    print(f"held-out PSNR {report['held_out_psnr']:.2f} dB"
+          + (f", reconstructions' class accuracy {recon_acc:.3f}" if recon_acc is not None else "")
+          + f", held-out scaled latents mean {report['held_out_scaled_mean']:.3f} std "
+          f"{report['held_out_scaled_std']:.3f}; done: figures in {out}")
     return report
 
 
@@ -127,8 +135,10 @@ def write_latent_strips(denoiser: Denoiser, net, ae: Autoencoder, scale: float, 
 
 @torch.no_grad()
 def write_autoencoder_report(ae: Autoencoder, scale: float, stage1: Loaded, test_x: torch.Tensor,
-                             out: Path) -> dict:
-    """Held-out reconstructions and how close the scaled held-out latents are to N(0, 1)."""
+                             out: Path, classify=None) -> dict:
+    """Held-out reconstructions and how close the scaled held-out latents are to N(0, 1);
+    with `classify`, the evaluator's class accuracy on the reconstructions (the most a
+    class-conditional stage 2 can reach through this autoencoder)."""
     recon = reconstruct(ae, test_x)
     mean, logvar = ae.encode(test_x.to(next(ae.parameters()).device))
     z = scale * reparameterize(mean, logvar)
@@ -138,6 +148,8 @@ def write_autoencoder_report(ae: Autoencoder, scale: float, stage1: Loaded, test
               "held_out_psnr": psnr((recon - test_x).pow(2).mean().item()),
               "held_out_scaled_mean": z.mean().item(), "held_out_scaled_std": z.std().item(),
               "held_out_images": len(test_x)}
+    if classify is not None:
+        report["reconstruction_class_accuracy"] = classify(recon)
     (out / "latent_stats.json").write_text(json.dumps(report, indent=2))
     return report
 

@@ -4,7 +4,8 @@ import shutil
 import pytest
 import torch
 
-from train.evaluator import THRESHOLDS, evaluate_samples, evaluator_path, get_evaluator
+from train.evaluator import (THRESHOLDS, class_accuracy, evaluate_samples, evaluator_path,
+                             get_evaluator)
 from utils.data import load_dataset
 from utils.errors import UserError
 
@@ -41,6 +42,16 @@ def test_real_images_score_like_the_floor_and_noise_does_not(evaluator_root):
     assert bad["precision"] < 0.2 and "class_accuracy" not in bad
     with pytest.raises(UserError, match="EXTRACTOR"):
         evaluate_samples(noise, None, "shapes", CPU, save_root=evaluator_root, extractor="clip")
+
+
+def test_class_accuracy_counts_the_labelled_class(evaluator_root):
+    data = load_dataset("shapes", "test", image_size=32, n=400)
+    kwargs = dict(save_root=evaluator_root)
+    right = class_accuracy(data.images, data.labels, "shapes", CPU, **kwargs)
+    wrong = class_accuracy(data.images, (data.labels + 1) % 4, "shapes", CPU, **kwargs)
+    assert right > 0.97 and wrong < 0.03  # every image lands in exactly one class
+    as_float = class_accuracy(data.first(400)[0], data.labels, "shapes", CPU, **kwargs)
+    assert as_float == right  # [-1, 1] floats are the same images
 
 
 def test_features_see_the_factors_a_class_ignores_and_tolerate_slight_noise(evaluator_root):
