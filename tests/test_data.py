@@ -7,7 +7,7 @@ import torch
 from utils import data as data_module
 from utils.data import iterate_batches, load_dataset, to_float, to_uint8
 from utils.errors import UserError
-from utils.shapes import FACTOR_NAMES, SHAPE_NAMES, render_shapes, sample_factors
+from utils.shapes import FACTOR_NAMES, HUE_ARC, SHAPE_NAMES, render_shapes, sample_factors
 
 CPU = torch.device("cpu")
 
@@ -75,6 +75,20 @@ def test_factors_are_independent_and_cover_their_ranges():
     corr = np.corrcoef(values)
     assert np.abs(corr - np.eye(len(names))).max() < 0.03
     assert 0 <= f["hue"].min() and f["hue"].max() < 1
+
+
+def test_shapes_arc_is_shapes_with_hues_from_an_arc():
+    full = load_dataset("shapes", "test", image_size=16, n=500, seed=3)
+    arc = load_dataset("shapes-arc", "test", image_size=16, n=500, seed=3)
+    for name in FACTOR_NAMES:  # the same draws: only the hue is squeezed into the arc
+        expected = full.factors[name] * (HUE_ARC if name == "hue" else 1)
+        assert np.allclose(arc.factors[name], expected, atol=1e-12), name
+    assert arc.factors["hue"].max() > 0.95 * HUE_ARC and arc.factors["hue"].max() < HUE_ARC
+    assert torch.equal(arc.labels, full.labels) and not torch.equal(arc.images, full.images)
+    magenta = arc.images[:, 0].float() + arc.images[:, 2].float() - 2 * arc.images[:, 1].float()
+    assert magenta.max() < 0.8 * 510  # no purple to magenta: the arc stops at blue
+    assert (full.images[:, 0].float() + full.images[:, 2].float()
+            - 2 * full.images[:, 1].float()).max() > 0.95 * 510
 
 
 def test_shapes_render_fast_enough_to_be_vectorised():

@@ -1,7 +1,8 @@
 """Datasets by name, held in memory as uint8 and batched by indexing, normalised per batch.
 
-Embedded (no network): `shapes` (procedural, with ground-truth factors) and `digits`
-(scikit-learn's handwritten digits). With internet: torchvision's CIFAR-10, MNIST,
+Embedded (no network): `shapes` (procedural, with ground-truth factors), `shapes-arc` (the same
+with hues from an arc of the colour circle instead of all of it, so hue is an interval) and
+`digits` (scikit-learn's handwritten digits). With internet: torchvision's CIFAR-10, MNIST,
 Fashion-MNIST, CelebA and Stanford Cars, and `folder` for any class-per-subfolder folder.
 A dataset larger than MAX_IN_MEMORY_BYTES is not decoded into memory but streamed from disk.
 """
@@ -15,9 +16,9 @@ import torch.nn.functional as F
 
 from utils import distributed
 from utils.errors import UserError
-from utils.shapes import SHAPE_NAMES, make_shapes
+from utils.shapes import HUE_ARC, SHAPE_NAMES, make_shapes
 
-EMBEDDED = ("shapes", "digits")
+EMBEDDED = ("shapes", "shapes-arc", "digits")
 TORCHVISION = ("cifar10", "mnist", "fashionmnist", "celeba", "stanfordcars")
 DATASETS = EMBEDDED + TORCHVISION + ("folder",)
 MAX_IN_MEMORY_BYTES = 1 << 30  # larger datasets stream from disk through a DataLoader
@@ -202,11 +203,11 @@ def load_dataset(name: str = "shapes", split: str = "train", image_size: int = 3
     channels = channels or _NATIVE_CHANNELS.get(name, 3)
     if channels not in (1, 3):
         raise UserError(f"channels must be 1 or 3, got {channels}")
-    if name == "shapes":
+    if name in ("shapes", "shapes-arc"):
         count = n or (20000 if split == "train" else 2000)
         images, labels, factors = make_shapes(
             count, image_size, seed if split == "train" else seed + _TEST_SEED_OFFSET,
-            shapes_background)
+            shapes_background, HUE_ARC if name == "shapes-arc" else 1.0)
         images = _set_channels(images, channels)
         return ImageData(name, images, labels, list(SHAPE_NAMES), factors,
                          shape=(channels, image_size, image_size))

@@ -18,15 +18,21 @@ _SYMMETRY = {"circle": 1, "square": 4, "triangle": 3, "star": 5}
 _SUPERSAMPLE = 4
 _RADIUS_RANGE = (0.3, 0.6)  # circumradius as a fraction of the half-width of the image
 _STAR_INNER = 0.45  # inner radius of the star relative to its outer radius
+HUE_ARC = 0.7  # `shapes-arc`: hues drawn from [0, HUE_ARC) of the colour circle (red to blue)
 
 
-def sample_factors(n: int, seed: int, background: bool = False) -> dict[str, np.ndarray]:
-    """Draw n independent factor vectors; every continuous factor is uniform on its range."""
+def sample_factors(n: int, seed: int, background: bool = False, hue_max: float = 1.0
+                   ) -> dict[str, np.ndarray]:
+    """Draw n independent factor vectors; every continuous factor is uniform on its range.
+
+    Hue is a fraction of the colour circle: with hue_max = 1 it covers the whole circle, where
+    hue 0 and hue 1 are the same red (a circular factor); below 1 it is an interval.
+    """
     rng = np.random.default_rng(seed)
     r_max = _RADIUS_RANGE[1]
     factors = {
         "shape": rng.integers(0, len(SHAPE_NAMES), n),
-        "hue": rng.uniform(0.0, 1.0, n),
+        "hue": rng.uniform(0.0, hue_max, n),
         "scale": rng.uniform(*_RADIUS_RANGE, n),
         "rotation": rng.uniform(0.0, 1.0, n),  # fraction of the shape's symmetry period
         "pos_x": rng.uniform(-(1 - r_max), 1 - r_max, n),
@@ -110,8 +116,9 @@ def render_shapes(factors: dict, size: int = 32, chunk: int = 512) -> torch.Tens
     return out
 
 
-def make_shapes(n: int = 20000, size: int = 32, seed: int = 0, background: bool = False):
+def make_shapes(n: int = 20000, size: int = 32, seed: int = 0, background: bool = False,
+                hue_max: float = 1.0):
     """Render n shapes; returns (uint8 images (N,3,H,W), labels, factors dict)."""
-    factors = sample_factors(n, seed, background)
+    factors = sample_factors(n, seed, background, hue_max)
     images = render_shapes(factors, size)
     return images, torch.as_tensor(factors["shape"], dtype=torch.long), factors
