@@ -18,7 +18,8 @@ from utils.metrics import (feature_statistics, frechet_distance, hue_histograms,
 from utils.plots import save_hue_histogram
 from utils.runs import CHECKPOINT_VERSION, load_checkpoint, load_state, save_checkpoint
 
-THRESHOLDS = {"shapes": 0.98, "shapes-arc": 0.98, "digits": 0.95}  # held-out accuracy an evaluator must reach
+# held-out accuracy an evaluator must reach
+THRESHOLDS = {"shapes": 0.98, "shapes-arc": 0.98, "digits": 0.95}
 EXTRACTORS = ("evaluator", "inception")
 
 
