@@ -172,6 +172,30 @@ def test_total_correlation_matches_the_gaussian_closed_form(rho):
     assert np.mean(batches) == pytest.approx(exact, abs=0.15)
 
 
+def test_a_circular_factor_coded_in_polar_form_costs_no_total_correlation():
+    """Why no TC penalty separates hue from size on `shapes`: hue is a circle, and the code
+    (r cos 2 pi h, r sin 2 pi h) with r a Rayleigh quantile of the size is exactly N(0, I_2)
+    (an isotropic Gaussian's angle and radius are independent), so its TC is zero, while hue on
+    a ring with size on a third latent has a dependent pair."""
+    from models.vae import total_correlation
+    torch.manual_seed(0)
+    n, s = 3000, 0.2
+    hue, size = torch.rand(n, dtype=torch.float64), torch.rand(n, dtype=torch.float64)
+    radius = torch.sqrt(-2 * torch.log1p(-size))  # Rayleigh(1) inverse CDF
+    angle = 2 * math.pi * hue
+    polar = torch.stack([radius * torch.cos(angle), radius * torch.sin(angle)], 1)
+    normal = torch.distributions.Normal(0.0, 1.0)
+    ring = torch.stack([torch.cos(angle), torch.sin(angle),
+                        normal.icdf(size.clamp(1e-6, 1 - 1e-6))], 1)
+
+    def tc(mu):
+        logvar = torch.full_like(mu, 2 * math.log(s))
+        return total_correlation(mu + s * torch.randn_like(mu), mu, logvar, n).item()
+
+    assert abs(tc(polar)) < 0.05  # the estimate of an exact zero at this sample size
+    assert tc(ring) > 0.2
+
+
 def test_objectives_reduce_to_the_beta_vae_and_hold_kl_at_the_capacity():
     from models.vae import vae_objective
     torch.manual_seed(0)
