@@ -3,7 +3,7 @@ recipe study; v, epsilon or x0 with --PREDICTION) on the cached, scaled latents 
 LDMAutoencoderMain run, with label dropout for classifier-free guidance.
 
     python -m LDM_run_scripts.LDMDiffusionMain
-    python -m LDM_run_scripts.LDMDiffusionMain --AUTOENCODER_RUN=001 --EPOCHS=20 --GUIDANCE=2
+    python -m LDM_run_scripts.LDMDiffusionMain --AUTOENCODER_RUN=001 --EPOCHS=20 --GUIDANCE=3
     python -m LDM_run_scripts.LDMDiffusionMain --RESUME=latest --EPOCHS=30
 
 Writes to saved_plots/ldm/<run>/: progression.png (one decoded sample per class, CFG at GUIDANCE,
@@ -66,7 +66,7 @@ MINUTES = None  # stop training after this many minutes of wall time (None: all 
 SAVE_ROOT = "."  # saved_plots/ and saved_models/ are created here
 CHECKPOINT_EVERY = 1  # epochs between checkpoints (and always at the end)
 TENSORBOARD = True  # scalars and samples to <run>/tensorboard/ (needs the tensorboard package)
-GUIDANCE = 3.0  # CFG scale of the per-epoch samples
+GUIDANCE = 2.0  # CFG scale of the per-epoch samples (as LDMEval's)
 SAMPLE_STEPS = 50  # DDIM steps of the per-epoch samples
 
 
