@@ -13,7 +13,7 @@ from utils.config import check_positive, resolve_constants, save_config
 from utils.errors import UserError, run_cli
 from utils.runs import new_run, run_named, write_json
 
-DATASET = "shapes"  # shapes, digits (embedded); cifar10, mnist, ... (online)
+DATASET = "shapes"  # shapes, shapes-arc, digits (embedded); cifar10, mnist, ... (online)
 IMAGE_SIZE = 32  # pixels
 N_TRAIN = None  # cap on training images (None: the whole split)
 LATENT_DIM = 10  # latent dimensions

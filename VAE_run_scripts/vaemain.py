@@ -23,7 +23,7 @@ from utils.runs import MetricsLog
 from utils.session import load_splits, open_run, resume_run, seed_and_device
 
 # data
-DATASET = "shapes"  # shapes, digits (embedded); cifar10, mnist, ... (online)
+DATASET = "shapes"  # shapes, shapes-arc, digits (embedded); cifar10, mnist, ... (online)
 DATA_ROOT = "data"  # where torchvision datasets are downloaded
 IMAGE_SIZE = 32  # pixels (4 * 2^k)
 N_TRAIN = None  # cap on training images (None: the whole split)

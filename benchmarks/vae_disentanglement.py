@@ -27,7 +27,7 @@ from utils.plots import save_spread_chart
 from utils.run_index import write_results_page
 from utils.runs import MetricsLog, existing_runs, find_run, new_run
 
-DATASET = "shapes"  # a data set with ground-truth factors
+DATASET = "shapes"  # a data set with ground-truth factors: shapes or shapes-arc
 IMAGE_SIZE = 32  # pixels
 N_TRAIN = None  # cap on training images (None: the whole split)
 EPOCHS = 30  # epochs of every run (the README's second round; the first used 10)
