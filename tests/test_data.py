@@ -125,7 +125,7 @@ def test_failed_download_names_the_embedded_alternatives(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise OSError("<urlopen error [Errno -2] Name or service not known>")
     monkeypatch.setattr(tvd, "MNIST", refuse)
-    with pytest.raises(UserError, match="embedded dataset: shapes, digits"):
+    with pytest.raises(UserError, match="embedded dataset: shapes, shapes-arc, digits"):
         load_dataset("mnist", root=tmp_path)
 
 
