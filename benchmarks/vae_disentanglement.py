@@ -5,10 +5,10 @@
 
 Every setting is a real vaemain run (the script's defaults plus the setting's constants) on
 `shapes`, repeated for each of SEEDS (MIG varies a lot from seed to seed), each in its own
-process. Each run is scored on held-out images by what vaemain writes: MIG (Chen et al. 2018)
-and SAP (Kumar et al. 2018) of the posterior means against the ground-truth factors, the
-reconstruction error (held-out mean squared error per pixel, images in [-1, 1]) and the active
-dimensions.
+process. Each run is scored on held-out images by what vaemain writes: MIG (Chen et al. 2018),
+SAP (Kumar et al. 2018) and DCI disentanglement (Eastwood & Williams 2018) of the posterior
+means against the ground-truth factors, the reconstruction error (held-out mean squared error
+per pixel, images in [-1, 1]) and the active dimensions.
 
 Writes saved_plots/disentanglement/<run>/: results.md (per setting: the median and the range
 over seeds of every score, best median MIG first), results.html, results.json (every run,
@@ -48,6 +48,7 @@ SAVE_ROOT = "."  # saved_plots/ and saved_models/ are created here
 DATA_ROOT = "data"  # where torchvision datasets are downloaded
 
 SCORES = [("mig", "MIG (higher: one latent per factor)"), ("sap", "SAP"),
+          ("dci", "DCI disentanglement"),
           ("mse", "held-out MSE per pixel"), ("active", "active dims")]
 
 
@@ -66,8 +67,9 @@ def run_setting(const, name: str, args: list[str], seed: int) -> dict:
     report = json.loads((run.plots / "report.json").read_text())
     last = MetricsLog(run.metrics_path).read()[-1]
     return {"setting": name, "args": args, "seed": seed, "run": run.name,
-            "mig": report["mig"], "sap": report.get("sap"), "mse": last["test_mse"],
-            "active": last["test_active"], "beta": last["beta"], "kl": last["test_kl"],
+            "mig": report["mig"], "sap": report["sap"], "dci": report["dci"],
+            "mse": last["test_mse"], "active": last["test_active"], "beta": last["beta"],
+            "kl": last["test_kl"],
             "best_latent": {f["factor"]: f["best_latent"] for f in report["factors"]}}
 
 
@@ -88,18 +90,18 @@ def summarise(rows: list[dict]) -> dict[str, dict]:
 def markdown(summary: dict, rows: list[dict], const) -> str:
     lines = [f"# beta-VAE disentanglement on {const.DATASET}: {const.EPOCHS} epochs, "
              f"seeds {', '.join(map(str, const.SEEDS))}", "",
-             "Median over seeds, with the range in brackets. MIG and SAP of the posterior "
+             "Median over seeds, with the range in brackets. MIG, SAP and DCI of the posterior "
              "means against the ground-truth factors; MSE per pixel of held-out "
              "reconstructions (images in [-1, 1]); beta and KL at the last epoch.", "",
-             "| setting | constants | MIG | SAP | MSE | active dims | final beta | KL |",
-             "|---" * 8 + "|"]
+             "| setting | constants | MIG | SAP | DCI | MSE | active dims | final beta | KL |",
+             "|---" * 9 + "|"]
     for name, s in sorted(summary.items(), key=lambda kv: -kv[1]["mig"]["median"]):
         def cell(key, fmt="{:.3f}"):
             v = s[key]
             return (f"{fmt.format(v['median'])} ({fmt.format(v['min'])}-"
                     f"{fmt.format(v['max'])})")
         lines.append(f"| {name} | {' '.join(s['args'])} | {cell('mig')} | {cell('sap')} | "
-                     f"{cell('mse', '{:.4f}')} | {cell('active', '{:.0f}')} | "
+                     f"{cell('dci')} | {cell('mse', '{:.4f}')} | {cell('active', '{:.0f}')} | "
                      f"{cell('beta', '{:.2f}')} | {cell('kl', '{:.1f}')} |")
     for r in rows:
         if "error" in r:

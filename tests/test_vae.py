@@ -152,6 +152,55 @@ def test_sap_on_constructed_latents():
     assert sap_score(half, factors)["scores"][0][0] == pytest.approx(eta2, rel=0.05)
 
 
+def test_dci_from_an_importance_matrix_matches_its_definition():
+    """One latent per factor: D = C = 1; every latent used for every factor alike: D = C = 0;
+    two latents sharing a factor: D stays 1 (each is about one factor), that factor's C is
+    1 - log 2 / log D; an unused latent changes nothing (rho weights it 0)."""
+    from utils.metrics import dci_from_importance
+    one_each = dci_from_importance(np.eye(3))
+    assert one_each["disentanglement"] == pytest.approx(1.0)
+    assert one_each["completeness"] == pytest.approx(1.0)
+    uniform = dci_from_importance(np.ones((3, 3)))
+    assert uniform["disentanglement"] == pytest.approx(0.0, abs=1e-12)
+    assert uniform["completeness"] == pytest.approx(0.0, abs=1e-12)
+    shared = dci_from_importance(np.array([[0.5, 0, 0], [0.5, 0, 0], [0, 1, 0], [0, 0, 1]]))
+    assert shared["disentanglement"] == pytest.approx(1.0)
+    assert shared["factor_completeness"][0] == pytest.approx(1 - math.log(2) / math.log(4))
+    assert shared["factor_completeness"][1:] == pytest.approx([1.0, 1.0])
+    rows = np.array([[0.6, 0.3, 0.1], [0.2, 0.2, 0.6]])
+    p = rows / rows.sum(1, keepdims=True)
+    d_i = 1 + (p * np.log(p)).sum(1) / math.log(3)
+    rho = rows.sum(1) / rows.sum()
+    padded = np.concatenate([rows, np.zeros((1, 3))])  # an unused latent
+    assert dci_from_importance(padded)["disentanglement"] == pytest.approx((rho * d_i).sum())
+
+
+def test_dci_on_constructed_latents():
+    """The random-forest DCI: perfect (permuted, rescaled) latents score near 1 and predict
+    every factor; duplicated latents keep D but halve each factor's importance (C near
+    1 - log 2 / log 6); a rotation mixes the factors (low D, C); noise predicts nothing."""
+    from utils.metrics import dci_score
+    rng = np.random.default_rng(0)
+    n = 2000
+    factors = np.stack([rng.integers(0, 3, n), rng.uniform(size=n), rng.uniform(size=n)],
+                       1).astype(float)
+    perfect = np.stack([factors[:, 2], 5 * factors[:, 0], -factors[:, 1]], 1)
+    scores = dci_score(perfect, factors, ["shape", "x", "y"])
+    assert scores["disentanglement"] > 0.9 and scores["completeness"] > 0.9
+    assert scores["informativeness"] > 0.99
+    assert [f["best_latent"] for f in scores["factors"]] == [1, 2, 0]
+    duplicated = dci_score(np.concatenate([perfect, perfect], 1), factors)
+    assert duplicated["disentanglement"] > 0.9
+    assert abs(duplicated["completeness"] - (1 - math.log(2) / math.log(6))) < 0.1
+    rotation, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    standard = (factors - factors.mean(0)) / factors.std(0)
+    rotated = dci_score(standard @ rotation, factors)
+    assert rotated["disentanglement"] < 0.5 and rotated["completeness"] < 0.5
+    noise = dci_score(rng.normal(size=(n, 6)), factors)
+    assert noise["informativeness"] < 0.4  # chance accuracy for 3 classes, R^2 <= 0
+    assert noise["disentanglement"] < 0.2
+
+
 @pytest.mark.parametrize("rho", [0.0, 0.5, 0.8])
 def test_total_correlation_matches_the_gaussian_closed_form(rho):
     """Posteriors N(mu_n, s^2 I) with mu_n ~ N(0, C): q(z) is close to N(0, C + s^2 I), whose

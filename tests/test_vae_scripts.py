@@ -94,7 +94,8 @@ def test_traversal_labels_name_back_the_factors_of_a_known_encoder(monkeypatch, 
     report = vae_figures.factor_report(None, test)
     names = vae_figures.latent_names(report)
     assert {i: names[i].split(" ")[0] for i in names} == dict(enumerate(order))
-    assert report["mig"] > 0.6 and report["sap"] > 0.3
+    assert report["mig"] > 0.6 and report["sap"] > 0.3 and report["dci"] > 0.8
+    assert {f["factor"]: f["best_latent"] for f in report["dci_factors"]}["hue"] == 1
     assert {f["factor"]: f["best_latent"] for f in report["sap_factors"]}["pos_x"] == 3
     labels = []
     monkeypatch.setattr(vae_figures, "decode", lambda model, z: torch.zeros(len(z), 3, 16, 16))
@@ -116,7 +117,7 @@ def test_vaemain_tcvae_and_capacity_objectives_train_and_log_their_terms(tmp_pat
     assert "train_tc" in record and run.name.endswith("tcvae-beta6")
     for name in ("factor_traversals.png", "mi_matrix.png"):
         assert (run.plots / name).is_file(), name
-    assert "sap" in report
+    assert "sap" in report and 0 <= report["dci"] <= 1
     run, _ = vaemain.main([*TINY, "--WIDTH=8", "--EPOCHS=2", "--SAVE_ROOT", str(tmp_path),
                            "--OBJECTIVE=capacity", "--CAPACITY_MAX=4", "--CAPACITY_EPOCHS=2"])
     records = MetricsLog(run.metrics_path).read()

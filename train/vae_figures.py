@@ -1,5 +1,6 @@
 """What a trained beta-VAE shows: reconstructions, prior samples, latent traversals, and which
-latent captures which ground-truth factor (MIG, Chen et al. 2018; SAP, Kumar et al. 2018): the
+latent captures which ground-truth factor (MIG, Chen et al. 2018; SAP, Kumar et al. 2018; DCI,
+Eastwood & Williams 2018): the
 traversal rows are labelled with the factor each latent captures best and its score, a
 per-factor panel traverses the best latent of every factor, and the mutual information of
 every latent with every factor is drawn as a heat map."""
@@ -11,7 +12,7 @@ import torch
 from models.vae import VAE, active_dims
 from train.vae import posterior_means
 from utils.data import ImageData
-from utils.metrics import mutual_information_gap, sap_score
+from utils.metrics import dci_score, mutual_information_gap, sap_score
 from utils.plots import save_grid, save_heatmap, save_labelled_grid
 from utils.runs import write_json
 
@@ -32,7 +33,7 @@ def save_reconstructions(model: VAE, x: torch.Tensor, path: Path, title: str) ->
 
 
 def factor_report(model: VAE, data: ImageData) -> dict | None:
-    """MIG of the posterior means against the data's ground-truth factors.
+    """MIG, SAP and DCI of the posterior means against the data's ground-truth factors.
 
     shapes has its generative factors; a labelled data set without them (digits) is scored
     against the class label alone. Returns None when there is nothing to score against.
@@ -48,7 +49,11 @@ def factor_report(model: VAE, data: ImageData) -> dict | None:
     latents = posterior_means(model, x).numpy()
     report = mutual_information_gap(latents, factors, names)
     sap = sap_score(latents, factors, names)
-    report.update(sap=sap["sap"], sap_factors=sap["factors"], images=len(x))
+    dci = dci_score(latents, factors, names)
+    report.update(sap=sap["sap"], sap_factors=sap["factors"], dci=dci["disentanglement"],
+                  dci_completeness=dci["completeness"],
+                  dci_informativeness=dci["informativeness"], dci_factors=dci["factors"],
+                  images=len(x))
     return report
 
 

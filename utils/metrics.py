@@ -1,5 +1,5 @@
 """Numbers that compare models: disentanglement (the Mutual Information Gap, Chen et al. 2018; the
-Separated Attribute Predictability score, Kumar et al. 2018) and
+Separated Attribute Predictability score, Kumar et al. 2018; DCI, Eastwood & Williams 2018) and
 sample quality on feature vectors (Frechet distance, KID, improved precision and recall)."""
 from typing import Sequence
 
@@ -104,6 +104,69 @@ def sap_score(latents: np.ndarray, factors: np.ndarray, factor_names: Sequence[s
                            "best_latent": int(np.argmax(scores[:, k]))})
     score = float(np.mean([f["sap"] for f in per_factor])) if per_factor else 0.0
     return {"sap": score, "factors": per_factor, "scores": scores.tolist()}
+
+
+def dci_from_importance(importance: np.ndarray) -> dict:
+    """Disentanglement and completeness (Eastwood & Williams 2018, section 3) of an importance
+    matrix R (D latents x K factors), R[i, k] >= 0 how much latent i is used to predict factor k.
+
+    Disentanglement of latent i: D_i = 1 - H_K(P_i.), P_ik = R_ik / sum_k R_ik (entropy in base
+    K); overall D = sum_i rho_i D_i with rho_i = sum_k R_ik / sum_ik R_ik, so unused latents do
+    not count. Completeness of factor k: C_k = 1 - H_D(P~_.k), P~_ik = R_ik / sum_i R_ik (base D),
+    overall C = the mean over factors with any importance.
+    """
+    r = np.clip(np.asarray(importance, dtype=np.float64), 0.0, None)
+    n_latents, n_factors = r.shape
+
+    def one_minus_entropy(p: np.ndarray, base: int) -> np.ndarray:  # rows of p sum to 1
+        logs = np.log(np.where(p > 0, p, 1.0))
+        return 1.0 - (-(p * logs).sum(1)) / np.log(max(base, 2))
+
+    latent_total, factor_total = r.sum(1), r.sum(0)
+    used, covered = latent_total > 0, factor_total > 0
+    d_i = np.zeros(n_latents)
+    d_i[used] = one_minus_entropy(r[used] / latent_total[used, None], n_factors)
+    c_k = np.zeros(n_factors)
+    c_k[covered] = one_minus_entropy((r[:, covered] / factor_total[covered]).T, n_latents)
+    rho = latent_total / max(r.sum(), 1e-300)
+    return {"disentanglement": float((rho * d_i).sum()),
+            "completeness": float(c_k[covered].mean()) if covered.any() else 0.0,
+            "latent_disentanglement": d_i.tolist(), "factor_completeness": c_k.tolist()}
+
+
+def dci_score(latents: np.ndarray, factors: np.ndarray, factor_names: Sequence[str] = (),
+              max_classes: int = 20, train_fraction: float = 0.8, seed: int = 0) -> dict:
+    """DCI (Eastwood & Williams 2018): for each factor a random forest (the paper's second
+    regressor) predicts it from all latents, trained on the first train_fraction of the rows;
+    its impurity importances are the factor's column of R, scored by dci_from_importance.
+    Informativeness: the held-out accuracy (a factor with at most max_classes values, a
+    classifier) or R^2 (a regressor), averaged over factors. Constant factors are left out.
+
+    Returns {"disentanglement", "completeness", "informativeness", "factors": [{"factor",
+    "completeness", "informativeness", "best_latent"}], "importance": R (D, K)}.
+    """
+    from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+    z = np.asarray(latents, dtype=np.float64)
+    v = np.asarray(factors, dtype=np.float64)
+    names = list(factor_names) or [f"factor{k}" for k in range(v.shape[1])]
+    keep = [k for k in range(v.shape[1]) if v[:, k].var() > 1e-12]
+    split = int(len(z) * train_fraction)
+    importance = np.zeros((z.shape[1], len(keep)))
+    informativeness = []
+    for j, k in enumerate(keep):
+        categorical = len(np.unique(v[:, k])) <= max_classes
+        forest = (RandomForestClassifier if categorical else RandomForestRegressor)(
+            n_estimators=50, min_samples_leaf=10, random_state=seed)
+        forest.fit(z[:split], v[:split, k])
+        importance[:, j] = forest.feature_importances_
+        informativeness.append(float(forest.score(z[split:], v[split:, k])))
+    out = dci_from_importance(importance)
+    per_factor = [{"factor": names[k], "completeness": out["factor_completeness"][j],
+                   "informativeness": informativeness[j],
+                   "best_latent": int(np.argmax(importance[:, j]))} for j, k in enumerate(keep)]
+    return {"disentanglement": out["disentanglement"], "completeness": out["completeness"],
+            "informativeness": float(np.mean(informativeness)) if keep else 0.0,
+            "factors": per_factor, "importance": importance.tolist()}
 
 
 # Sample quality: Frechet distance, KID, precision/recall (on features of an evaluator network)
