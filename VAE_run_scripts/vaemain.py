@@ -47,6 +47,7 @@ BETA_WARMUP = 5  # adaptive: epochs that only record losses before beta moves
 CAPACITY_MAX = 25.0  # capacity: the KL target C (nats) rises from 0 to this (Burgess et al. 2018)
 CAPACITY_EPOCHS = 10  # capacity: ... over this many epochs
 CAPACITY_GAMMA = 100.0  # capacity: weight of |KL - C| (Burgess et al. 2018: 1000, diverges here)
+GRAD_CLIP = None  # clip the gradient's global norm to this (None: no clipping; the norm is logged)
 
 # training
 EPOCHS = 30  # passes over the training set (about 3 minutes on 2 cores)
@@ -74,7 +75,8 @@ def main(argv=None):
     check_choice("OBJECTIVE", const.OBJECTIVE, OBJECTIVES)
     check_positive(const, "BATCH_SIZE", "LR", "LATENT_DIM", "WIDTH", "BETA", "BETA_INIT",
                    "CHECKPOINT_EVERY", "PROGRESSION_ROWS", "KL_WARMUP_EPOCHS",
-                   "CAPACITY_EPOCHS", "CAPACITY_GAMMA")
+                   "CAPACITY_EPOCHS", "CAPACITY_GAMMA",
+                   *(["GRAD_CLIP"] if const.GRAD_CLIP is not None else []))
     deadline = Deadline(const.MINUTES)
     device, amp_dtype = seed_and_device(const)
     data, train, test = load_splits(const)
@@ -91,7 +93,8 @@ def main(argv=None):
                           warmup_steps=const.KL_WARMUP_EPOCHS * steps_per_epoch,
                           objective=const.OBJECTIVE, dataset_size=len(train),
                           capacity_max=const.CAPACITY_MAX, capacity_gamma=const.CAPACITY_GAMMA,
-                          capacity_steps=const.CAPACITY_EPOCHS * steps_per_epoch)
+                          capacity_steps=const.CAPACITY_EPOCHS * steps_per_epoch,
+                          grad_clip=const.GRAD_CLIP or 0.0)
     except ValueError as err:  # the scheduler's bounds
         raise UserError(str(err)) from None
     tag = const.TAG or (f"beta{const.BETA:g}" if const.BETA_MODE == "fixed" else const.BETA_MODE)

@@ -261,3 +261,21 @@ def test_objectives_reduce_to_the_beta_vae_and_hold_kl_at_the_capacity():
         beta["recon"].item() + 10 * abs(beta["kl"].item() - 2.0))
     with pytest.raises(ValueError, match="objective"):
         vae_objective(x, x_hat, mu, logvar, z, objective="dip")
+
+
+@pytest.mark.parametrize("clip", [0.0, 1e-3])
+def test_vae_step_logs_the_gradient_norm_and_clips_it_when_asked(clip):
+    """grad_norm is the global norm before clipping; with grad_clip set, the gradients the
+    optimiser used have exactly that norm, without it they are untouched."""
+    from train.vae import build_vae, vae_step
+    torch.manual_seed(0)
+    setup = build_vae(dict(image_size=8, channels=1, latent_dim=2, width=4),
+                      torch.device("cpu"), lr=1e-3, beta_mode="fixed", objective="capacity",
+                      capacity_max=5.0, capacity_gamma=100.0, grad_clip=clip)
+    out = vae_step(setup, torch.rand(16, 1, 8, 8) * 2 - 1, beta=1.0)
+    used = torch.linalg.vector_norm(torch.stack([
+        torch.linalg.vector_norm(p.grad) for p in setup.model.parameters()
+        if p.grad is not None]))
+    assert out["grad_norm"] > 1e-2
+    expected = clip if clip else out["grad_norm"]
+    assert used.item() == pytest.approx(float(expected), rel=1e-4)

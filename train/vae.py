@@ -40,6 +40,7 @@ class VAESetup:
     capacity_max: float = 0.0  # capacity: C rises linearly from 0 to this many nats ...
     capacity_steps: int = 1  # ... over this many steps, then stays
     capacity_gamma: float = 1.0  # capacity: weight of |KL - C|
+    grad_clip: float = 0.0  # largest global gradient norm (0: no clipping; the norm is logged)
 
     @property
     def modules(self) -> dict:
@@ -62,7 +63,7 @@ def build_vae(model_args: dict, device: torch.device, *, lr: float, beta_mode: s
               beta: float = 1.0, scheduler_args: dict | None = None, warmup_steps: int = 0,
               amp_dtype=None, objective: str = "beta", **objective_args) -> VAESetup:
     """The VAE, its Adam optimiser and, in adaptive mode, the beta scheduler; objective_args
-    are VAESetup's dataset_size, capacity_max, capacity_steps, capacity_gamma."""
+    are VAESetup's dataset_size, capacity_max, capacity_steps, capacity_gamma, grad_clip."""
     if beta_mode not in BETA_MODES:
         raise ValueError(f"beta mode must be one of {BETA_MODES}, got {beta_mode!r}")
     if objective not in OBJECTIVES:
@@ -78,8 +79,9 @@ def build_vae(model_args: dict, device: torch.device, *, lr: float, beta_mode: s
 def vae_step(setup: VAESetup, x: torch.Tensor, beta: float, step: int = 0
              ) -> dict[str, torch.Tensor]:
     """One Adam step on the setup's objective (beta: sum (x - x_hat)^2 + beta KL per image,
-    batch mean; tcvae, capacity: see vae_objective). Under torchrun the TC estimate uses each
-    process's share of the batch."""
+    batch mean; tcvae, capacity: see vae_objective), the gradient's global norm clipped to
+    setup.grad_clip if set (returned as grad_norm, before clipping). Under torchrun the TC
+    estimate uses each process's share of the batch."""
     net = setup.ddp if setup.ddp is not None else setup.model
     with autocast(setup.device, setup.amp_dtype):
         x_hat, mu, logvar, z = net(x, noise=distributed.randn)
@@ -88,6 +90,8 @@ def vae_step(setup: VAESetup, x: torch.Tensor, beta: float, step: int = 0
                         gamma=setup.capacity_gamma)
     setup.opt.zero_grad(set_to_none=True)
     out["loss"].backward()
+    out["grad_norm"] = torch.nn.utils.clip_grad_norm_(setup.model.parameters(),
+                                                      setup.grad_clip or float("inf"))
     setup.opt.step()
     return out
 
@@ -144,8 +148,8 @@ def train_vae(setup: VAESetup, train_data: ImageData, test_data: ImageData, run:
                                       deadline):
                 out = vae_step(setup, x, setup.beta_at(progress.step), progress.step)
                 kl_dims += out["kl_dims"].detach()
-                meter.update(progress.advance(x), {k: out[k] for k in ("loss", "recon", "kl", "tc")
-                                                   if k in out})
+                logged = ("loss", "recon", "kl", "tc", "grad_norm")
+                meter.update(progress.advance(x), {k: out[k] for k in logged if k in out})
             speed = meter.count * batch_size / (time.perf_counter() - started)
             record = evaluate(setup, meter, kl_dims, test_x, train_x, progress.step)
             frames.append(prior_frame(setup.model, fixed_z[:progression_rows]))
