@@ -37,6 +37,7 @@ EPOCHS = 6  # passes over the training set
 BATCH_SIZE = 64  # images per step
 LR = 2e-4  # Adam learning rate for both networks (Radford et al.)
 BETAS = (0.5, 0.999)  # Adam betas (Radford et al.: beta1 0.5)
+EMA_DECAY = 0.0  # EMA of G's weights for samples and eval (Yazici et al. 2019); 0: off
 SEED = 0  # seeds python, numpy and torch
 DEVICE = "auto"  # auto (CUDA if available), cpu, cuda
 PRECISION = "auto"  # auto (bf16 autocast where the hardware is fast at it), bf16, fp32
@@ -58,8 +59,9 @@ def main(argv=None):
     run, state, const = resume_run(const, "gan", argv, output_constants=("CHANNELS_LAST",))
     check_positive(const, "BATCH_SIZE", "LR", "LATENT_DIM", "WIDTH", "CHECKPOINT_EVERY", "N_FIXED")
     check_choice("LOSS", const.LOSS, ADVERSARIAL_LOSSES)
-    if const.R1_GAMMA < 0:
-        raise UserError(f"R1_GAMMA must be >= 0, got {const.R1_GAMMA}")
+    if const.R1_GAMMA < 0 or not 0 <= const.EMA_DECAY < 1:
+        raise UserError(f"R1_GAMMA must be >= 0 and EMA_DECAY in [0, 1), got {const.R1_GAMMA}"
+                        f" and {const.EMA_DECAY}")
     if const.IMAGE_SIZE < 8 or const.IMAGE_SIZE & (const.IMAGE_SIZE - 1):
         raise UserError(f"IMAGE_SIZE={const.IMAGE_SIZE}: a DCGAN needs a power of two >= 8")
     deadline = Deadline(const.MINUTES)
@@ -67,14 +69,15 @@ def main(argv=None):
     data, train, test = load_splits(const)
     setup = build_gan(const.LATENT_DIM, const.IMAGE_SIZE, data.channels, const.WIDTH, const.LR,
                       const.BETAS, device, amp_dtype, const.CHANNELS_LAST, loss=const.LOSS,
-                      spectral_norm=const.SPECTRAL_NORM, r1_gamma=const.R1_GAMMA)
+                      spectral_norm=const.SPECTRAL_NORM, r1_gamma=const.R1_GAMMA,
+                      ema_decay=const.EMA_DECAY)
     run = open_run(const, "gan", f"z{const.LATENT_DIM}", run)
     fixed_z = state["fixed_z"] if state else torch.randn(const.N_FIXED, const.LATENT_DIM)
     frames = train_gan(setup, train, test, run, data=data, epochs=const.EPOCHS,
                        batch_size=const.BATCH_SIZE, fixed_z=fixed_z.to(device), config=vars(const),
                        deadline=deadline, checkpoint_every=const.CHECKPOINT_EVERY,
                        progression_rows=const.PROGRESSION_ROWS, flip=const.FLIP, state=state)
-    save_grid(generate(setup.generator, fixed_z.to(device), amp_dtype), run.plots / "samples.png",
+    save_grid(generate(setup.sampler, fixed_z.to(device), amp_dtype), run.plots / "samples.png",
               nrow=8, title=f"DCGAN samples after {len(frames)} epochs")
     write_indexes(run.plots)  # the run's index.html and saved_plots/index.html
     print(f"done: figures in {run.plots}")

@@ -139,7 +139,7 @@ def test_ema_warmup_follows_its_recursion():
     """ema_1 = p_1 (AveragedModel copies first); then ema <- d ema + (1 - d) p with
     d = min(decay, (n + 1) / (n + 10)) after n updates."""
     from torch.optim.swa_utils import AveragedModel
-    from train.diffusion_step import ema_with_warmup
+    from train.common import ema_with_warmup
     param = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
     module = torch.nn.ParameterList([param])
     ema = AveragedModel(module, multi_avg_fn=ema_with_warmup(0.9))

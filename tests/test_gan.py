@@ -77,6 +77,7 @@ def test_resume_continues_exactly(tmp_path, tiny_gan):
     for key in g_a:
         assert torch.equal(g_a[key], g_b[key]), key
     assert opt_a["state"][0]["step"] == opt_b["state"][0]["step"]
+    assert "ema" not in load_checkpoint(find_run(straight, "gan", "latest").checkpoint)
     run = find_run(split, "gan", "latest")
     epochs = [r["epoch"] for r in MetricsLog(run.metrics_path).read()]
     assert epochs == [1, 2]
@@ -195,3 +196,25 @@ def test_spectral_norm_discriminator_and_the_stabilised_loop(tmp_path, tiny_gan)
     eval_gan.main(["--SAVE_ROOT", str(tmp_path), "--N_SAMPLES=0"])  # rebuilds the SN D
     with pytest.raises(UserError, match="LOSS='wgan' is not one of"):
         ganmain.main([*tiny_gan, "--LOSS=wgan"])
+
+
+def test_generator_ema_is_the_sampler_and_survives_resume(tmp_path, tiny_gan):
+    """With EMA_DECAY the checkpoint keeps the average of G's weights, which differs from G's;
+    load_gan (and so evalGan) returns it; resuming continues it exactly as an unbroken run."""
+    from train.gan import load_gan
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    ganmain.main([*tiny_gan, "--SAVE_ROOT", str(straight), "--EPOCHS=2", "--EMA_DECAY=0.9"])
+    ganmain.main([*tiny_gan, "--SAVE_ROOT", str(split), "--EPOCHS=1", "--EMA_DECAY=0.9"])
+    ganmain.main(["--SAVE_ROOT", str(split), "--EPOCHS=2", "--RESUME=latest",
+                  "--PRECISION=fp32"])
+    state_a = load_checkpoint(find_run(straight, "gan", "latest").checkpoint)
+    state_b = load_checkpoint(find_run(split, "gan", "latest").checkpoint)
+    for key, value in state_a["ema"].items():
+        assert torch.equal(value, state_b["ema"][key]), key
+    assert int(state_a["ema"]["n_averaged"]) == 8  # 2 epochs of 4 steps
+    weight = "net.0.weight"
+    assert not torch.equal(state_a["ema"][f"module.{weight}"], state_a["generator"][weight])
+    loaded = load_gan(state_a, torch.device("cpu"))["generator"]
+    assert torch.equal(loaded.state_dict()[weight], state_a["ema"][f"module.{weight}"])
+    with pytest.raises(UserError, match="EMA_DECAY"):
+        ganmain.main([*tiny_gan, "--EMA_DECAY=1.0"])

@@ -12,9 +12,9 @@ from models.autoencoder import (Autoencoder, PatchDiscriminator, adaptive_gan_we
                                 discriminator_loss, feature_matching, generator_adversarial,
                                 kl_term, reconstruction_term)
 from models.vae import AdaptiveBetaScheduler, reparameterize
-from train.common import (Deadline, LossMeter, Progress, checkpoint_frame, end_epoch,
-                          epoch_batches, epoch_range, open_log, resume_point, stop_guard)
-from train.diffusion_step import ema_network, ema_with_warmup
+from train.common import (Deadline, LossMeter, Progress, checkpoint_frame, ema_network,
+                          end_epoch, epoch_batches, epoch_range, make_ema, open_log,
+                          resume_point, stop_guard)
 from train.latents import encode_dataset, latent_statistics, save_cache
 from train.lr import LRPlan, PlannedLR
 from utils import distributed
@@ -101,7 +101,7 @@ def build_autoencoder(model_args: dict, disc_args: dict, device: torch.device, *
     disc = PatchDiscriminator(**disc_args).to(device)
     opt_ae = torch.optim.Adam(ae.parameters(), lr[0], betas=(0.5, 0.9))
     opt_d = torch.optim.Adam(disc.parameters(), lr[1], betas=(0.5, 0.9))
-    ema = AveragedModel(ae, multi_avg_fn=ema_with_warmup(ema_decay)) if ema_decay else None
+    ema = make_ema(ae, ema_decay)
     beta = AdaptiveBetaScheduler() if loss.kl_mode == "adaptive" else None
     sched_ae, sched_d = (PlannedLR(opt, LRPlan(0, max(1, total_steps), "cosine", low / high))
                          for opt, low, high in ((opt_ae, lr_min[0], lr[0]),

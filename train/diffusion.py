@@ -9,10 +9,10 @@ import torch
 
 from models.diffusion import Denoiser
 from train.common import (Deadline, LossMeter, Progress, batch_bar, checkpoint_frame,
-                          end_epoch, epoch_range, open_log, resume_point, stack_frames,
-                          stop_guard)
+                          ema_network, end_epoch, epoch_range, open_log, resume_point,
+                          stack_frames, stop_guard)
 from train.diffusion_step import (QUARTERS, DiffusionSetup, build_network, build_schedule,
-                                  diffusion_step, ema_network, held_out_loss, make_denoiser)
+                                  diffusion_step, held_out_loss, make_denoiser)
 from utils.data import DataSpec
 from utils.plots import save_curves, save_progression
 from utils.runs import Run, save_checkpoint

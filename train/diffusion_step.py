@@ -14,14 +14,13 @@ from models.flow import FlowSchedule, interpolate
 from models.samplers import FLOW_SAMPLERS, SAMPLERS, sample
 from models.dit import DiT
 from models.unet import UNet
-from train.common import eval_generator
+from train.common import eval_generator, make_ema
 from train.lr import LRPlan, PlannedLR
 from utils import distributed
 from utils.data import to_uint8
 from utils.config import check_choice
 from utils.device import autocast
 from utils.errors import UserError
-from utils.runs import load_state
 
 QUARTERS = 4  # the loss is also logged per quarter of the timestep range
 
@@ -52,20 +51,6 @@ class DiffusionSetup:
         return {"model": self.model, "ema": self.ema, "opt": self.opt, "lr_sched": self.lr_sched}
 
 
-def ema_with_warmup(decay: float):
-    """multi_avg_fn for AveragedModel: ema <- d ema + (1 - d) param with
-    d = min(decay, (1 + n) / (10 + n)) after n updates (the num_updates warm-up of TensorFlow's
-    ExponentialMovingAverage). Without it the zero-initialised start keeps weight decay^n: 21%
-    after 300 steps at 0.995, so early samples would come from a shrunken model.
-    n stays a device tensor: no host sync per step."""
-    def update(ema_params, params, num_averaged):
-        n = num_averaged.to(torch.float32)
-        d = torch.clamp((1 + n) / (10 + n), max=decay)
-        torch._foreach_mul_(ema_params, d)
-        torch._foreach_add_(ema_params, torch._foreach_mul(params, 1 - d))
-    return update
-
-
 NETWORKS = {"unet": UNet, "dit": DiT}  # model_args names the denoising network's class
 
 
@@ -85,7 +70,7 @@ def build_diffusion(model_args: dict, schedule: NoiseSchedule, device: torch.dev
                     ) -> DiffusionSetup:
     """The network of model_args, AdamW, the warm-up LR plan and an EMA copy of the weights."""
     model = build_network(model_args).to(device)
-    ema = AveragedModel(model, multi_avg_fn=ema_with_warmup(ema_decay))
+    ema = make_ema(model, ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = PlannedLR(opt, LRPlan(warmup_steps, total_steps, lr_schedule))
     return DiffusionSetup(model, ema, opt, sched, schedule, device, model_args=model_args,
@@ -199,14 +184,6 @@ def ema_denoiser(setup: DiffusionSetup, clip_x0: bool = True) -> Denoiser:
     """The Denoiser of the EMA weights (the copy only ever used for inference)."""
     return make_denoiser(setup.ema.module, setup.schedule, setup.prediction_type,
                          amp_dtype=setup.amp_dtype, clip_x0=clip_x0)
-
-
-def ema_network(state: dict, model: torch.nn.Module) -> torch.nn.Module:
-    """`model` with the EMA weights of a training checkpoint (no optimizer is built)."""
-    ema = state["ema"]
-    weights = {k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")}
-    load_state(model, weights, "EMA denoiser")
-    return model.eval().requires_grad_(False)
 
 
 @torch.no_grad()

@@ -5,12 +5,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.optim.swa_utils import AveragedModel
 
 from models.gan import (Discriminator, Generator, discriminator_loss, generator_loss,
                         r1_penalty)
-from train.common import (Deadline, LossMeter, Progress, checkpoint_frame, end_epoch,
-                          epoch_batches, epoch_range, eval_generator, open_log, resume_point,
-                          stack_frames, stop_guard)
+from train.common import (Deadline, LossMeter, Progress, checkpoint_frame, ema_network,
+                          end_epoch, epoch_batches, epoch_range, eval_generator, make_ema,
+                          open_log, resume_point, stack_frames, stop_guard)
 from utils import distributed
 from utils.data import DataSpec, ImageData, to_uint8
 from utils.device import autocast
@@ -38,11 +39,17 @@ class GANSetup:
     d_ddp: torch.nn.Module | None = None
     loss: str = "bce"  # bce (non-saturating) or hinge
     r1_gamma: float = 0.0  # R1 penalty weight on D (Mescheder et al. 2018); 0: off
+    ema: AveragedModel | None = None  # EMA of G's weights (Yazici et al. 2019), if asked for
 
     @property
     def modules(self) -> dict:
         return {"generator": self.generator, "discriminator": self.discriminator,
-                "opt_g": self.opt_g, "opt_d": self.opt_d}
+                "opt_g": self.opt_g, "opt_d": self.opt_d, "ema": self.ema}
+
+    @property
+    def sampler(self) -> Generator:
+        """The generator that draws the figures and is evaluated: the EMA copy if there is one."""
+        return self.ema.module if self.ema is not None else self.generator
 
     @property
     def train_nets(self) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -56,9 +63,10 @@ class GANSetup:
 def build_gan(latent_dim: int, image_size: int, channels: int, width: int, lr: float,
               betas: tuple[float, float], device: torch.device, amp_dtype=None,
               channels_last: bool = False, *, loss: str = "bce", spectral_norm: bool = False,
-              r1_gamma: float = 0.0) -> GANSetup:
+              r1_gamma: float = 0.0, ema_decay: float = 0.0) -> GANSetup:
     """Generator, discriminator and their Adam optimizers (Radford et al.: lr 2e-4, beta1 0.5),
-    with the adversarial loss and the discriminator's stabilisers."""
+    with the adversarial loss, the discriminator's stabilisers and, with ema_decay > 0, an
+    exponential moving average of G's weights (with the warm-up of ema_with_warmup)."""
     memory = torch.channels_last if channels_last else torch.contiguous_format
     g = Generator(latent_dim, image_size, channels, width).to(device, memory_format=memory)
     d = Discriminator(image_size, channels, width, spectral_norm).to(device,
@@ -70,7 +78,8 @@ def build_gan(latent_dim: int, image_size: int, channels: int, width: int, lr: f
     return GANSetup(g, d, torch.optim.Adam(g.parameters(), lr, betas=betas),
                     torch.optim.Adam(d.parameters(), lr, betas=betas), device, amp_dtype,
                     channels_last, args, distributed.wrap(g, device), distributed.wrap(d, device),
-                    loss, r1_gamma)
+                    loss, r1_gamma,
+                    make_ema(g, ema_decay))
 
 
 def gan_step(setup: GANSetup, real: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -94,6 +103,8 @@ def gan_step(setup: GANSetup, real: torch.Tensor) -> dict[str, torch.Tensor]:
     setup.opt_g.zero_grad(set_to_none=True)
     g_loss.backward()
     setup.opt_g.step()
+    if setup.ema is not None:
+        setup.ema.update_parameters(setup.generator)
     return {"d_loss": d_loss, "g_loss": g_loss,
             "d_real": torch.sigmoid(real_logits.detach().float()).mean(),
             "d_fake": torch.sigmoid(fake_logits.detach().float()).mean(), "r1": penalty.detach()}
@@ -178,8 +189,8 @@ def train_gan(setup: GANSetup, train_data: ImageData, test_data: ImageData, run:
                 losses = gan_step(setup, real)
                 meter.update(progress.advance(real), losses)
             record = evaluate(setup, meter, test_x, batch_size / (time.perf_counter() - started))
-            recalibrate_batchnorm(setup.generator)
-            frames.append(generate(setup.generator, fixed_z[:progression_rows], setup.amp_dtype))
+            recalibrate_batchnorm(setup.sampler)
+            frames.append(generate(setup.sampler, fixed_z[:progression_rows], setup.amp_dtype))
             record = {"epoch": epoch, "step": progress.step, **record}
             write_figures(run.plots, frames, [*log.read(), record], run.name)
             if end_epoch(run, log, bar, progress, record, started=started, epochs=epochs,
@@ -200,20 +211,23 @@ def gan_checkpoint(setup: GANSetup, progress: Progress, data: DataSpec, config: 
                    fixed_z: torch.Tensor, frames: list[torch.Tensor]) -> dict:
     """The GAN checkpoint: version, kind "gan", model_args {"generator", "discriminator"}, data
     (DataSpec), epoch, step, rng, config (the run's constants), the state_dicts of generator,
-    discriminator, opt_g and opt_d, fixed_z (the progression latents) and frames (uint8
-    progression images of the completed epochs)."""
+    discriminator, opt_g, opt_d and (with EMA_DECAY) ema, fixed_z (the progression latents) and
+    frames (uint8 progression images of the completed epochs)."""
     return {**checkpoint_frame("gan", setup.model_args, data, progress, config, setup.modules),
             "fixed_z": fixed_z.cpu(), "frames": stack_frames(frames, progress.epoch)}
 
 
 def load_gan(state: dict, device: torch.device) -> dict[str, torch.nn.Module]:
-    """The networks of a GAN checkpoint, weights loaded, in eval mode (no optimizer)."""
+    """The networks of a GAN checkpoint, weights loaded, in eval mode (no optimizer); the
+    generator holds the EMA weights when the run kept them."""
     args = state["model_args"]
     nets = {"generator": Generator(**args["generator"]),
             "discriminator": Discriminator(**args["discriminator"])}
     for name, net in nets.items():
         load_state(net, state[name], name)
         net.to(device).eval().requires_grad_(False)
+    if state.get("ema") is not None:
+        ema_network(state, nets["generator"])
     return nets
 
 
