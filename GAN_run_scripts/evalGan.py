@@ -5,22 +5,24 @@
 
 Writes to saved_plots/gan/<run>/eval/: samples_grid.png, interpolations.png, progression.png,
 losses.png, samples.npz (uint8 NHWC `images`) and metrics.json (FID, KID, precision, recall
-against held-out images, with the real-vs-real floor).
+against held-out images, with the real-vs-real floor). A run trained with EMA_DECAY is sampled
+with its averaged generator; USE_EMA=False scores the raw one instead, into eval_raw/.
 """
 import torch
 
 from train.checkpoints import load_run
 from train.evaluator import write_metrics
-from train.gan import generate, write_figures
+from train.gan import generate, recalibrate_batchnorm, write_figures
 from utils.config import resolve_constants
 from utils.device import resolve_device, seed_everything
 from utils.errors import run_cli
 from utils.plots import save_grid, save_labelled_grid
 from utils.run_index import write_indexes
-from utils.runs import MetricsLog
+from utils.runs import MetricsLog, load_state
 from utils.samples import draw_samples, save_samples_npz, slerp
 
 RUN = "latest"  # run name or number (e.g. 001), or latest
+USE_EMA = True  # sample the EMA generator if the run kept one (False: the raw generator)
 N_SAMPLES = 1000  # images saved to samples.npz (0: none)
 GRID_SIZE = 10  # the sample grid is GRID_SIZE x GRID_SIZE
 N_PAIRS = 8  # latent pairs interpolated (rows)
@@ -39,6 +41,10 @@ def main(argv=None) -> None:
     device = resolve_device(const.DEVICE)
     loaded = load_run(const.SAVE_ROOT, "gan", const.RUN, device)
     generator, run, out = loaded.nets["generator"], loaded.run, loaded.run.plots / "eval"
+    if not const.USE_EMA and loaded.state.get("ema") is not None:
+        load_state(generator, loaded.state["generator"], "generator")
+        recalibrate_batchnorm(generator)  # its running statistics lag: only the EMA's were set
+        out = run.plots / "eval_raw"
     z = torch.randn(const.GRID_SIZE ** 2, generator.latent_dim, device=device)
     save_grid(generate(generator, z), out / "samples_grid.png", nrow=const.GRID_SIZE,
               title=f"{run.name}: {const.GRID_SIZE ** 2} samples (epoch {loaded.state['epoch']})")

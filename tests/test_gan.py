@@ -216,5 +216,13 @@ def test_generator_ema_is_the_sampler_and_survives_resume(tmp_path, tiny_gan):
     assert not torch.equal(state_a["ema"][f"module.{weight}"], state_a["generator"][weight])
     loaded = load_gan(state_a, torch.device("cpu"))["generator"]
     assert torch.equal(loaded.state_dict()[weight], state_a["ema"][f"module.{weight}"])
+    drawn = []
+    for use_ema, folder in ((True, "eval"), (False, "eval_raw")):
+        eval_gan.main(["--SAVE_ROOT", str(straight), "--N_SAMPLES=20", "--METRICS=False",
+                       "--GRID_SIZE=2", "--N_PAIRS=1", "--STEPS=3", f"--USE_EMA={use_ema}"])
+        with np.load(find_run(straight, "gan", "latest").plots / folder / "samples.npz") as f:
+            drawn.append(f["images"])
+    assert drawn[0].shape == drawn[1].shape == (20, 16, 16, 3)
+    assert not np.array_equal(*drawn)  # the same latents through two different generators
     with pytest.raises(UserError, match="EMA_DECAY"):
         ganmain.main([*tiny_gan, "--EMA_DECAY=1.0"])
