@@ -135,6 +135,23 @@ def test_diffusion_scripts_reject_bad_constants(tmp_path):
         main_script.main([*TINY, "--SAVE_ROOT", str(tmp_path), "--PREDICTION=eps"])
 
 
+def test_diffusion_main_under_minutes_plans_its_lr_for_the_budget(tmp_path, monkeypatch):
+    """With MINUTES the loop measures its speed after each epoch and ends the cosine with the
+    budget. Faked: no time left after epoch 1, so epoch 2 already ends at the minimum rate,
+    where the plan for EPOCHS=3 (6 steps) would still be at half the peak."""
+    import Diffusion_run_scripts.DiffusionMain as main_script
+    from train.common import Deadline
+    from utils.runs import MetricsLog
+    args = [*TINY, "--EPOCHS=3", "--LR=1e-3", "--LR_SCHEDULE=cosine", "--SAVE_ROOT"]
+    plain = main_script.main([*args, str(tmp_path / "a")])
+    monkeypatch.setattr(Deadline, "seconds_left", lambda self: 0.0 if self.at else None)
+    budget = main_script.main([*args, str(tmp_path / "b"), "--MINUTES=100"])
+    lr = [[r["lr"] for r in MetricsLog(run.metrics_path).read()] for run in (plain, budget)]
+    assert lr[0][0] == lr[1][0] == pytest.approx(1e-3)  # end of warm-up, step 2
+    assert lr[0][1] == pytest.approx(0.5e-3)  # step 4 of 6: half-way down
+    assert lr[1][1] == pytest.approx(0.0, abs=1e-12)
+
+
 def test_ema_warmup_follows_its_recursion():
     """ema_1 = p_1 (AveragedModel copies first); then ema <- d ema + (1 - d) p with
     d = min(decay, (n + 1) / (n + 10)) after n updates."""

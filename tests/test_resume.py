@@ -135,6 +135,32 @@ def test_lr_plan_closed_form_and_replan():
     assert constant(999) == 1.0
 
 
+def test_a_minutes_budget_ends_the_cosine_when_the_budget_does():
+    """fit_to_budget: with 100 s left at 2 s per step, a plan for 1,000 steps is cut to end 50
+    steps on, continuing from the rate reached (no jump); a plan ending sooner is kept, and
+    without a budget nothing changes."""
+    from train.lr import fit_to_budget
+    sched = _diffusion_sched(1000)
+    for _ in range(100):
+        sched.optimizer.step()
+        sched.step()
+    before = sched.get_last_lr()[0]
+    fit_to_budget([sched], 100, None, 2.0)
+    assert sched.plan.total_steps == 1000
+    fit_to_budget([sched], 100, 100.0, 2.0)
+    assert sched.plan.total_steps == 150
+    fit_to_budget([sched], 100, 1000.0, 2.0)  # more time than before: the plan stays
+    assert sched.plan.total_steps == 150
+    lrs = []
+    for _ in range(60):
+        sched.optimizer.step()
+        sched.step()
+        lrs.append(sched.get_last_lr()[0])
+    assert lrs[0] == pytest.approx(before, rel=0.01)
+    assert lrs[49] == pytest.approx(0.0, abs=1e-12) and lrs[-1] == pytest.approx(0.0, abs=1e-12)
+    assert lrs[24] == pytest.approx(before * 0.5, rel=0.05)  # half-way down the half-cosine
+
+
 def _training_draws_after(evaluate) -> torch.Tensor:
     torch.manual_seed(0)
     evaluate()

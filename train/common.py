@@ -106,6 +106,10 @@ class Deadline:
         self.minutes = minutes
         self.at = None if minutes is None else time.monotonic() + 60.0 * minutes
 
+    def seconds_left(self) -> float | None:
+        """Seconds until the budget runs out (0 once it has; None without a budget)."""
+        return None if self.at is None else max(0.0, self.at - time.monotonic())
+
     def passed(self) -> bool:
         """Whether the budget has run out; under torchrun, on any rank (so all stop together).
         Without a budget no rank asks the others (every rank has the same MINUTES)."""

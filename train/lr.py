@@ -1,8 +1,11 @@
 """The learning-rate plan of the diffusion and autoencoder loops: warm-up, then constant or
-cosine, re-planned (never rising again) when a resumed run is given more epochs."""
+cosine, re-planned (never rising again) when a resumed run is given more epochs or a MINUTES
+budget ends it sooner."""
 import math
 
 import torch
+
+from utils import distributed
 
 LR_KINDS = ("constant", "cosine")
 
@@ -58,3 +61,19 @@ class PlannedLR(torch.optim.lr_scheduler.LambdaLR):
         super().load_state_dict(state_dict)  # the plan as saved, with the run's earlier total
         if self.plan.total_steps != total:
             self.plan.replan(self.last_epoch, total)
+
+
+def fit_to_budget(schedulers, step: int, seconds_left: float | None, seconds_per_step: float
+                  ) -> None:
+    """Shorten each PlannedLR so it ends when a MINUTES budget will: at `step` plus the steps
+    that fit in seconds_left at seconds_per_step (rank 0's estimate under torchrun, so every
+    rank keeps the same rate). A plan already ending sooner is kept; the rate continues from
+    where it is (replan), so it never jumps. Without a budget (seconds_left None) nothing
+    changes."""
+    if seconds_left is None:
+        return
+    seconds_left, seconds_per_step = distributed.broadcast_object((seconds_left, seconds_per_step))
+    total = step + max(1, int(seconds_left / max(seconds_per_step, 1e-9)))
+    for sched in schedulers:
+        if total < sched.plan.total_steps:
+            sched.plan.replan(step, total)
