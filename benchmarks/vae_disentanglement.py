@@ -39,7 +39,7 @@ SETTINGS = {  # name -> vaemain constants
     "adaptive": ["--OBJECTIVE=beta", "--BETA_MODE=adaptive", "--BETA_INIT=1"],
     "tcvae6": ["--OBJECTIVE=tcvae", "--BETA_MODE=fixed", "--BETA=6"],
     "tcvae20": ["--OBJECTIVE=tcvae", "--BETA_MODE=fixed", "--BETA=20"],
-    "capacity25": ["--OBJECTIVE=capacity", "--CAPACITY_MAX=25"],
+    "capacity25": ["--OBJECTIVE=capacity", "--CAPACITY_MAX=25"],  # clipped (GRAD_CLIP auto)
 }
 OVERRIDES = []  # constants added to every run (e.g. ["--LATENT_DIM=6"])
 DEVICE = "auto"  # auto, cpu, cuda

@@ -124,6 +124,12 @@ def test_vaemain_tcvae_and_capacity_objectives_train_and_log_their_terms(tmp_pat
     assert [r["capacity"] for r in records] == [2.0, 4.0]
     with pytest.raises(UserError, match="OBJECTIVE"):
         vaemain.main([*TINY, "--SAVE_ROOT", str(tmp_path), "--OBJECTIVE=factor"])
+    assert vaemain.grad_clip("auto", "capacity", 1000.0) == 1000.0  # only capacity is clipped
+    assert vaemain.grad_clip("auto", "tcvae", 1000.0) == 0.0
+    assert vaemain.grad_clip(None, "capacity", 1000.0) == 0.0
+    assert vaemain.grad_clip(50, "beta", 1000.0) == 50.0
+    with pytest.raises(UserError, match="GRAD_CLIP"):
+        vaemain.main([*TINY, "--SAVE_ROOT", str(tmp_path), "--GRAD_CLIP=-1"])
 
 
 def test_disentanglement_study_smoke(tmp_path):
