@@ -78,8 +78,7 @@ def build_gan(latent_dim: int, image_size: int, channels: int, width: int, lr: f
     return GANSetup(g, d, torch.optim.Adam(g.parameters(), lr, betas=betas),
                     torch.optim.Adam(d.parameters(), lr, betas=betas), device, amp_dtype,
                     channels_last, args, distributed.wrap(g, device), distributed.wrap(d, device),
-                    loss, r1_gamma,
-                    make_ema(g, ema_decay))
+                    loss, r1_gamma, make_ema(g, ema_decay))
 
 
 def gan_step(setup: GANSetup, real: torch.Tensor) -> dict[str, torch.Tensor]:
