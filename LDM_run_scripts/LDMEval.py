@@ -12,24 +12,16 @@ samples.npz (PER_CLASS per class at GUIDANCE, uint8 NHWC `images` with `labels`)
 (FID, KID, precision, recall and class accuracy by the evaluator classifier, with the
 real-vs-real floor).
 """
-import json
-from pathlib import Path
-
 import torch
 
-from models.autoencoder import Autoencoder
-from models.diffusion import Denoiser
-from models.vae import reparameterize
-from train.autoencoder import psnr, reconstruct
-from train.checkpoints import Loaded, load_run
+from train.checkpoints import load_run
 from train.diffusion import checkpoint_denoiser
-from train.diffusion_figures import forward_strip, noised_and_denoised, strip_timesteps
 from train.evaluator import class_accuracy, write_metrics
-from train.latents import class_samples, decode_latents, guided
+from train.latents import class_samples, guided
+from train.ldm_figures import write_autoencoder_report, write_cfg_sweep, write_latent_strips
 from utils.config import check_positive, resolve_constants
 from utils.device import resolve_device, resolve_precision, seed_everything
 from utils.errors import UserError, run_cli
-from utils.plots import save_labelled_grid
 from utils.run_index import write_indexes
 from utils.samples import draw_samples, save_samples_npz
 
@@ -65,9 +57,11 @@ def main(argv=None) -> dict:
     test = ldm.data.held_out(512, const.DATA_ROOT)
     classes, latent_shape = test.class_names, tuple(ldm.state["fixed_noise"].shape[1:])
     out, title = ldm.run.plots / "eval", ldm.title
-    write_cfg_sweep(denoiser, net, ae, scale, latent_shape, classes, const, out / "cfg_sweep.png",
-                    title)
-    write_latent_strips(denoiser, net, ae, scale, test, const, out, title)
+    write_cfg_sweep(denoiser, net, ae, scale, latent_shape, classes, const.SCALES, const.STEPS,
+                    out / "cfg_sweep.png", title)
+    write_latent_strips(denoiser, net, ae, scale, test, out, title, images=const.STRIP_IMAGES,
+                        columns=const.STRIP_COLUMNS, noised_t=const.NOISED_T,
+                        guidance=const.GUIDANCE, steps=const.STEPS)
     x, y = test.first(512)
     classify = (lambda images: class_accuracy(  # noqa: E731
         images, y, ldm.data.dataset, device, save_root=const.SAVE_ROOT,
@@ -96,61 +90,6 @@ def main(argv=None) -> dict:
           + (f", reconstructions' class accuracy {recon_acc:.3f}" if recon_acc is not None else "")
           + f", held-out scaled latents mean {report['held_out_scaled_mean']:.3f} std "
           f"{report['held_out_scaled_std']:.3f}; done: figures in {out}")
-    return report
-
-
-def write_cfg_sweep(denoiser: Denoiser, net, ae: Autoencoder, scale: float, latent_shape: tuple,
-                    classes: list[str], const, path: Path, title: str) -> None:
-    """One sample per class (rows) at each guidance scale (columns), the same noise per row."""
-    device = next(net.parameters()).device
-    labels = torch.arange(len(classes), device=device)
-    noise = torch.randn(len(classes), *latent_shape, device=device)
-    sweep = torch.stack([class_samples(guided(denoiser, net, w), ae, scale, noise, labels,
-                                       const.STEPS) for w in const.SCALES], dim=1)
-    # sweep: (classes, scales, C, H, W)
-    save_labelled_grid(sweep, path, classes, [f"w={w:g}" for w in const.SCALES],
-                       title=f"{title}: classifier-free guidance sweep (same noise per row)",
-                       xlabel="guidance scale (0: unconditional, 1: conditional)")
-
-
-def write_latent_strips(denoiser: Denoiser, net, ae: Autoencoder, scale: float, test, const,
-                        out: Path, title: str) -> None:
-    """A test latent's forward diffusion, decoded; test latents noised to t and denoised."""
-    device = next(net.parameters()).device
-    x, y = test.first(const.STRIP_IMAGES)
-    z0 = scale * ae.encode(x.to(device))[0].float()
-    decode = lambda z: decode_latents(ae, z, scale).cpu()  # noqa: E731
-    ts = strip_timesteps(denoiser.schedule.timesteps, const.STRIP_COLUMNS)
-    strip = forward_strip(denoiser.schedule, z0[:1], ts, torch.randn_like(z0[:1]), decode)
-    save_labelled_grid(strip, out / "forward_latent.png", col_labels=[f"t={t}" for t in ts],
-                       title=f"{title}: forward diffusion of a latent, decoded")
-    rows, row_labels = noised_and_denoised(guided(denoiser, net, const.GUIDANCE), z0,
-                                           list(const.NOISED_T), sampler="ddim", steps=const.STEPS,
-                                           decode=decode, labels=y.to(device))
-    save_labelled_grid(rows, out / "noised_real.png", row_labels,
-                       ["x0"] + [f"t={t}" for t in const.NOISED_T],
-                       title=f"{title}: test latents noised to t, denoised with their class "
-                       f"(CFG {const.GUIDANCE:g}), decoded")
-
-
-@torch.no_grad()
-def write_autoencoder_report(ae: Autoencoder, scale: float, stage1: Loaded, test_x: torch.Tensor,
-                             out: Path, classify=None) -> dict:
-    """Held-out reconstructions and how close the scaled held-out latents are to N(0, 1);
-    with `classify`, the evaluator's class accuracy on the reconstructions (the most a
-    class-conditional stage 2 can reach through this autoencoder)."""
-    recon = reconstruct(ae, test_x)
-    mean, logvar = ae.encode(test_x.to(next(ae.parameters()).device))
-    z = scale * reparameterize(mean, logvar)
-    save_labelled_grid(torch.stack([test_x[:10], recon[:10]]), out / "reconstructions.png",
-                       ["original", "reconstruction"], title="autoencoder reconstructions")
-    report = {**stage1.state["latent_stats"], "autoencoder": stage1.run.name,
-              "held_out_psnr": psnr((recon - test_x).pow(2).mean().item()),
-              "held_out_scaled_mean": z.mean().item(), "held_out_scaled_std": z.std().item(),
-              "held_out_images": len(test_x)}
-    if classify is not None:
-        report["reconstruction_class_accuracy"] = classify(recon)
-    (out / "latent_stats.json").write_text(json.dumps(report, indent=2))
     return report
 
 
