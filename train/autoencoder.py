@@ -16,7 +16,7 @@ from train.common import (Deadline, LossMeter, Progress, checkpoint_frame, ema_n
                           end_epoch, epoch_batches, epoch_range, make_ema, open_log,
                           resume_point, stop_guard)
 from train.latents import encode_dataset, latent_statistics, save_cache
-from train.lr import LRPlan, PlannedLR, fit_to_budget
+from train.lr import LRPlan, PlannedLR
 from utils import distributed
 from utils.data import DataSpec, ImageData
 from utils.device import autocast
@@ -207,12 +207,9 @@ def train_autoencoder(setup: AESetup, train_data: ImageData, test_x: torch.Tenso
             write_figures(run, setup.inference_ae, records, test_x[:n_recon],
                           epoch % recon_every == 0 or epoch == epochs)
             if end_epoch(run, log, bar, progress, record, started=started, epochs=epochs,
-                         checkpoint_every=checkpoint_every, deadline=deadline, save=save):
+                         checkpoint_every=checkpoint_every, deadline=deadline, save=save,
+                         schedulers=[setup.sched_ae, setup.sched_d], epoch_steps=meter.count):
                 break
-            if deadline is not None:  # the cosine ends with the budget, not at EPOCHS
-                fit_to_budget([setup.sched_ae, setup.sched_d], progress.step,
-                              deadline.seconds_left(),
-                              (time.perf_counter() - started) / max(meter.count, 1))
         stats = measure_latents(setup.inference_ae, train_data, run, data.seed, config)
         save()
     return stats

@@ -14,12 +14,13 @@ Each family's loop in train/<family>.py reads top to bottom with these:
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
+from train.lr import fit_to_budget
 from utils import board, distributed
 from utils.data import DataSpec, ImageData, batches_per_epoch, iterate_batches
 from utils.device import rng_state, set_rng_state
@@ -195,13 +196,17 @@ def open_log(run: Run, progress: Progress, config: dict) -> MetricsLog:
 
 def end_epoch(run: Run, log: MetricsLog, bar, progress: Progress, record: dict, *,
               started: float, epochs: int, checkpoint_every: int, deadline: Deadline | None,
-              save: Callable[[], None], images: torch.Tensor | None = None) -> bool:
+              save: Callable[[], None], images: torch.Tensor | None = None,
+              schedulers: Sequence = (), epoch_steps: int = 0) -> bool:
     """Close the epoch of `record`: log it (with its wall seconds, and `images`, the epoch's
     samples, to TensorBoard), count it done, show its losses, checkpoint every
     `checkpoint_every` epochs, at the end and when the deadline has passed (rewriting the run's
-    index.html); returns True when the deadline stops the run here."""
+    index.html); returns True when the deadline stops the run here. Under a deadline the
+    PlannedLR `schedulers` are re-planned to end with it, from this epoch's seconds per step
+    (`epoch_steps` steps)."""
     epoch = record["epoch"]
-    log.append({**record, "seconds": time.perf_counter() - started}, images)
+    seconds = time.perf_counter() - started
+    log.append({**record, "seconds": seconds}, images)
     progress.epoch = epoch
     bar.set_postfix({k: f"{v:.3g}" for k, v in record.items()
                      if k.startswith("train_") and isinstance(v, float)}, refresh=False)
@@ -212,6 +217,9 @@ def end_epoch(run: Run, log: MetricsLog, bar, progress: Progress, record: dict, 
     if stop:
         print(f"time budget reached: stopped after epoch {epoch} of {epochs}; "
               f"resume with --RESUME={run.name}")
+    elif deadline is not None and schedulers:  # the cosine ends with the budget, not at EPOCHS
+        fit_to_budget(schedulers, progress.step, deadline.seconds_left(),
+                      seconds / max(epoch_steps, 1))
     return stop
 
 

@@ -13,7 +13,6 @@ from train.common import (Deadline, LossMeter, Progress, batch_bar, checkpoint_f
                           stack_frames, stop_guard)
 from train.diffusion_step import (QUARTERS, DiffusionSetup, build_network, build_schedule,
                                   diffusion_step, held_out_loss, make_denoiser)
-from train.lr import fit_to_budget
 from utils.data import DataSpec
 from utils.plots import save_curves, save_progression
 from utils.runs import Run, save_checkpoint
@@ -55,11 +54,9 @@ def train_diffusion(setup: DiffusionSetup, batches: Callable[[int], Iterable], s
             write_figures(run, frames, [*log.read(), record], sample_title, row_labels)
             if end_epoch(run, log, bar, progress, record, started=started, epochs=epochs,
                          checkpoint_every=checkpoint_every, deadline=deadline, save=save,
-                         images=frames[-1]):
+                         images=frames[-1], schedulers=[setup.lr_sched],
+                         epoch_steps=meter.count):
                 break
-            if deadline is not None:  # the cosine ends with the budget, not at EPOCHS
-                fit_to_budget([setup.lr_sched], progress.step, deadline.seconds_left(),
-                              (time.perf_counter() - started) / max(meter.count, 1))
     return frames
 
 
