@@ -59,9 +59,10 @@ def main(argv=None):
     run, state, const = resume_run(const, "gan", argv, output_constants=("CHANNELS_LAST",))
     check_positive(const, "BATCH_SIZE", "LR", "LATENT_DIM", "WIDTH", "CHECKPOINT_EVERY", "N_FIXED")
     check_choice("LOSS", const.LOSS, ADVERSARIAL_LOSSES)
-    if const.R1_GAMMA < 0 or not 0 <= const.EMA_DECAY < 1:
-        raise UserError(f"R1_GAMMA must be >= 0 and EMA_DECAY in [0, 1), got {const.R1_GAMMA}"
-                        f" and {const.EMA_DECAY}")
+    if const.R1_GAMMA < 0:
+        raise UserError(f"R1_GAMMA must be >= 0, got {const.R1_GAMMA}")
+    if not 0 <= const.EMA_DECAY < 1:
+        raise UserError(f"EMA_DECAY must be in [0, 1) (0: off), got {const.EMA_DECAY}")
     if const.IMAGE_SIZE < 8 or const.IMAGE_SIZE & (const.IMAGE_SIZE - 1):
         raise UserError(f"IMAGE_SIZE={const.IMAGE_SIZE}: a DCGAN needs a power of two >= 8")
     deadline = Deadline(const.MINUTES)

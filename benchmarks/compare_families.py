@@ -5,7 +5,8 @@
 
 Each family trains with its run script's own defaults for MINUTES of wall time (EPOCHS is raised
 so the budget, not the epoch count, stops it; a cosine learning rate is re-planned after each
-epoch to end with the budget, train.lr.fit_to_budget). The LDM splits its budget: AUTOENCODER_SHARE for stage 1, the rest for stage 2.
+epoch to end with the budget, train.lr.fit_to_budget). The LDM splits its budget:
+AUTOENCODER_SHARE for stage 1, the rest for stage 2.
 Then the family's eval script draws N_SAMPLES samples, times them, and scores them with the same
 feature extractor against the same held-out images. Every script runs in its own process (python
 -m, as a user would run it), so no family's memory or threads carry into the next and each
