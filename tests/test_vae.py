@@ -7,7 +7,8 @@ from torch.distributions import Normal, kl_divergence
 
 from models.vae import (VAE, AdaptiveBetaScheduler, active_dims, elbo_loss, gaussian_kl,
                         reparameterize)
-from utils.metrics import discretize, entropy, mutual_information, mutual_information_gap
+from utils.metrics import (discretize, entropy, mutual_information, mutual_information_gap,
+                           polar_pair)
 
 
 def hand_schedule(losses, beta_init, gamma, eta, warmup, beta_min=1e-8, beta_max=10.0, eps=1e-8):
@@ -129,6 +130,29 @@ def test_mig_on_constructed_latents():
     assert noise < 0.02
     constant = np.concatenate([factors, np.zeros((10000, 1))], axis=1)
     assert len(mutual_information_gap(factors, constant)["factors"]) == 4  # no entropy: skipped
+
+
+@pytest.mark.parametrize("sign,offset", [(1, 0.3), (-1, 2.0)])
+def test_polar_pair_finds_the_angle_that_carries_a_circular_factor(sign, offset):
+    """Hue as the angle of (z1, z3) around (3, -1) (either way round, any turn), next to a
+    linear factor and noise: the pair, its centre, orientation and offset come back, its angle
+    carries hue better than any single latent, and a pair of unrelated latents has no
+    resultant."""
+    rng = np.random.default_rng(0)
+    n = 5000
+    hue, size, x = rng.uniform(size=n), rng.uniform(size=n), rng.uniform(size=n)
+    radius, angle = 0.5 + size, sign * 2 * np.pi * hue + offset
+    latents = np.stack([x, radius * np.cos(angle) + 3, rng.normal(size=n),
+                        radius * np.sin(angle) - 1], 1)
+    polar = polar_pair(latents, hue, [0, 1, 2, 3])
+    assert polar["pair"] == [1, 3] and polar["sign"] == sign
+    assert polar["resultant"] > 0.99 and np.allclose(polar["centre"], [3, -1], atol=0.01)
+    assert abs(np.angle(np.exp(1j * (polar["offset"] - offset)))) < 0.02
+    single = mutual_information_gap(latents, hue[:, None])["factors"][0]["normalized_mi"]
+    assert polar["normalized_mi"] > 0.9 > max(single)
+    assert np.corrcoef(polar["radius"], size)[0, 1] > 0.99
+    assert polar_pair(latents, hue, [0, 2])["resultant"] < 0.05
+    assert polar_pair(latents, hue, [1]) is None
 
 
 def test_sap_on_constructed_latents():

@@ -107,6 +107,58 @@ def test_traversal_labels_name_back_the_factors_of_a_known_encoder(monkeypatch, 
         f"{k}: z{order.index(k)}" for k in ("shape", "hue", "scale", "rotation", "pos_x",
                                             "pos_y")]
     assert vae_figures.save_mi_matrix(report, tmp_path / "mi.png").is_file()
+    assert report["polar"] == []  # hue on one axis: no pair's angle carries it better
+
+
+def test_a_known_polar_code_gets_angle_and_radius_rows(monkeypatch, tmp_path):
+    """An "encoder" that holds hue as the angle and scale as the radius of (z1, z4): the report
+    finds the pair, and the traversal turns it through hue 0 -> 1 at each image's own radius,
+    then moves it out from the centre along each image's own angle."""
+    import numpy as np
+    from train import vae_figures
+    from utils.data import load_dataset
+    test = load_dataset("shapes", "test", image_size=16)
+    f = {k: np.asarray(test.factors[k], float) for k in test.factors}
+    radius, angle = 5 * f["scale"], 2 * np.pi * f["hue"] + 0.5
+    table = np.stack([f["pos_y"], radius * np.cos(angle) + 1, f["shape"], f["pos_x"],
+                      radius * np.sin(angle) - 2, f["rotation"]], 1)
+    monkeypatch.setattr(vae_figures, "posterior_means",
+                        lambda model, x, batch_size=500: torch.from_numpy(table[:len(x)]).float())
+    report = vae_figures.factor_report(None, test)
+    [polar] = report["polar"]
+    assert (polar["factor"], polar["pair"]) == ("hue", [1, 4])
+    assert [f["factor"] for f in polar["radius_factors"]] == ["scale"]
+    assert polar["resultant"] > 0.99 and polar["sign"] == 1
+    assert abs(polar["offset"] - 0.5) < 0.02 and polar["normalized_mi"] > polar["single_mi"]
+    assert np.allclose(polar["centre"], [1, -2], atol=0.01)
+    decoded, labels = [], []
+    monkeypatch.setattr(vae_figures, "decode",
+                        lambda model, z: decoded.append(z) or torch.zeros(len(z), 3, 16, 16))
+    monkeypatch.setattr(vae_figures, "save_labelled_grid",
+                        lambda rows, path, row_labels, *a, **k: labels.extend(row_labels))
+    vae_figures.save_polar_traversals(None, torch.zeros(2, 3, 16, 16), report, tmp_path / "p.png",
+                                      n_values=5, n_images=2)
+    turns, rays = (z.double().unflatten(0, (2, 5)) for z in decoded)
+    centre = torch.tensor(polar["centre"], dtype=torch.float64)
+    own = torch.from_numpy(table[:2, [1, 4]]) - centre
+    for z in (turns, rays):  # the other latents keep each image's own values
+        assert torch.allclose(z[:, :, [0, 2, 3, 5]], torch.from_numpy(table[:2, [0, 2, 3, 5]])
+                              .unsqueeze(1).expand(2, 5, 4), atol=1e-5)
+    d = turns[:, :, [1, 4]] - centre
+    hue = torch.remainder(torch.atan2(d[..., 1], d[..., 0]) - polar["offset"], 2 * np.pi)
+    assert torch.allclose(d.norm(dim=-1), own.norm(dim=-1, keepdim=True).expand(2, 5),
+                          atol=1e-4)
+    columns = torch.linspace(0, 1, 5, dtype=torch.float64)  # hue 0, 0.25, ..., 1 (= 0 again)
+    assert torch.allclose(torch.cos(hue), torch.cos(2 * np.pi * columns), atol=1e-4)
+    assert torch.allclose(torch.sin(hue), torch.sin(2 * np.pi * columns), atol=1e-4)
+    d = rays[:, :, [1, 4]] - centre
+    lo, hi = np.quantile(np.hypot(*(table[:, [1, 4]] - polar["centre"]).T), [0.02, 0.98])
+    assert torch.allclose(d.norm(dim=-1), torch.linspace(lo, hi, 5, dtype=torch.float64)
+                          .expand(2, 5), atol=1e-4)  # the radii the data uses
+    assert torch.allclose(torch.atan2(d[..., 1], d[..., 0]),
+                          torch.atan2(own[:, 1], own[:, 0])[:, None].expand(2, 5), atol=1e-4)
+    assert [label.split("\n")[0] for label in labels if label] == [
+        "hue: angle of (z1, z4)", f"scale: radius of (z1, z4), {lo:.1f} to {hi:.1f}"]
 
 
 def test_vaemain_tcvae_and_capacity_objectives_train_and_log_their_terms(tmp_path):

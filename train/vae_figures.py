@@ -4,6 +4,7 @@ Eastwood & Williams 2018): the
 traversal rows are labelled with the factor each latent captures best and its score, a
 per-factor panel traverses the best latent of every factor, and the mutual information of
 every latent with every factor is drawn as a heat map."""
+import math
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +13,11 @@ import torch
 from models.vae import VAE, active_dims
 from train.vae import posterior_means
 from utils.data import ImageData
-from utils.metrics import dci_score, mutual_information_gap, sap_score
+from utils.metrics import (dci_score, discretize, entropy, mutual_information,
+                           mutual_information_gap, polar_pair, sap_score)
 from utils.plots import save_grid, save_heatmap, save_labelled_grid
 from utils.runs import write_json
+from utils.shapes import CIRCULAR_FACTORS
 
 MIG_IMAGES = 2000  # held-out images whose posterior means are scored
 
@@ -53,8 +56,39 @@ def factor_report(model: VAE, data: ImageData) -> dict | None:
     report.update(sap=sap["sap"], sap_factors=sap["factors"], dci=dci["disentanglement"],
                   dci_completeness=dci["completeness"],
                   dci_informativeness=dci["informativeness"], dci_factors=dci["factors"],
-                  images=len(x))
+                  images=len(x), polar=polar_codes(latents, factors, names, report))
     return report
+
+
+def polar_codes(latents: np.ndarray, factors: np.ndarray, names: list[str], report: dict
+                ) -> list[dict]:
+    """Circular factors (CIRCULAR_FACTORS) that the angle of a pair of active latents carries
+    better than any single latent does (normalised MI as in MIG). Each entry: factor, pair,
+    centre (of the pair's circle), normalized_mi, single_mi (the best single latent's), resultant,
+    sign, offset, radius_range (its 2nd and 98th percentiles over the images) and
+    radius_factors: the other factors the pair's radius carries better than
+    any single latent ({factor, mi, single_mi}, most informative first; the best one if none
+    does)."""
+    single = {f["factor"]: max(f["normalized_mi"]) for f in report["factors"]}
+    active = active_dims(torch.from_numpy(latents)).nonzero().flatten().tolist()
+    found = []
+    for k, name in enumerate(names):
+        if name not in CIRCULAR_FACTORS or name not in single:
+            continue
+        polar = polar_pair(latents, factors[:, k], active)
+        if polar is None or polar["normalized_mi"] <= single[name]:
+            continue
+        radius_range = np.quantile(polar["radius"], [0.02, 0.98]).tolist()
+        r = discretize(polar.pop("radius")[:, None])[:, 0]
+        radius = sorted(({"factor": other, "mi": mutual_information(r, v) / entropy(v),
+                          "single_mi": single[other]} for other, v in
+                         zip(names, discretize(factors).T) if other != name and other in single),
+                        key=lambda f: -f["mi"])
+        found.append({"factor": name, **polar, "single_mi": single[name],
+                      "radius_range": radius_range,
+                      "radius_factors": [f for f in radius if f["mi"] > f["single_mi"]]
+                      or radius[:1]})
+    return found
 
 
 def latent_names(report: dict | None) -> dict[int, str]:
@@ -85,6 +119,43 @@ def save_factor_traversals(model: VAE, x: torch.Tensor, report: dict, path: Path
                               [f"{v:+.1f}" for v in values.tolist()],
                               title="each factor's best latent, traversed on "
                                     f"{len(mu)} images", xlabel="latent value (prior std)")
+
+
+def save_polar_traversals(model: VAE, x: torch.Tensor, report: dict, path: Path,
+                          n_values: int = 11, n_images: int = 3) -> Path | None:
+    """For each circular factor held as the angle of a latent pair (report["polar"]): the pair
+    turned through a full circle at each image's own radius (the columns are the factor's value
+    the angle stands for, so the first and last match), then moved along the image's own
+    angle over the radii the data uses (2nd to 98th percentile; the radius rows). Row labels
+    give the normalised MI of the angle (radius) against the best single latent's, "a vs b"."""
+    if not report.get("polar"):
+        return None
+    mu = posterior_means(model, x[:n_images])  # (N, D)
+    u = torch.linspace(0, 1, n_values)
+    rows, labels = [], []
+    for p in report["polar"]:
+        radius = torch.linspace(*p["radius_range"], n_values)
+        (i, j), centre = p["pair"], torch.tensor(p["centre"])
+        offset = mu[:, [i, j]] - centre  # (N, 2)
+        own_r, own_psi = offset.norm(dim=1), torch.atan2(offset[:, 1], offset[:, 0])
+        psi = p["offset"] + p["sign"] * 2 * math.pi * u  # (K,)
+        turns = [own_r[:, None] * torch.cos(psi), own_r[:, None] * torch.sin(psi)]
+        rays = [radius * torch.cos(own_psi)[:, None], radius * torch.sin(own_psi)[:, None]]
+        for (dx, dy), what, score in [
+                (turns, f"{p['factor']}: angle of (z{i}, z{j})",
+                 f"MI {p['normalized_mi']:.2f} vs {p['single_mi']:.2f}"),
+                (rays, f"{', '.join(f['factor'] for f in p['radius_factors'])}: radius of "
+                       f"(z{i}, z{j}), {radius[0]:.1f} to {radius[-1]:.1f}",
+                 ", ".join(f"MI {f['mi']:.2f} vs {f['single_mi']:.2f}"
+                           for f in p["radius_factors"]))]:
+            z = mu.unsqueeze(1).repeat(1, n_values, 1)
+            z[:, :, i], z[:, :, j] = centre[0] + dx, centre[1] + dy
+            rows.append(decode(model, z.flatten(0, 1)).unflatten(0, (len(mu), n_values)))
+            labels += [f"{what}\n({score})"] + [""] * (len(mu) - 1)
+    return save_labelled_grid(torch.cat(rows), path, labels, [f"{a:.1f}" for a in u.tolist()],
+                              title="circular factors as the angle of a latent pair",
+                              xlabel="angle rows: the factor's value (a full turn: the first and "
+                                     "last match); radius rows: equal steps over the range")
 
 
 def save_mi_matrix(report: dict, path: Path) -> Path | None:
@@ -162,6 +233,7 @@ def write_vae_figures(model: VAE, test: ImageData, kl_dims: list[float], out: Pa
                             f"({len(active)} active dims, by KL)")
     save_factor_traversals(model, x, report, out / "factor_traversals.png", n_values)
     save_mi_matrix(report, out / "mi_matrix.png")
+    save_polar_traversals(model, x, report, out / "polar_traversals.png", n_values)
     dim = shown[0] if dim is None else dim
     save_traversal_one_dim(model, x, dim, out / f"traversal_z{dim}.png", n_values,
                            latent_names(report).get(dim, ""))

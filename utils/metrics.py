@@ -1,9 +1,11 @@
 """Numbers that compare models: disentanglement (the Mutual Information Gap, Chen et al. 2018; the
-Separated Attribute Predictability score, Kumar et al. 2018; DCI, Eastwood & Williams 2018) and
+Separated Attribute Predictability score, Kumar et al. 2018; DCI, Eastwood & Williams 2018; the
+latent pair whose angle codes a circular factor) and
 sample quality on feature vectors (Frechet distance, KID, improved precision and recall)."""
 from typing import Sequence
 
 import numpy as np
+from scipy.optimize import minimize
 
 
 def discretize(values: np.ndarray, bins: int = 20) -> np.ndarray:
@@ -65,6 +67,51 @@ def mutual_information_gap(latents: np.ndarray, factors: np.ndarray,
                            "normalized_mi": (mi[:, k] / h).tolist()})
     score = float(np.mean([f["mig"] for f in per_factor])) if per_factor else 0.0
     return {"mig": score, "factors": per_factor, "mi": mi.tolist()}
+
+
+def polar_pair(latents: np.ndarray, factor: np.ndarray, candidates: Sequence[int],
+               bins: int = 20) -> dict | None:
+    """The pair of latents whose angle carries a circular factor best (values on one period
+    [0, 1), as hue: 0 and 1 are the same colour).
+
+    One latent cannot hold a circle without a cut; with an isotropic Gaussian prior a VAE can
+    hold it as the angle of two latents around a centre, which costs no total correlation (a
+    Gaussian's angle and radius are independent). For each pair (i, j) of `candidates`, the
+    angle psi = atan2(z_j - c_j, z_i - c_i) around the pair's mean c is fitted to the factor by
+    its mean resultant |E exp(i(psi - s 2 pi v))| at the better orientation s = +-1 (1 when
+    the angle is the factor up to a turn), and the value it then reads, (s (psi - offset) /
+    2 pi) mod 1, is scored like a latent in MIG: I(read; v) / H(v), both binned. The best
+    pair's centre is then moved to where the resultant is largest (Nelder-Mead from the mean).
+    Returns {"pair", "centre", "normalized_mi", "resultant", "sign" s, "offset" (the angle of
+    factor value 0), "radius" (each image's distance from the centre)}; None with fewer than
+    two candidates.
+    """
+    candidates = list(candidates)
+    factor = np.asarray(factor, np.float64)
+    v = discretize(factor[:, None], bins)[:, 0]
+    h = entropy(v)
+
+    def fit(i: int, j: int, centre: np.ndarray) -> dict:
+        psi = np.arctan2(latents[:, j] - centre[1], latents[:, i] - centre[0])
+        phases = {s: np.mean(np.exp(1j * (psi - s * 2 * np.pi * factor))) for s in (1, -1)}
+        sign = max(phases, key=lambda s: abs(phases[s]))
+        offset = float(np.angle(phases[sign]))
+        read = np.mod(sign * (psi - offset) / (2 * np.pi), 1.0)  # binned like the factor
+        score = mutual_information(discretize(read[:, None], bins)[:, 0], v) / h \
+            if h > 1e-12 else 0.0
+        return {"pair": [int(i), int(j)], "centre": [float(c) for c in centre],
+                "normalized_mi": float(score), "resultant": float(abs(phases[sign])),
+                "sign": sign, "offset": offset}
+
+    fits = [fit(i, j, latents[:, [i, j]].mean(0)) for a, i in enumerate(candidates)
+            for j in candidates[a + 1:]]
+    if not fits:
+        return None
+    i, j = max(fits, key=lambda f: f["normalized_mi"])["pair"]
+    best = minimize(lambda c: -fit(i, j, c)["resultant"], latents[:, [i, j]].mean(0),
+                    method="Nelder-Mead")
+    found = fit(i, j, best.x)
+    return {**found, "radius": np.hypot(latents[:, i] - best.x[0], latents[:, j] - best.x[1])}
 
 
 def sap_score(latents: np.ndarray, factors: np.ndarray, factor_names: Sequence[str] = (),

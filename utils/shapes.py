@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 SHAPE_NAMES = ("circle", "square", "triangle", "star")
 FACTOR_NAMES = ("shape", "hue", "scale", "rotation", "pos_x", "pos_y", "background")
+CIRCULAR_FACTORS = ("hue", "rotation")  # fractions of one period: 0 and 1 are the same value
 # Rotational symmetry of each shape: rotation is drawn within one period so it stays identifiable.
 _SYMMETRY = {"circle": 1, "square": 4, "triangle": 3, "star": 5}
 _SUPERSAMPLE = 4
