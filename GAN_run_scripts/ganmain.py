@@ -9,10 +9,12 @@ samples.png, config.json, metrics.jsonl; weights to saved_models/gan/<run>/lates
 """
 import torch
 
-from models.gan import ADVERSARIAL_LOSSES
+from models.gan import ADVERSARIAL_LOSSES, UPSAMPLING
 from train.common import Deadline
 from train.gan import build_gan, generate, train_gan
+from train.lr import LR_KINDS
 from utils.config import check_choice, check_positive, resolve_constants
+from utils.data import batches_per_epoch
 from utils.errors import UserError, run_cli
 from utils.plots import save_grid
 from utils.run_index import write_indexes
@@ -28,6 +30,7 @@ FLIP = False  # random horizontal flips
 # model
 LATENT_DIM = 100  # size of z
 WIDTH = 64  # channels of the generator's last and the discriminator's first layer
+UPSAMPLE = "transposed"  # G's x2 steps: transposed (DCGAN) or nearest (+ 3x3 conv, Odena 2016)
 LOSS = "bce"  # adversarial loss: bce (non-saturating, Goodfellow 2014) or hinge (Miyato 2018)
 SPECTRAL_NORM = False  # spectral norm on D's convolutions, without BatchNorm (Miyato 2018)
 R1_GAMMA = 0.0  # R1 penalty gamma / 2 E||grad D(x)||^2 on real images (Mescheder 2018); 0: off
@@ -35,7 +38,9 @@ R1_GAMMA = 0.0  # R1 penalty gamma / 2 E||grad D(x)||^2 on real images (Meschede
 # training
 EPOCHS = 6  # passes over the training set
 BATCH_SIZE = 64  # images per step
-LR = 2e-4  # Adam learning rate for both networks (Radford et al.)
+LR = 2e-4  # Adam learning rate of G (and of D unless LR_D is set; Radford et al.)
+LR_D = None  # D's own learning rate (two time scales, Heusel et al. 2017); None: LR
+LR_SCHEDULE = "constant"  # both rates: constant, or cosine to 0 at the last step (or MINUTES)
 BETAS = (0.5, 0.999)  # Adam betas (Radford et al.: beta1 0.5)
 EMA_DECAY = 0.0  # EMA of G's weights for samples and eval (Yazici et al. 2019); 0: off
 SEED = 0  # seeds python, numpy and torch
@@ -59,6 +64,10 @@ def main(argv=None):
     run, state, const = resume_run(const, "gan", argv, output_constants=("CHANNELS_LAST",))
     check_positive(const, "BATCH_SIZE", "LR", "LATENT_DIM", "WIDTH", "CHECKPOINT_EVERY", "N_FIXED")
     check_choice("LOSS", const.LOSS, ADVERSARIAL_LOSSES)
+    check_choice("UPSAMPLE", const.UPSAMPLE, UPSAMPLING)
+    check_choice("LR_SCHEDULE", const.LR_SCHEDULE, LR_KINDS)
+    if const.LR_D is not None:
+        check_positive(const, "LR_D")
     if const.R1_GAMMA < 0:
         raise UserError(f"R1_GAMMA must be >= 0, got {const.R1_GAMMA}")
     if not 0 <= const.EMA_DECAY < 1:
@@ -71,7 +80,9 @@ def main(argv=None):
     setup = build_gan(const.LATENT_DIM, const.IMAGE_SIZE, data.channels, const.WIDTH, const.LR,
                       const.BETAS, device, amp_dtype, const.CHANNELS_LAST, loss=const.LOSS,
                       spectral_norm=const.SPECTRAL_NORM, r1_gamma=const.R1_GAMMA,
-                      ema_decay=const.EMA_DECAY)
+                      ema_decay=const.EMA_DECAY, lr_d=const.LR_D, upsample=const.UPSAMPLE,
+                      lr_schedule=const.LR_SCHEDULE,
+                      total_steps=const.EPOCHS * batches_per_epoch(train, const.BATCH_SIZE))
     run = open_run(const, "gan", f"z{const.LATENT_DIM}", run)
     fixed_z = state["fixed_z"] if state else torch.randn(const.N_FIXED, const.LATENT_DIM)
     frames = train_gan(setup, train, test, run, data=data, epochs=const.EPOCHS,

@@ -29,11 +29,27 @@ def dcgan_init(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+UPSAMPLING = ("transposed", "nearest")
+
+
+def _upsample(c_in: int, c_out: int, kind: str) -> list[nn.Module]:
+    """x2 in size: a 4x4 stride-2 transposed conv (DCGAN), or nearest-neighbour resizing then a
+    3x3 conv, which spreads every input pixel evenly and so draws no checkerboard (Odena et al.
+    2016, "Deconvolution and checkerboard artifacts")."""
+    if kind == "transposed":
+        return [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False)]
+    if kind == "nearest":
+        return [nn.Upsample(scale_factor=2, mode="nearest"),
+                nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False)]
+    raise ValueError(f"upsample must be one of {UPSAMPLING}, got {kind!r}")
+
+
 class Generator(nn.Module):
-    """z (B, latent_dim) -> image (B, C, S, S) in [-1, 1]: transposed convs, BatchNorm, ReLU."""
+    """z (B, latent_dim) -> image (B, C, S, S) in [-1, 1]: x2 upsampling (transposed convs, or
+    nearest + conv), BatchNorm, ReLU."""
 
     def __init__(self, latent_dim: int = 100, image_size: int = 32, channels: int = 3,
-                 width: int = 64):
+                 width: int = 64, upsample: str = "transposed"):
         super().__init__()
         levels = _levels(image_size)
         self.latent_dim = latent_dim
@@ -41,9 +57,9 @@ class Generator(nn.Module):
         layers = [nn.ConvTranspose2d(latent_dim, widths[0], 4, 1, 0, bias=False),  # 1 -> 4
                   BatchNorm2d(widths[0]), nn.ReLU(inplace=True)]
         for c_in, c_out in zip(widths, widths[1:]):
-            layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False),
-                       BatchNorm2d(c_out), nn.ReLU(inplace=True)]
-        layers += [nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1, bias=False), nn.Tanh()]
+            layers += [*_upsample(c_in, c_out, upsample), BatchNorm2d(c_out),
+                       nn.ReLU(inplace=True)]
+        layers += [*_upsample(widths[-1], channels, upsample), nn.Tanh()]
         self.net = nn.Sequential(*layers)
         self.apply(dcgan_init)
 

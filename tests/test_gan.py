@@ -198,6 +198,52 @@ def test_spectral_norm_discriminator_and_the_stabilised_loop(tmp_path, tiny_gan)
         ganmain.main([*tiny_gan, "--LOSS=wgan"])
 
 
+def test_nearest_upsampling_and_two_learning_rates(tmp_path, tiny_gan):
+    """UPSAMPLE=nearest builds resize-then-3x3-conv steps (a constant input stays constant inside
+    the image: no checkerboard), is kept in the checkpoint and rebuilt by evalGan; LR_D is D's
+    Adam rate while G keeps LR."""
+    g = Generator(10, 16, 3, 8, upsample="nearest")
+    assert g(torch.randn(3, 10)).shape == (3, 3, 16, 16)
+    assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in g.net[3:])
+    step = torch.nn.Sequential(*[m for m in g.net[3:5]])  # Upsample, Conv2d 3x3
+    torch.nn.init.constant_(step[1].weight, 0.1)
+    out = step(torch.ones(1, 16, 4, 4))
+    assert torch.allclose(out[..., 1:-1, 1:-1], torch.full_like(out[..., 1:-1, 1:-1], 14.4))
+    run = ganmain.main([*tiny_gan, "--UPSAMPLE=nearest", "--LR=1e-4", "--LR_D=4e-4"])
+    state = load_checkpoint(run.checkpoint)
+    assert state["model_args"]["generator"]["upsample"] == "nearest"
+    assert state["opt_d"]["param_groups"][0]["lr"] == 4e-4
+    assert state["opt_g"]["param_groups"][0]["lr"] == 1e-4
+    eval_gan.main(["--SAVE_ROOT", str(tmp_path), "--N_SAMPLES=0"])
+    with pytest.raises(UserError, match="UPSAMPLE='bilinear' is not one of"):
+        ganmain.main([*tiny_gan, "--UPSAMPLE=bilinear"])
+    with pytest.raises(UserError, match="LR_D must be a positive number"):
+        ganmain.main([*tiny_gan, "--LR_D=0"])
+    with pytest.raises(UserError, match="LR_SCHEDULE='linear' is not one of"):
+        ganmain.main([*tiny_gan, "--LR_SCHEDULE=linear"])
+
+
+def test_cosine_learning_rates_follow_their_plan_and_resume(tmp_path, tiny_gan):
+    """LR_SCHEDULE=cosine: G's and D's rates follow rate * (1 + cos(pi s / S)) / 2 over the S
+    steps of EPOCHS (half at half-way, 0 at the end), their schedulers are saved with the run,
+    and a resumed, longer run goes on from where the plan was (it never rises again)."""
+    run = ganmain.main([*tiny_gan, "--LR_SCHEDULE=cosine", "--LR=1e-3", "--LR_D=4e-4",
+                        "--EPOCHS=2"])
+    assert [r["lr"] for r in MetricsLog(run.metrics_path).read()] == pytest.approx(
+        [5e-4, 0.0], abs=1e-12)
+    state = load_checkpoint(run.checkpoint)
+    assert state["sched_d"]["last_epoch"] == 8  # 2 epochs of 128 // 32 steps
+    assert state["opt_d"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    ganmain.main(["--SAVE_ROOT", str(tmp_path), "--RESUME=latest", "--EPOCHS=3"])
+    assert MetricsLog(run.metrics_path).read()[-1]["lr"] == pytest.approx(0.0, abs=1e-12)
+    half = ganmain.main([*tiny_gan, "--LR_SCHEDULE=cosine", "--LR=1e-3", "--LR_D=4e-4",
+                         "--EPOCHS=4", "--SAVE_ROOT", str(tmp_path / "four")])
+    assert [r["lr"] for r in MetricsLog(half.metrics_path).read()][1] == pytest.approx(5e-4)
+    constant = load_checkpoint(ganmain.main([*tiny_gan, "--LR=3e-4", "--LR_SCHEDULE=constant",
+                                             "--SAVE_ROOT", str(tmp_path / "c")]).checkpoint)
+    assert "sched_g" not in constant and constant["opt_g"]["param_groups"][0]["lr"] == 3e-4
+
+
 def test_generator_ema_is_the_sampler_and_survives_resume(tmp_path, tiny_gan):
     """With EMA_DECAY the checkpoint keeps the average of G's weights, which differs from G's;
     load_gan (and so evalGan) returns it; resuming continues it exactly as an unbroken run."""

@@ -1,7 +1,7 @@
 """The DCGAN family: built objects, the training step, the loop (alternating D and G Adam steps,
 per-epoch held-out losses and progression frames), its figures and its checkpoint."""
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -12,6 +12,7 @@ from models.gan import (Discriminator, Generator, discriminator_loss, generator_
 from train.common import (Deadline, LossMeter, Progress, checkpoint_frame, ema_network,
                           end_epoch, epoch_batches, epoch_range, eval_generator, make_ema,
                           open_log, resume_point, stack_frames, stop_guard)
+from train.lr import LRPlan, PlannedLR
 from utils import distributed
 from utils.data import DataSpec, ImageData, to_uint8
 from utils.device import autocast
@@ -40,11 +41,14 @@ class GANSetup:
     loss: str = "bce"  # bce (non-saturating) or hinge
     r1_gamma: float = 0.0  # R1 penalty weight on D (Mescheder et al. 2018); 0: off
     ema: AveragedModel | None = None  # EMA of G's weights (Yazici et al. 2019), if asked for
+    schedulers: list[PlannedLR] = field(default_factory=list)  # G's and D's, unless constant
 
     @property
     def modules(self) -> dict:
+        sched_g, sched_d = self.schedulers or (None, None)
         return {"generator": self.generator, "discriminator": self.discriminator,
-                "opt_g": self.opt_g, "opt_d": self.opt_d, "ema": self.ema}
+                "opt_g": self.opt_g, "opt_d": self.opt_d, "ema": self.ema,
+                "sched_g": sched_g, "sched_d": sched_d}
 
     @property
     def sampler(self) -> Generator:
@@ -63,22 +67,30 @@ class GANSetup:
 def build_gan(latent_dim: int, image_size: int, channels: int, width: int, lr: float,
               betas: tuple[float, float], device: torch.device, amp_dtype=None,
               channels_last: bool = False, *, loss: str = "bce", spectral_norm: bool = False,
-              r1_gamma: float = 0.0, ema_decay: float = 0.0) -> GANSetup:
-    """Generator, discriminator and their Adam optimizers (Radford et al.: lr 2e-4, beta1 0.5),
-    with the adversarial loss, the discriminator's stabilisers and, with ema_decay > 0, an
-    exponential moving average of G's weights (with the warm-up of ema_with_warmup)."""
+              r1_gamma: float = 0.0, ema_decay: float = 0.0, lr_d: float | None = None,
+              upsample: str = "transposed", lr_schedule: str = "constant",
+              total_steps: int = 0) -> GANSetup:
+    """Generator, discriminator and their Adam optimizers (Radford et al.: lr 2e-4, beta1 0.5;
+    lr_d, if given, is D's own rate: the two time-scale rule of Heusel et al. 2017) with both
+    rates on lr_schedule over total_steps (no warm-up), the adversarial loss, the
+    discriminator's stabilisers and, with ema_decay > 0, an exponential moving average of G's
+    weights (with the warm-up of ema_with_warmup)."""
     memory = torch.channels_last if channels_last else torch.contiguous_format
-    g = Generator(latent_dim, image_size, channels, width).to(device, memory_format=memory)
+    g = Generator(latent_dim, image_size, channels, width, upsample).to(device,
+                                                                       memory_format=memory)
     d = Discriminator(image_size, channels, width, spectral_norm).to(device,
                                                                     memory_format=memory)
     args = {"generator": dict(latent_dim=latent_dim, image_size=image_size, channels=channels,
-                              width=width),
+                              width=width, upsample=upsample),
             "discriminator": dict(image_size=image_size, channels=channels, width=width,
                                   spectral_norm=spectral_norm)}
-    return GANSetup(g, d, torch.optim.Adam(g.parameters(), lr, betas=betas),
-                    torch.optim.Adam(d.parameters(), lr, betas=betas), device, amp_dtype,
-                    channels_last, args, distributed.wrap(g, device), distributed.wrap(d, device),
-                    loss, r1_gamma, make_ema(g, ema_decay))
+    opt_g = torch.optim.Adam(g.parameters(), lr, betas=betas)
+    opt_d = torch.optim.Adam(d.parameters(), lr if lr_d is None else lr_d, betas=betas)
+    schedulers = [] if lr_schedule == "constant" else [
+        PlannedLR(opt, LRPlan(0, total_steps, lr_schedule)) for opt in (opt_g, opt_d)]
+    return GANSetup(g, d, opt_g, opt_d, device, amp_dtype, channels_last, args,
+                    distributed.wrap(g, device), distributed.wrap(d, device), loss, r1_gamma,
+                    make_ema(g, ema_decay), schedulers)
 
 
 def gan_step(setup: GANSetup, real: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -102,6 +114,8 @@ def gan_step(setup: GANSetup, real: torch.Tensor) -> dict[str, torch.Tensor]:
     setup.opt_g.zero_grad(set_to_none=True)
     g_loss.backward()
     setup.opt_g.step()
+    for scheduler in setup.schedulers:
+        scheduler.step()
     if setup.ema is not None:
         setup.ema.update_parameters(setup.generator)
     return {"d_loss": d_loss, "g_loss": g_loss,
@@ -194,7 +208,8 @@ def train_gan(setup: GANSetup, train_data: ImageData, test_data: ImageData, run:
             write_figures(run.plots, frames, [*log.read(), record], run.name)
             if end_epoch(run, log, bar, progress, record, started=started, epochs=epochs,
                          checkpoint_every=checkpoint_every, deadline=deadline, save=save,
-                         images=frames[-1]):
+                         images=frames[-1], schedulers=setup.schedulers,
+                         epoch_steps=meter.count):
                 break
     return frames
 
@@ -203,14 +218,15 @@ def evaluate(setup: GANSetup, meter: LossMeter, test_x: torch.Tensor, steps_per_
     """The epoch's record: mean training terms, held-out terms and training speed."""
     return {**{f"train_{k}": v for k, v in meter.means().items()},
             **{f"test_{k}": v for k, v in evaluate_gan(setup, test_x).items()},
-            "img_per_s": meter.count * steps_per_s}
+            "img_per_s": meter.count * steps_per_s, "lr": setup.opt_g.param_groups[0]["lr"]}
 
 
 def gan_checkpoint(setup: GANSetup, progress: Progress, data: DataSpec, config: dict,
                    fixed_z: torch.Tensor, frames: list[torch.Tensor]) -> dict:
     """The GAN checkpoint: version, kind "gan", model_args {"generator", "discriminator"}, data
     (DataSpec), epoch, step, rng, config (the run's constants), the state_dicts of generator,
-    discriminator, opt_g, opt_d and (with EMA_DECAY) ema, fixed_z (the progression latents) and
+    discriminator, opt_g, opt_d, (with EMA_DECAY) ema, (with a cosine LR_SCHEDULE) sched_g
+    and sched_d, fixed_z (the progression latents) and
     frames (uint8 progression images of the completed epochs)."""
     return {**checkpoint_frame("gan", setup.model_args, data, progress, config, setup.modules),
             "fixed_z": fixed_z.cpu(), "frames": stack_frames(frames, progress.epoch)}
