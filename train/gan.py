@@ -226,8 +226,8 @@ def gan_checkpoint(setup: GANSetup, progress: Progress, data: DataSpec, config: 
     """The GAN checkpoint: version, kind "gan", model_args {"generator", "discriminator"}, data
     (DataSpec), epoch, step, rng, config (the run's constants), the state_dicts of generator,
     discriminator, opt_g, opt_d, (with EMA_DECAY) ema, (with a cosine LR_SCHEDULE) sched_g
-    and sched_d, fixed_z (the progression latents) and
-    frames (uint8 progression images of the completed epochs)."""
+    and sched_d, fixed_z (the progression latents) and frames (uint8 progression images of
+    the completed epochs)."""
     return {**checkpoint_frame("gan", setup.model_args, data, progress, config, setup.modules),
             "fixed_z": fixed_z.cpu(), "frames": stack_frames(frames, progress.epoch)}
 
