@@ -1,9 +1,9 @@
 """What a trained beta-VAE shows: reconstructions, prior samples, latent traversals, and which
 latent captures which ground-truth factor (MIG, Chen et al. 2018; SAP, Kumar et al. 2018; DCI,
-Eastwood & Williams 2018): the
-traversal rows are labelled with the factor each latent captures best and its score, a
-per-factor panel traverses the best latent of every factor, and the mutual information of
-every latent with every factor is drawn as a heat map."""
+Eastwood & Williams 2018): the traversal rows are labelled with the factor each latent
+captures best and its score, a per-factor panel traverses the best latent of every factor, the
+mutual information of every latent with every factor is drawn as a heat map, and a circular
+factor (hue) held as the angle of a latent pair is traversed around and along that pair."""
 import math
 from pathlib import Path
 
@@ -64,11 +64,10 @@ def polar_codes(latents: np.ndarray, factors: np.ndarray, names: list[str], repo
                 ) -> list[dict]:
     """Circular factors (CIRCULAR_FACTORS) that the angle of a pair of active latents carries
     better than any single latent does (normalised MI as in MIG). Each entry: factor, pair,
-    centre (of the pair's circle), normalized_mi, single_mi (the best single latent's), resultant,
-    sign, offset, radius_range (its 2nd and 98th percentiles over the images) and
-    radius_factors: the other factors the pair's radius carries better than
-    any single latent ({factor, mi, single_mi}, most informative first; the best one if none
-    does)."""
+    centre (of the pair's circle), normalized_mi, single_mi (the best single latent's),
+    resultant, sign, offset, radius_range (the radius's 2nd and 98th percentiles over the
+    images) and radius_factors: the other factors the radius carries better than any single
+    latent ({factor, mi, single_mi}, most informative first; the best one if none does)."""
     single = {f["factor"]: max(f["normalized_mi"]) for f in report["factors"]}
     active = active_dims(torch.from_numpy(latents)).nonzero().flatten().tolist()
     found = []
@@ -213,10 +212,10 @@ def write_vae_figures(model: VAE, test: ImageData, kl_dims: list[float], out: Pa
                       *, n_images: int = 8, n_values: int = 11, seed: int = 0,
                       dim: int | None = None) -> dict:
     """Reconstructions, prior samples, the traversals (all latents of one image, each factor's
-    best latent, one latent over several images), the MI heat map and the MIG/SAP report (also
-    written to out/report.json with the active dims ordered by KL and the KL per latent);
-    returns the report. `dim` picks the single-latent traversal (default: the largest-KL
-    active latent)."""
+    best latent, polar pairs, one latent over several images), the MI heat map and the
+    MIG/SAP/DCI report (also written to out/report.json with the active dims ordered by KL and
+    the KL per latent); returns the report. `dim` picks the single-latent traversal (default:
+    the largest-KL active latent)."""
     model.eval()
     x, _ = test.first(max(n_images, 1))
     save_reconstructions(model, x, out / "reconstructions.png", f"{title}: reconstructions")
