@@ -1,4 +1,4 @@
-"""The learning-rate plan of the diffusion and autoencoder loops: warm-up, then constant or
+"""The learning-rate plan of the diffusion, autoencoder and GAN loops: warm-up, then constant or
 cosine, re-planned (never rising again) when a resumed run is given more epochs or a MINUTES
 budget ends it sooner."""
 import math

@@ -70,7 +70,7 @@ def polar_codes(latents: np.ndarray, factors: np.ndarray, names: list[str], repo
     latent ({factor, mi, single_mi}, most informative first; the best one if none does)."""
     single = {f["factor"]: max(f["normalized_mi"]) for f in report["factors"]}
     active = active_dims(torch.from_numpy(latents)).nonzero().flatten().tolist()
-    found = []
+    found, codes = [], discretize(factors).T
     for k, name in enumerate(names):
         if name not in CIRCULAR_FACTORS or name not in single:
             continue
@@ -81,7 +81,7 @@ def polar_codes(latents: np.ndarray, factors: np.ndarray, names: list[str], repo
         r = discretize(polar.pop("radius")[:, None])[:, 0]
         radius = sorted(({"factor": other, "mi": mutual_information(r, v) / entropy(v),
                           "single_mi": single[other]} for other, v in
-                         zip(names, discretize(factors).T) if other != name and other in single),
+                         zip(names, codes) if other != name and other in single),
                         key=lambda f: -f["mi"])
         found.append({"factor": name, **polar, "single_mi": single[name],
                       "radius_range": radius_range,

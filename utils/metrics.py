@@ -91,16 +91,21 @@ def polar_pair(latents: np.ndarray, factor: np.ndarray, candidates: Sequence[int
     v = discretize(factor[:, None], bins)[:, 0]
     h = entropy(v)
 
-    def fit(i: int, j: int, centre: np.ndarray) -> dict:
+    def phase(i: int, j: int, centre: np.ndarray) -> tuple[np.ndarray, int, complex]:
+        """The pair's angles around centre, the better orientation and its mean phase."""
         psi = np.arctan2(latents[:, j] - centre[1], latents[:, i] - centre[0])
         phases = {s: np.mean(np.exp(1j * (psi - s * 2 * np.pi * factor))) for s in (1, -1)}
         sign = max(phases, key=lambda s: abs(phases[s]))
-        offset = float(np.angle(phases[sign]))
+        return psi, sign, phases[sign]
+
+    def fit(i: int, j: int, centre: np.ndarray) -> dict:
+        psi, sign, mean_phase = phase(i, j, centre)
+        offset = float(np.angle(mean_phase))
         read = np.mod(sign * (psi - offset) / (2 * np.pi), 1.0)  # binned like the factor
         score = mutual_information(discretize(read[:, None], bins)[:, 0], v) / h \
             if h > 1e-12 else 0.0
         return {"pair": [int(i), int(j)], "centre": [float(c) for c in centre],
-                "normalized_mi": float(score), "resultant": float(abs(phases[sign])),
+                "normalized_mi": float(score), "resultant": float(abs(mean_phase)),
                 "sign": sign, "offset": offset}
 
     fits = [fit(i, j, latents[:, [i, j]].mean(0)) for a, i in enumerate(candidates)
@@ -108,7 +113,7 @@ def polar_pair(latents: np.ndarray, factor: np.ndarray, candidates: Sequence[int
     if not fits:
         return None
     i, j = max(fits, key=lambda f: f["normalized_mi"])["pair"]
-    best = minimize(lambda c: -fit(i, j, c)["resultant"], latents[:, [i, j]].mean(0),
+    best = minimize(lambda c: -abs(phase(i, j, c)[2]), latents[:, [i, j]].mean(0),
                     method="Nelder-Mead")
     found = fit(i, j, best.x)
     return {**found, "radius": np.hypot(latents[:, i] - best.x[0], latents[:, j] - best.x[1])}
