@@ -107,8 +107,7 @@ def main(argv=None):
                                               const.CAPACITY_GRAD_CLIP))
     except ValueError as err:  # the scheduler's bounds
         raise UserError(str(err)) from None
-    tag = const.TAG or (f"beta{const.BETA:g}" if const.BETA_MODE == "fixed" else const.BETA_MODE)
-    tag = tag if const.TAG or const.OBJECTIVE == "beta" else f"{const.OBJECTIVE}-{tag}"
+    tag = const.TAG or run_tag(const)
     run = open_run(const, "vae", tag, run)
     fixed_z = state["fixed_z"] if state else torch.randn(const.PROGRESSION_ROWS, const.LATENT_DIM)
     train_vae(setup, train, test, run, data=data, epochs=const.EPOCHS, batch_size=const.BATCH_SIZE,
@@ -123,6 +122,15 @@ def main(argv=None):
     write_indexes(run.plots)  # the run's index.html and saved_plots/index.html
     print(f"MIG {mig}, active dims {report['active_dims']}; done: figures in {run.plots}")
     return run, report
+
+
+def run_tag(const) -> str:
+    """The run's name tag: the objective and what weighs its KL term (the capacity objective's
+    target C; beta, fixed or the scheduler's name, for the others)."""
+    if const.OBJECTIVE == "capacity":
+        return f"capacity-C{const.CAPACITY_MAX:g}"
+    tag = f"beta{const.BETA:g}" if const.BETA_MODE == "fixed" else const.BETA_MODE
+    return tag if const.OBJECTIVE == "beta" else f"{const.OBJECTIVE}-{tag}"
 
 
 if __name__ == "__main__":

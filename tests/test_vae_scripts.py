@@ -174,6 +174,7 @@ def test_vaemain_tcvae_and_capacity_objectives_train_and_log_their_terms(tmp_pat
                            "--OBJECTIVE=capacity", "--CAPACITY_MAX=4", "--CAPACITY_EPOCHS=2"])
     records = MetricsLog(run.metrics_path).read()
     assert [r["capacity"] for r in records] == [2.0, 4.0]
+    assert run.name.endswith("capacity-C4")  # BETA plays no part in the capacity objective
     with pytest.raises(UserError, match="OBJECTIVE"):
         vaemain.main([*TINY, "--SAVE_ROOT", str(tmp_path), "--OBJECTIVE=factor"])
     assert vaemain.grad_clip("auto", "capacity", 1000.0) == 1000.0  # only capacity is clipped
