@@ -19,7 +19,7 @@ from utils.runs import find_run, load_checkpoint
 DIFFUSION = ["--IMAGE_SIZE=8", "--N_TRAIN=64", "--BASE=8", "--CHANNEL_MULT=(1, 2)",
              "--BLOCKS=1", "--ATTENTION=()", "--BATCH_SIZE=16", "--SAMPLE_STEPS=2",
              "--PROGRESSION_ROWS=2", "--WARMUP_STEPS=2", "--PRECISION=fp32", "--TIMESTEPS=20",
-             "--DROPOUT=0.0", "--LR_SCHEDULE=cosine", "--DEVICE=cpu",
+             "--DROPOUT=0.0", "--LR_SCHEDULE=cosine", "--DEVICE=cpu", "--LR=5e-4",
              "--PREDICTION=epsilon"]  # flow differs from one process by Adam-amplified rounding
 GAN = ["--IMAGE_SIZE=8", "--N_TRAIN=64", "--WIDTH=4", "--LATENT_DIM=8", "--BATCH_SIZE=16",
        "--N_FIXED=4", "--PROGRESSION_ROWS=2", "--PRECISION=fp32", "--DEVICE=cpu",
