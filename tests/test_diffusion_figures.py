@@ -6,7 +6,8 @@ import torch
 
 from models.diffusion import Denoiser, NoiseSchedule, q_sample
 from train.diffusion_figures import (compare_samplers, forward_strip, noised_and_denoised,
-                                     parse_sampler, reverse_strip, steps_from, strip_timesteps)
+                                     parse_sampler, reverse_strip, steps_from, strip_timesteps,
+                                     write_sampler_comparison)
 from utils.errors import UserError
 
 SCHEDULE = NoiseSchedule("cosine", 200)
@@ -62,3 +63,25 @@ def test_reverse_strip_predicts_the_point_and_sampler_comparison_agrees():
     assert torch.allclose(images, POINT.expand(2, 2, -1, -1, -1), atol=1e-6)
     assert [t["sampler"] for t in timings] == ["ddpm-200", "ddim-5"]
     assert all(t["seconds_per_image"] > 0 for t in timings)
+
+
+def test_sampler_comparison_scores_every_sampler_on_the_same_noise(tmp_path):
+    """Gaussian data N(0, 0.5^2) per pixel, whose exact eps is x_t sqrt(1 - a) / (a / 4 + 1 - a):
+    deterministic DDIM maps each noise image to its own sample, so the same spec twice must score
+    identical images (fresh noise per spec would not), and more steps nearly the same ones."""
+    def gaussian_eps(x_t, t, labels):
+        a = SCHEDULE.alphas_cumprod[t].view(-1, 1, 1, 1).to(x_t.dtype)
+        return x_t * (1 - a).sqrt() / (a * 0.25 + 1 - a)
+
+    scored = []
+
+    def score(images):
+        scored.append(images)
+        return {"fid": 1.0, "samples": len(images), "real_vs_real": {"fid": 0.5}}
+    write_sampler_comparison(Denoiser(gaussian_eps, SCHEDULE, "epsilon"),
+                             torch.randn(2, 3, 4, 4), ["ddim-20", "ddim-20", "ddim-40"],
+                             tmp_path, "oracle", fid_samples=300, score=score)
+    assert [len(x) for x in scored] == [300] * 3
+    assert torch.equal(scored[0], scored[1]) and scored[0].float().std() > 20
+    assert (scored[0].float() - scored[2].float()).abs().mean() < 2  # uint8 levels
+    assert (tmp_path / "sampler_comparison.json").is_file()

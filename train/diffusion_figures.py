@@ -125,13 +125,16 @@ def write_forward_schedules(x0: torch.Tensor, T: int, columns: int, this_run: st
 def write_sampler_comparison(denoiser: Denoiser, noise: torch.Tensor, specs: list[str],
                              out: Path, title: str, fid_samples: int = 0, score=None) -> None:
     """The same noise through each sampler spec, timed, and with fid_samples > 0 each spec's
-    FID (score(images) -> metrics) on that many samples: figure and JSON."""
+    FID (score(images) -> metrics) on that many samples: figure and JSON. Every spec's FID
+    starts from the same fid_samples noise images, so the FIDs differ by the sampler alone and
+    not by the draw (which moves a 500-sample FID by as much as a sampler does)."""
     rows, timings = compare_samplers(denoiser, noise, specs)
     if fid_samples > 0:
+        fid_noise = torch.randn(fid_samples, *noise.shape[1:], device=noise.device)
         for timing in timings:
             name, steps = parse_sampler(timing["sampler"])
-            images, _ = draw_samples(lambda _, k: to_uint8(sample(denoiser, torch.randn(
-                k, *noise.shape[1:], device=noise.device), name, steps).x), fid_samples, 250,
+            images, _ = draw_samples(lambda start, k: to_uint8(sample(
+                denoiser, fid_noise[start:start + k].clone(), name, steps).x), fid_samples, 250,
                 noise.device)
             metrics = score(images)
             timing.update(fid=metrics["fid"], fid_floor=metrics["real_vs_real"]["fid"],
