@@ -41,7 +41,7 @@ N_TRAIN = None  # cap on training images (None: the whole split)
 MINUTES = 10.0  # wall-clock training budget per family
 FAMILIES = ("gan", "vae", "diffusion", "ldm")  # which families, in this order
 AUTOENCODER_SHARE = 0.35  # LDM: share of its budget spent on the autoencoder (stage 1)
-N_SAMPLES = 500  # samples scored per family (the LDM draws N_SAMPLES // classes per class)
+N_SAMPLES = 2000  # samples scored per family (the LDM draws N_SAMPLES // classes per class)
 EXTRACTOR = "evaluator"  # features: evaluator (the project's classifier) or inception (online)
 OVERRIDES = {}  # extra constants per script, e.g. {"DiffusionMain": ["--BASE=16"]}
 SEED = 0  # seeds every run
