@@ -9,7 +9,7 @@ samples.png, config.json, metrics.jsonl; weights to saved_models/gan/<run>/lates
 """
 import torch
 
-from models.gan import ADVERSARIAL_LOSSES, UPSAMPLING
+from models.gan import ADVERSARIAL_LOSSES, D_NORMS, UPSAMPLING
 from train.common import Deadline
 from train.gan import build_gan, generate, train_gan
 from train.lr import LR_KINDS
@@ -33,6 +33,8 @@ WIDTH = 64  # channels of the generator's last and the discriminator's first lay
 UPSAMPLE = "transposed"  # G's x2 steps: transposed (DCGAN) or nearest (+ 3x3 conv, Odena 2016)
 LOSS = "bce"  # adversarial loss: bce (non-saturating, Goodfellow 2014) or hinge (Miyato 2018)
 SPECTRAL_NORM = False  # spectral norm on D's convolutions, without BatchNorm (Miyato 2018)
+D_NORM = "batch"  # normalisation in D's hidden layers: batch (DCGAN) or none
+MBSTD_GROUP = 0  # minibatch-stddev channel in D over groups this size (Karras 2018); 0: off
 R1_GAMMA = 0.0  # R1 penalty gamma / 2 E||grad D(x)||^2 on real images (Mescheder 2018); 0: off
 
 # training
@@ -65,9 +67,12 @@ def main(argv=None):
     check_positive(const, "BATCH_SIZE", "LR", "LATENT_DIM", "WIDTH", "CHECKPOINT_EVERY", "N_FIXED")
     check_choice("LOSS", const.LOSS, ADVERSARIAL_LOSSES)
     check_choice("UPSAMPLE", const.UPSAMPLE, UPSAMPLING)
+    check_choice("D_NORM", const.D_NORM, D_NORMS)
     check_choice("LR_SCHEDULE", const.LR_SCHEDULE, LR_KINDS)
     if const.LR_D is not None:
         check_positive(const, "LR_D")
+    if const.MBSTD_GROUP < 0:
+        raise UserError(f"MBSTD_GROUP must be >= 0 (0: off), got {const.MBSTD_GROUP}")
     if const.R1_GAMMA < 0:
         raise UserError(f"R1_GAMMA must be >= 0, got {const.R1_GAMMA}")
     if not 0 <= const.EMA_DECAY < 1:
@@ -81,7 +86,8 @@ def main(argv=None):
                       const.BETAS, device, amp_dtype, const.CHANNELS_LAST, loss=const.LOSS,
                       spectral_norm=const.SPECTRAL_NORM, r1_gamma=const.R1_GAMMA,
                       ema_decay=const.EMA_DECAY, lr_d=const.LR_D, upsample=const.UPSAMPLE,
-                      lr_schedule=const.LR_SCHEDULE,
+                      lr_schedule=const.LR_SCHEDULE, d_norm=const.D_NORM,
+                      mbstd_group=const.MBSTD_GROUP,
                       total_steps=const.EPOCHS * batches_per_epoch(train, const.BATCH_SIZE))
     run = open_run(const, "gan", f"z{const.LATENT_DIM}", run)
     fixed_z = state["fixed_z"] if state else torch.randn(const.N_FIXED, const.LATENT_DIM)

@@ -67,30 +67,60 @@ class Generator(nn.Module):
         return self.net(z[:, :, None, None])
 
 
+def minibatch_stddev(x: torch.Tensor, group_size: int = 4) -> torch.Tensor:
+    """x (B, C, H, W) -> (B, C + 1, H, W): the extra channel is, for each group of group_size
+    samples, the standard deviation over the group of every feature and pixel, averaged to one
+    number (Karras et al. 2018, "Progressive growing of GANs", section 3). A batch of near
+    copies (mode collapse) shows a small value that D can learn to punish. The group shrinks to
+    the largest size <= group_size that divides B."""
+    batch, _, height, width = x.shape
+    group = max(g for g in range(1, min(group_size, batch) + 1) if batch % g == 0)
+    grouped = x.float().reshape(group, batch // group, *x.shape[1:])  # (G, B/G, C, H, W)
+    std = (grouped.var(0, unbiased=False) + 1e-8).sqrt().mean((1, 2, 3))  # (B/G,)
+    feature = std.repeat(group)[:, None, None, None].expand(batch, 1, height, width)
+    return torch.cat([x, feature.to(x.dtype)], 1)
+
+
+D_NORMS = ("batch", "none")
+
+
 class Discriminator(nn.Module):
     """image (B, C, S, S) -> logits (B,): strided convs, LeakyReLU 0.2, no input BatchNorm.
 
+    norm "batch" puts BatchNorm after every strided conv but the first (Radford et al. 2015);
+    "none" leaves it out, so a sample's logit does not depend on the rest of its batch.
     spectral_norm divides every convolution's weight by its largest singular value (Miyato et
     al. 2018), which makes D 1-Lipschitz per layer; BatchNorm is then left out, as in SNGAN.
+    mbstd_group > 0 appends the minibatch standard deviation (minibatch_stddev) as a channel
+    before the last convolution.
     """
 
     def __init__(self, image_size: int = 32, channels: int = 3, width: int = 64,
-                 spectral_norm: bool = False):
+                 spectral_norm: bool = False, norm: str = "batch", mbstd_group: int = 0):
         super().__init__()
+        if norm not in D_NORMS:
+            raise ValueError(f"discriminator norm must be one of {D_NORMS}, got {norm!r}")
         levels = _levels(image_size)
         widths = [width * 2 ** i for i in range(levels)]  # e.g. 64, 128, 256
         wrap = nn.utils.parametrizations.spectral_norm if spectral_norm else (lambda m: m)
+        batch_norm = norm == "batch" and not spectral_norm
         layers = [wrap(nn.Conv2d(channels, widths[0], 4, 2, 1)), nn.LeakyReLU(0.2, inplace=True)]
         for c_in, c_out in zip(widths, widths[1:]):
-            norm = nn.Identity() if spectral_norm else BatchNorm2d(c_out)
-            layers += [wrap(nn.Conv2d(c_in, c_out, 4, 2, 1, bias=spectral_norm)), norm,
+            layers += [wrap(nn.Conv2d(c_in, c_out, 4, 2, 1, bias=not batch_norm)),
+                       BatchNorm2d(c_out) if batch_norm else nn.Identity(),
                        nn.LeakyReLU(0.2, inplace=True)]
-        layers += [wrap(nn.Conv2d(widths[-1], 1, 4, 1, 0))]  # 4x4 -> 1x1
-        self.net = nn.Sequential(*layers)
+        layers += [wrap(nn.Conv2d(widths[-1] + (mbstd_group > 0), 1, 4, 1, 0))]  # 4x4 -> 1x1
+        self.net = nn.Sequential(*layers)  # one Sequential: checkpoints keep their keys
+        self.mbstd_group = mbstd_group
         self.apply(dcgan_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).flatten()
+        *features, head = self.net
+        for layer in features:
+            x = layer(x)  # (B, widths[-1], 4, 4) at the end
+        if self.mbstd_group > 0:
+            x = minibatch_stddev(x, self.mbstd_group)
+        return head(x).flatten()
 
 
 ADVERSARIAL_LOSSES = ("bce", "hinge")

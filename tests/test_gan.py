@@ -136,7 +136,9 @@ BAD_CONSTANTS = [("--IMAGE_SIZE=24", "power of two"),
                  ("--DATASET=shapez", "unknown dataset"),
                  ("--UPSAMPLE=bilinear", "UPSAMPLE='bilinear' is not one of"),
                  ("--LR_D=0", "LR_D must be a positive number"),
-                 ("--LR_SCHEDULE=linear", "LR_SCHEDULE='linear' is not one of")]
+                 ("--LR_SCHEDULE=linear", "LR_SCHEDULE='linear' is not one of"),
+                 ("--D_NORM=layer", "D_NORM='layer' is not one of"),
+                 ("--MBSTD_GROUP=-1", "MBSTD_GROUP must be >= 0")]
 
 
 def test_bad_constants_and_missing_runs_are_user_errors(tmp_path, tiny_gan):
@@ -271,3 +273,39 @@ def test_generator_ema_is_the_sampler_and_survives_resume(tmp_path, tiny_gan):
     assert not np.array_equal(*drawn)  # the same latents through two different generators
     with pytest.raises(UserError, match="EMA_DECAY"):
         ganmain.main([*tiny_gan, "--EMA_DECAY=1.0"])
+
+
+def test_minibatch_stddev_is_the_group_standard_deviation():
+    """Karras et al. 2018, section 3, by hand: for each group of 2 samples, the population std
+    over the group of every feature and pixel, averaged, appended as a constant channel. Copies
+    of one image (mode collapse) give 0; the group shrinks to a divisor of the batch."""
+    x = torch.tensor([[[[1.0, 2.0]]], [[[3.0, 6.0]]], [[[0.0, 0.0]]], [[[0.0, 4.0]]]])  # (4,1,1,2)
+    from models.gan import minibatch_stddev
+    out = minibatch_stddev(x, group_size=2)  # groups: samples {0, 2} and {1, 3}
+    assert out.shape == (4, 2, 1, 2) and torch.equal(out[:, :1], x)
+    group_a = (abs(1.0 - 0.0) / 2 + abs(2.0 - 0.0) / 2) / 2  # std of two numbers: |a - b| / 2
+    group_b = (abs(3.0 - 0.0) / 2 + abs(6.0 - 4.0) / 2) / 2
+    expected = torch.tensor([group_a, group_b, group_a, group_b])
+    assert torch.allclose(out[:, 1], expected[:, None, None].expand(4, 1, 2), atol=1e-4)
+    same = torch.randn(1, 3, 2, 2).expand(6, 3, 2, 2)
+    assert minibatch_stddev(same, 4)[:, 3].abs().max() < 1e-3  # 6 -> groups of 3: all copies
+    assert minibatch_stddev(x[:3], 2)[:, 1].abs().max() < 1e-3  # odd batch: groups of one
+
+
+def test_discriminator_without_batchnorm_and_with_minibatch_stddev(tmp_path, tiny_gan):
+    """D_NORM=none leaves BatchNorm out, so each sample's logit depends only on that sample,
+    unless MBSTD_GROUP adds the batch statistic; both are kept in the checkpoint for evalGan."""
+    torch.manual_seed(0)
+    d = Discriminator(16, 3, 8, norm="none")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in d.modules())
+    x = torch.randn(8, 3, 16, 16)
+    assert torch.allclose(d(x)[:2], d(x[:2]), atol=1e-6)  # no batch dependence
+    d_std = Discriminator(16, 3, 8, norm="none", mbstd_group=4)
+    assert d_std.net[-1].in_channels == 8 * 2 + 1
+    assert not torch.allclose(d_std(x)[:2], d_std(x[:2]))  # its logits depend on the group
+    with pytest.raises(ValueError):
+        Discriminator(16, 3, 8, norm="layer")
+    run = ganmain.main([*tiny_gan, "--D_NORM=none", "--MBSTD_GROUP=4"])
+    args = load_checkpoint(run.checkpoint)["model_args"]["discriminator"]
+    assert (args["norm"], args["mbstd_group"]) == ("none", 4)
+    eval_gan.main(["--SAVE_ROOT", str(tmp_path), "--N_SAMPLES=0"])

@@ -69,21 +69,22 @@ def build_gan(latent_dim: int, image_size: int, channels: int, width: int, lr: f
               channels_last: bool = False, *, loss: str = "bce", spectral_norm: bool = False,
               r1_gamma: float = 0.0, ema_decay: float = 0.0, lr_d: float | None = None,
               upsample: str = "transposed", lr_schedule: str = "constant",
-              total_steps: int = 0) -> GANSetup:
+              total_steps: int = 0, d_norm: str = "batch", mbstd_group: int = 0) -> GANSetup:
     """Generator, discriminator and their Adam optimizers (Radford et al.: lr 2e-4, beta1 0.5;
     lr_d, if given, is D's own rate: the two time-scale rule of Heusel et al. 2017) with both
     rates on lr_schedule over total_steps (no warm-up), the adversarial loss, the
-    discriminator's stabilisers and, with ema_decay > 0, an exponential moving average of G's
-    weights (with the warm-up of ema_with_warmup)."""
+    discriminator's stabilisers (spectral_norm, d_norm, mbstd_group: see Discriminator) and,
+    with ema_decay > 0, an exponential moving average of G's weights (with the warm-up of
+    ema_with_warmup)."""
     memory = torch.channels_last if channels_last else torch.contiguous_format
     g = Generator(latent_dim, image_size, channels, width, upsample).to(device,
                                                                        memory_format=memory)
-    d = Discriminator(image_size, channels, width, spectral_norm).to(device,
-                                                                    memory_format=memory)
+    d_args = dict(image_size=image_size, channels=channels, width=width,
+                  spectral_norm=spectral_norm, norm=d_norm, mbstd_group=mbstd_group)
+    d = Discriminator(**d_args).to(device, memory_format=memory)
     args = {"generator": dict(latent_dim=latent_dim, image_size=image_size, channels=channels,
                               width=width, upsample=upsample),
-            "discriminator": dict(image_size=image_size, channels=channels, width=width,
-                                  spectral_norm=spectral_norm)}
+            "discriminator": d_args}
     opt_g = torch.optim.Adam(g.parameters(), lr, betas=betas)
     opt_d = torch.optim.Adam(d.parameters(), lr if lr_d is None else lr_d, betas=betas)
     schedulers = [] if lr_schedule == "constant" else [
