@@ -29,7 +29,8 @@ FLIP = False  # random horizontal flips
 
 # model
 LATENT_DIM = 100  # size of z
-WIDTH = 64  # channels of the generator's last and the discriminator's first layer
+WIDTH = 64  # channels of the generator's last layer (and of D's first unless D_WIDTH is set)
+D_WIDTH = None  # channels of the discriminator's first layer (None: WIDTH)
 UPSAMPLE = "transposed"  # G's x2 steps: transposed (DCGAN) or nearest (+ 3x3 conv, Odena 2016)
 LOSS = "bce"  # adversarial loss: bce (non-saturating, Goodfellow 2014) or hinge (Miyato 2018)
 SPECTRAL_NORM = False  # spectral norm on D's convolutions, without BatchNorm (Miyato 2018)
@@ -71,6 +72,8 @@ def main(argv=None):
     check_choice("LR_SCHEDULE", const.LR_SCHEDULE, LR_KINDS)
     if const.LR_D is not None:
         check_positive(const, "LR_D")
+    if const.D_WIDTH is not None:
+        check_positive(const, "D_WIDTH")
     if const.MBSTD_GROUP < 0:
         raise UserError(f"MBSTD_GROUP must be >= 0 (0: off), got {const.MBSTD_GROUP}")
     if const.R1_GAMMA < 0:
@@ -87,7 +90,7 @@ def main(argv=None):
                       spectral_norm=const.SPECTRAL_NORM, r1_gamma=const.R1_GAMMA,
                       ema_decay=const.EMA_DECAY, lr_d=const.LR_D, upsample=const.UPSAMPLE,
                       lr_schedule=const.LR_SCHEDULE, d_norm=const.D_NORM,
-                      mbstd_group=const.MBSTD_GROUP,
+                      mbstd_group=const.MBSTD_GROUP, d_width=const.D_WIDTH,
                       total_steps=const.EPOCHS * batches_per_epoch(train, const.BATCH_SIZE))
     run = open_run(const, "gan", f"z{const.LATENT_DIM}", run)
     fixed_z = state["fixed_z"] if state else torch.randn(const.N_FIXED, const.LATENT_DIM)

@@ -62,6 +62,36 @@ def test_short_training_moves_samples_towards_the_data():
     assert gap() < gap0 / 2
 
 
+def test_gan_step_is_the_textbook_step():
+    """Two steps of gan_step (D frozen during G's backward, for speed) leave every weight where
+    the plain alternating step (D's weights also get gradients in G's step) leaves it, and D
+    trainable; with D_WIDTH, D is the narrower network."""
+    def textbook_step(s, real):
+        fake = s.generator(torch.randn(len(real), 8))
+        d_loss = discriminator_loss(s.discriminator(real), s.discriminator(fake.detach()))
+        s.opt_d.zero_grad()
+        d_loss.backward()
+        s.opt_d.step()
+        s.opt_g.zero_grad()
+        generator_loss(s.discriminator(fake)).backward()
+        s.opt_g.step()
+
+    real = torch.rand(2, 6, 3, 8, 8) * 2 - 1
+    setups = []
+    for step in (gan_step, textbook_step):
+        torch.manual_seed(0)
+        setups.append(build_gan(8, 8, 3, 8, 1e-3, (0.5, 0.999), torch.device("cpu"), d_width=4))
+        for batch in real:
+            step(setups[-1], batch)
+    ours, textbook = setups
+    assert ours.discriminator.net[0].out_channels == 4
+    assert all(p.requires_grad for p in ours.discriminator.parameters())
+    for a, b in [(ours.generator, textbook.generator), (ours.discriminator,
+                                                        textbook.discriminator)]:
+        for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.allclose(x.float(), y.float(), atol=1e-6), name
+
+
 def generator_weights(root):
     state = load_checkpoint(find_run(root, "gan", "latest").checkpoint)
     return state["generator"], state["opt_g"]
@@ -138,7 +168,8 @@ BAD_CONSTANTS = [("--IMAGE_SIZE=24", "power of two"),
                  ("--LR_D=0", "LR_D must be a positive number"),
                  ("--LR_SCHEDULE=linear", "LR_SCHEDULE='linear' is not one of"),
                  ("--D_NORM=layer", "D_NORM='layer' is not one of"),
-                 ("--MBSTD_GROUP=-1", "MBSTD_GROUP must be >= 0")]
+                 ("--MBSTD_GROUP=-1", "MBSTD_GROUP must be >= 0"),
+                 ("--D_WIDTH=0", "D_WIDTH must be a positive number")]
 
 
 def test_bad_constants_and_missing_runs_are_user_errors(tmp_path, tiny_gan):
@@ -305,7 +336,7 @@ def test_discriminator_without_batchnorm_and_with_minibatch_stddev(tmp_path, tin
     assert not torch.allclose(d_std(x)[:2], d_std(x[:2]))  # its logits depend on the group
     with pytest.raises(ValueError):
         Discriminator(16, 3, 8, norm="layer")
-    run = ganmain.main([*tiny_gan, "--D_NORM=none", "--MBSTD_GROUP=4"])
+    run = ganmain.main([*tiny_gan, "--D_NORM=none", "--MBSTD_GROUP=4", "--D_WIDTH=4"])
     args = load_checkpoint(run.checkpoint)["model_args"]["discriminator"]
-    assert (args["norm"], args["mbstd_group"]) == ("none", 4)
+    assert (args["norm"], args["mbstd_group"], args["width"]) == ("none", 4, 4)
     eval_gan.main(["--SAVE_ROOT", str(tmp_path), "--N_SAMPLES=0"])

@@ -69,8 +69,10 @@ def build_gan(latent_dim: int, image_size: int, channels: int, width: int, lr: f
               channels_last: bool = False, *, loss: str = "bce", spectral_norm: bool = False,
               r1_gamma: float = 0.0, ema_decay: float = 0.0, lr_d: float | None = None,
               upsample: str = "transposed", lr_schedule: str = "constant",
-              total_steps: int = 0, d_norm: str = "batch", mbstd_group: int = 0) -> GANSetup:
-    """Generator, discriminator and their Adam optimizers (Radford et al.: lr 2e-4, beta1 0.5;
+              total_steps: int = 0, d_norm: str = "batch", mbstd_group: int = 0,
+              d_width: int | None = None) -> GANSetup:
+    """Generator, discriminator (of d_width channels in its first layer; None: width) and their
+    Adam optimizers (Radford et al.: lr 2e-4, beta1 0.5;
     lr_d, if given, is D's own rate: the two time-scale rule of Heusel et al. 2017) with both
     rates on lr_schedule over total_steps (no warm-up), the adversarial loss, the
     discriminator's stabilisers (spectral_norm, d_norm, mbstd_group: see Discriminator) and,
@@ -79,7 +81,7 @@ def build_gan(latent_dim: int, image_size: int, channels: int, width: int, lr: f
     memory = torch.channels_last if channels_last else torch.contiguous_format
     g = Generator(latent_dim, image_size, channels, width, upsample).to(device,
                                                                        memory_format=memory)
-    d_args = dict(image_size=image_size, channels=channels, width=width,
+    d_args = dict(image_size=image_size, channels=channels, width=d_width or width,
                   spectral_norm=spectral_norm, norm=d_norm, mbstd_group=mbstd_group)
     d = Discriminator(**d_args).to(device, memory_format=memory)
     args = {"generator": dict(latent_dim=latent_dim, image_size=image_size, channels=channels,
@@ -110,10 +112,17 @@ def gan_step(setup: GANSetup, real: torch.Tensor) -> dict[str, torch.Tensor]:
     setup.opt_d.zero_grad(set_to_none=True)
     (d_loss + 0.5 * setup.r1_gamma * penalty).backward()
     setup.opt_d.step()
-    with autocast(setup.device, setup.amp_dtype):
-        g_loss = generator_loss(discriminator(fake), setup.loss)
-    setup.opt_g.zero_grad(set_to_none=True)
-    g_loss.backward()
+    # G's step needs D's gradient with respect to its input only: with D's weights frozen the
+    # backward skips their gradients (a third of D's backward work) and, under torchrun, their
+    # all-reduce; D runs unwrapped, as DDP expects every step to produce its gradients
+    setup.discriminator.requires_grad_(False)
+    try:
+        with autocast(setup.device, setup.amp_dtype):
+            g_loss = generator_loss(setup.discriminator(fake), setup.loss)
+        setup.opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+    finally:
+        setup.discriminator.requires_grad_(True)
     setup.opt_g.step()
     for scheduler in setup.schedulers:
         scheduler.step()
