@@ -29,8 +29,8 @@ FLIP = False  # random horizontal flips
 
 # model
 LATENT_DIM = 100  # size of z
-WIDTH = 64  # channels of the generator's last layer (and of D's first unless D_WIDTH is set)
-D_WIDTH = None  # channels of the discriminator's first layer (None: WIDTH)
+WIDTH = 64  # channels of the generator's last layer
+D_WIDTH_FACTOR = 0.5  # D's first-layer channels: WIDTH x this (1: DCGAN; 0.5: 1/4 the cost)
 UPSAMPLE = "transposed"  # G's x2 steps: transposed (DCGAN) or nearest (+ 3x3 conv, Odena 2016)
 LOSS = "bce"  # adversarial loss: bce (non-saturating, Goodfellow 2014) or hinge (Miyato 2018)
 SPECTRAL_NORM = False  # spectral norm on D's convolutions, without BatchNorm (Miyato 2018)
@@ -39,7 +39,7 @@ MBSTD_GROUP = 0  # minibatch-stddev channel in D over groups this size (Karras 2
 R1_GAMMA = 0.0  # R1 penalty gamma / 2 E||grad D(x)||^2 on real images (Mescheder 2018); 0: off
 
 # training
-EPOCHS = 6  # passes over the training set
+EPOCHS = 12  # passes over the training set
 BATCH_SIZE = 64  # images per step
 LR = 2e-4  # Adam learning rate of G (and of D unless LR_D is set; Radford et al.)
 LR_D = None  # D's own learning rate (two time scales, Heusel et al. 2017); None: LR
@@ -72,8 +72,7 @@ def main(argv=None):
     check_choice("LR_SCHEDULE", const.LR_SCHEDULE, LR_KINDS)
     if const.LR_D is not None:
         check_positive(const, "LR_D")
-    if const.D_WIDTH is not None:
-        check_positive(const, "D_WIDTH")
+    check_positive(const, "D_WIDTH_FACTOR")
     if const.MBSTD_GROUP < 0:
         raise UserError(f"MBSTD_GROUP must be >= 0 (0: off), got {const.MBSTD_GROUP}")
     if const.R1_GAMMA < 0:
@@ -82,6 +81,9 @@ def main(argv=None):
         raise UserError(f"EMA_DECAY must be in [0, 1) (0: off), got {const.EMA_DECAY}")
     if const.IMAGE_SIZE < 8 or const.IMAGE_SIZE & (const.IMAGE_SIZE - 1):
         raise UserError(f"IMAGE_SIZE={const.IMAGE_SIZE}: a DCGAN needs a power of two >= 8")
+    d_width = max(1, round(const.WIDTH * const.D_WIDTH_FACTOR))
+    if state:  # a run from before D_WIDTH_FACTOR keeps the D it was built with
+        d_width = state["model_args"]["discriminator"]["width"]
     deadline = Deadline(const.MINUTES)
     device, amp_dtype = seed_and_device(const)
     data, train, test = load_splits(const)
@@ -90,7 +92,7 @@ def main(argv=None):
                       spectral_norm=const.SPECTRAL_NORM, r1_gamma=const.R1_GAMMA,
                       ema_decay=const.EMA_DECAY, lr_d=const.LR_D, upsample=const.UPSAMPLE,
                       lr_schedule=const.LR_SCHEDULE, d_norm=const.D_NORM,
-                      mbstd_group=const.MBSTD_GROUP, d_width=const.D_WIDTH,
+                      mbstd_group=const.MBSTD_GROUP, d_width=d_width,
                       total_steps=const.EPOCHS * batches_per_epoch(train, const.BATCH_SIZE))
     run = open_run(const, "gan", f"z{const.LATENT_DIM}", run)
     fixed_z = state["fixed_z"] if state else torch.randn(const.N_FIXED, const.LATENT_DIM)

@@ -169,7 +169,7 @@ BAD_CONSTANTS = [("--IMAGE_SIZE=24", "power of two"),
                  ("--LR_SCHEDULE=linear", "LR_SCHEDULE='linear' is not one of"),
                  ("--D_NORM=layer", "D_NORM='layer' is not one of"),
                  ("--MBSTD_GROUP=-1", "MBSTD_GROUP must be >= 0"),
-                 ("--D_WIDTH=0", "D_WIDTH must be a positive number")]
+                 ("--D_WIDTH_FACTOR=0", "D_WIDTH_FACTOR must be a positive number")]
 
 
 def test_bad_constants_and_missing_runs_are_user_errors(tmp_path, tiny_gan):
@@ -336,7 +336,18 @@ def test_discriminator_without_batchnorm_and_with_minibatch_stddev(tmp_path, tin
     assert not torch.allclose(d_std(x)[:2], d_std(x[:2]))  # its logits depend on the group
     with pytest.raises(ValueError):
         Discriminator(16, 3, 8, norm="layer")
-    run = ganmain.main([*tiny_gan, "--D_NORM=none", "--MBSTD_GROUP=4", "--D_WIDTH=4"])
+    run = ganmain.main([*tiny_gan, "--D_NORM=none", "--MBSTD_GROUP=4", "--D_WIDTH_FACTOR=0.25"])
     args = load_checkpoint(run.checkpoint)["model_args"]["discriminator"]
-    assert (args["norm"], args["mbstd_group"], args["width"]) == ("none", 4, 4)
+    assert (args["norm"], args["mbstd_group"], args["width"]) == ("none", 4, 2)
     eval_gan.main(["--SAVE_ROOT", str(tmp_path), "--N_SAMPLES=0"])
+
+
+def test_a_run_saved_before_d_width_factor_resumes_with_its_discriminator(tmp_path, tiny_gan):
+    from utils.runs import save_checkpoint
+    run = ganmain.main([*tiny_gan, "--D_WIDTH_FACTOR=1"])
+    state = load_checkpoint(run.checkpoint)
+    del state["config"]["D_WIDTH_FACTOR"]  # as written before the constant existed
+    save_checkpoint(state, run.checkpoint)
+    ganmain.main(["--SAVE_ROOT", str(tmp_path), "--RESUME=latest", "--EPOCHS=2"])
+    state = load_checkpoint(run.checkpoint)
+    assert state["epoch"] == 2 and state["model_args"]["discriminator"]["width"] == 8
