@@ -64,7 +64,8 @@ PROGRESSION_ROWS = 8  # how many of them the progression figure follows across e
 def main(argv=None):
     """Train (or resume) a run; returns it."""
     const = resolve_constants(globals(), argv)
-    run, state, const = resume_run(const, "gan", argv, output_constants=("CHANNELS_LAST",))
+    run, state, const = resume_run(const, "gan", argv, output_constants=("CHANNELS_LAST",),
+                                   older_defaults={"D_WIDTH_FACTOR": 1.0})  # D was WIDTH wide
     check_positive(const, "BATCH_SIZE", "LR", "LATENT_DIM", "WIDTH", "CHECKPOINT_EVERY", "N_FIXED")
     check_choice("LOSS", const.LOSS, ADVERSARIAL_LOSSES)
     check_choice("UPSAMPLE", const.UPSAMPLE, UPSAMPLING)
@@ -81,9 +82,6 @@ def main(argv=None):
         raise UserError(f"EMA_DECAY must be in [0, 1) (0: off), got {const.EMA_DECAY}")
     if const.IMAGE_SIZE < 8 or const.IMAGE_SIZE & (const.IMAGE_SIZE - 1):
         raise UserError(f"IMAGE_SIZE={const.IMAGE_SIZE}: a DCGAN needs a power of two >= 8")
-    d_width = max(1, round(const.WIDTH * const.D_WIDTH_FACTOR))
-    if state:  # a run from before D_WIDTH_FACTOR keeps the D it was built with
-        d_width = state["model_args"]["discriminator"]["width"]
     deadline = Deadline(const.MINUTES)
     device, amp_dtype = seed_and_device(const)
     data, train, test = load_splits(const)
@@ -92,7 +90,8 @@ def main(argv=None):
                       spectral_norm=const.SPECTRAL_NORM, r1_gamma=const.R1_GAMMA,
                       ema_decay=const.EMA_DECAY, lr_d=const.LR_D, upsample=const.UPSAMPLE,
                       lr_schedule=const.LR_SCHEDULE, d_norm=const.D_NORM,
-                      mbstd_group=const.MBSTD_GROUP, d_width=d_width,
+                      mbstd_group=const.MBSTD_GROUP,
+                      d_width=max(1, round(const.WIDTH * const.D_WIDTH_FACTOR)),
                       total_steps=const.EPOCHS * batches_per_epoch(train, const.BATCH_SIZE))
     run = open_run(const, "gan", f"z{const.LATENT_DIM}", run)
     fixed_z = state["fixed_z"] if state else torch.randn(const.N_FIXED, const.LATENT_DIM)

@@ -65,7 +65,7 @@ def test_short_training_moves_samples_towards_the_data():
 def test_gan_step_is_the_textbook_step():
     """Two steps of gan_step (D frozen during G's backward, for speed) leave every weight where
     the plain alternating step (D's weights also get gradients in G's step) leaves it, and D
-    trainable; with D_WIDTH, D is the narrower network."""
+    trainable; with d_width, D is the narrower network."""
     def textbook_step(s, real):
         fake = s.generator(torch.randn(len(real), 8))
         d_loss = discriminator_loss(s.discriminator(real), s.discriminator(fake.detach()))

@@ -114,7 +114,7 @@ def gan_step(setup: GANSetup, real: torch.Tensor) -> dict[str, torch.Tensor]:
     setup.opt_d.step()
     # G's step needs D's gradient with respect to its input only: with D's weights frozen the
     # backward skips their gradients (a third of D's backward work) and, under torchrun, their
-    # all-reduce; D runs unwrapped, as DDP expects every step to produce its gradients
+    # all-reduce; D runs unwrapped, since its DDP wrapper would wait for those gradients
     setup.discriminator.requires_grad_(False)
     try:
         with autocast(setup.device, setup.amp_dtype):

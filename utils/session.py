@@ -67,9 +67,13 @@ CHANGEABLE_ON_RESUME = ("EPOCHS", "MINUTES", "DEVICE", "PRECISION", "DATA_ROOT",
 
 
 def resume_run(const: SimpleNamespace, family: str, argv: Sequence[str] | None = None,
-           output_constants: Sequence[str] = ()) -> tuple[Run | None, dict | None,
-                                                           SimpleNamespace]:
+           output_constants: Sequence[str] = (), older_defaults: dict | None = None
+           ) -> tuple[Run | None, dict | None, SimpleNamespace]:
     """With RESUME set: the run, its checkpoint and the constants it was started with.
+
+    A constant the run's config does not hold (added to the script after the run started)
+    takes its value in `older_defaults`, the behaviour before the constant existed, where the
+    script names one; otherwise today's default.
 
     Only constants typed on the command line (argv, default sys.argv) change a resumed run:
     CHANGEABLE_ON_RESUME and the script's `output_constants` (those that only change figures)
@@ -80,8 +84,9 @@ def resume_run(const: SimpleNamespace, family: str, argv: Sequence[str] | None =
         return None, None, const
     run, state = find_resume(const.SAVE_ROOT, family, const.RESUME)
     saved = state["config"]
-    values = {name: like_default(saved[name], default) if name in saved else default
-              for name, default in vars(const).items()}
+    older = older_defaults or {}
+    values = {name: like_default(saved[name], default) if name in saved
+              else older.get(name, default) for name, default in vars(const).items()}
     values.update({name: getattr(const, name) for name in LOCATING})
     changeable = set(CHANGEABLE_ON_RESUME) | set(output_constants)
     changes = []
