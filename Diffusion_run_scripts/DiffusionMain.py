@@ -54,7 +54,7 @@ POS_EMBED = "sincos"  # dit: position embedding, sincos (fixed) or learned
 
 # training
 EPOCHS = 4  # passes over the training set
-BATCH_SIZE = 64  # images per step
+BATCH_SIZE = 32  # images per step (32 beat 64 in 15 minutes: FID 10.8 against 14.7, README)
 LR = 1e-3  # AdamW peak learning rate (chosen against 5e-4 and 2e-3: README, recipe study)
 LR_SCHEDULE = "constant"  # after warm-up: constant or cosine
 WARMUP_STEPS = 200  # linear LR warm-up steps
