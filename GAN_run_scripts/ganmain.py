@@ -41,7 +41,7 @@ R1_GAMMA = 0.0  # R1 penalty gamma / 2 E||grad D(x)||^2 on real images (Meschede
 # training
 EPOCHS = 12  # passes over the training set
 BATCH_SIZE = 64  # images per step
-LR = 2e-4  # Adam learning rate of G (and of D unless LR_D is set; Radford et al.)
+LR = 4e-4  # Adam rate of G (and of D unless LR_D is set); Radford et al.: 2e-4 (README study)
 LR_D = None  # D's own learning rate (two time scales, Heusel et al. 2017); None: LR
 LR_SCHEDULE = "constant"  # both rates: constant, or cosine to 0 at the last step (or MINUTES)
 BETAS = (0.5, 0.999)  # Adam betas (Radford et al.: beta1 0.5)
