@@ -26,7 +26,7 @@ from utils.device import resolve_device, resolve_precision, seed_everything
 from utils.errors import UserError, run_cli
 from utils.plots import save_grid, save_labelled_grid
 from utils.run_index import write_indexes
-from utils.samples import draw_samples, save_samples_npz
+from utils.samples import draw_samples, sampling_chunk, save_samples_npz
 
 RUN = "latest"  # run name or number (e.g. 003), or latest
 SAMPLER = "ddim"  # ddim or ddpm, for the grid, the strips and samples.npz
@@ -93,7 +93,8 @@ def main(argv=None) -> None:
         compared_samplers(specs, denoiser.schedule.kind == "flow"), out, title,
         const.COMPARE_FID, score)
     if const.N_SAMPLES > 0:
-        images, ms = draw_samples(lambda _, k: to_uint8(generate(k)), const.N_SAMPLES, 250, device)
+        images, ms = draw_samples(lambda _, k: to_uint8(generate(k)), const.N_SAMPLES,
+                                  sampling_chunk(device), device)
         save_samples_npz(images, out / "samples.npz")
         if const.METRICS:
             write_metrics(images, None, loaded.data.dataset, out, device,

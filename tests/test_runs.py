@@ -106,6 +106,21 @@ def test_samples_npz_round_trip(tmp_path):
     assert torch.equal(back, images) and torch.equal(back_labels, labels)
 
 
+def test_draw_samples_in_chunks_of_the_device_size():
+    """Small calls on a CPU, large on a GPU; the chunks come back whole and in order."""
+    from utils.samples import draw_samples, sampling_chunk
+    assert sampling_chunk(torch.device("cpu")) == 32
+    assert sampling_chunk(torch.device("cuda")) == 250
+    calls = []
+    def generate(start, k):
+        calls.append(k)
+        return torch.arange(start, start + k, dtype=torch.uint8)[:, None]
+    images, ms = draw_samples(generate, 70, sampling_chunk(torch.device("cpu")),
+                              torch.device("cpu"))
+    assert calls == [32, 32, 6] and ms >= 0
+    assert torch.equal(images[:, 0], torch.arange(70, dtype=torch.uint8))
+
+
 @pytest.mark.parametrize("minutes, batches", [(1.0, [9]), (100 / 60, [10, 5]), (0.05, [1])])
 def test_deadline_cuts_the_running_epoch_and_stops_the_gan_loop(tmp_path, monkeypatch, tiny_gan,
                                                                 minutes, batches):

@@ -16,7 +16,7 @@ from utils.device import synchronize
 from utils.errors import UserError
 from utils.plots import save_labelled_grid, save_strips_with_curves
 from utils.runs import write_json
-from utils.samples import draw_samples
+from utils.samples import draw_samples, sampling_chunk
 
 Decode = Callable[[torch.Tensor], torch.Tensor]
 
@@ -134,8 +134,8 @@ def write_sampler_comparison(denoiser: Denoiser, noise: torch.Tensor, specs: lis
         for timing in timings:
             name, steps = parse_sampler(timing["sampler"])
             images, _ = draw_samples(lambda start, k: to_uint8(sample(
-                denoiser, fid_noise[start:start + k].clone(), name, steps).x), fid_samples, 250,
-                noise.device)
+                denoiser, fid_noise[start:start + k].clone(), name, steps).x), fid_samples,
+                sampling_chunk(noise.device), noise.device)
             metrics = score(images)
             timing.update(fid=metrics["fid"], fid_floor=metrics["real_vs_real"]["fid"],
                           fid_samples=metrics["samples"])

@@ -9,6 +9,14 @@ import torch
 from utils.device import synchronize
 
 
+def sampling_chunk(device: torch.device) -> int:
+    """Images per call when a diffusion model draws many samples: 32 on a CPU, where the default
+    pixel UNet took 3.0 ms per image per network evaluation at 32 against 5.2 at 250 (fp32, 2
+    cores: a smaller batch's activations stay in cache); 250 on a GPU, which wants large
+    batches."""
+    return 32 if device.type == "cpu" else 250
+
+
 def draw_samples(generate: Callable[[int, int], torch.Tensor], n: int, chunk: int,
                  device: torch.device) -> tuple[torch.Tensor, float]:
     """n uint8 images from generate(start, count), `chunk` at a time, and the wall-clock
