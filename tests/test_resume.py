@@ -40,7 +40,7 @@ def test_extending_a_run_is_printed_and_saved(tmp_path, tiny_gan, capsys):
     run = ganmain.main(tiny_gan)
     capsys.readouterr()
     ganmain.main(["--SAVE_ROOT", str(tmp_path), "--RESUME=latest", "--EPOCHS=2",
-                  "--LR=0.0002", "--WIDTH=8"])  # the run's own values may be repeated
+                  f"--LR={ganmain.LR}", "--WIDTH=8"])  # the run's own values may be repeated
     assert "changed: EPOCHS 1 -> 2" in capsys.readouterr().out
     assert load_checkpoint(run.checkpoint)["config"]["EPOCHS"] == 2
     assert json.loads((run.plots / "config.json").read_text())["EPOCHS"] == 2
