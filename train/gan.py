@@ -73,11 +73,10 @@ def build_gan(latent_dim: int, image_size: int, channels: int, width: int, lr: f
               d_width: int | None = None) -> GANSetup:
     """Generator, discriminator (of d_width channels in its first layer; None: width) and their
     Adam optimizers (Radford et al.: lr 2e-4, beta1 0.5; lr_d, if given, is D's own rate: the
-    two time-scale rule of Heusel et al. 2017) with both
-    rates on lr_schedule over total_steps (no warm-up), the adversarial loss, the
-    discriminator's stabilisers (spectral_norm, d_norm, mbstd_group: see Discriminator) and,
-    with ema_decay > 0, an exponential moving average of G's weights (with the warm-up of
-    ema_with_warmup)."""
+    two time-scale rule of Heusel et al. 2017) with both rates on lr_schedule over total_steps
+    (no warm-up), the adversarial loss, the discriminator's stabilisers (spectral_norm, d_norm,
+    mbstd_group: see Discriminator) and, with ema_decay > 0, an exponential moving average of G's
+    weights (with the warm-up of ema_with_warmup)."""
     memory = torch.channels_last if channels_last else torch.contiguous_format
     g = Generator(latent_dim, image_size, channels, width, upsample).to(device,
                                                                        memory_format=memory)
