@@ -29,7 +29,7 @@ FLIP = False  # random horizontal flips
 
 # model
 LATENT_DIM = 100  # size of z
-WIDTH = 64  # channels of the generator's last layer
+WIDTH = 48  # channels of G's last layer (48 beat 64 at the same wall time: README study)
 D_WIDTH_FACTOR = 0.5  # D's first-layer channels: WIDTH x this (1: DCGAN; 0.5: 1/4 the cost)
 UPSAMPLE = "transposed"  # G's x2 steps: transposed (DCGAN) or nearest (+ 3x3 conv, Odena 2016)
 LOSS = "bce"  # adversarial loss: bce (non-saturating, Goodfellow 2014) or hinge (Miyato 2018)
@@ -39,7 +39,7 @@ MBSTD_GROUP = 0  # minibatch-stddev channel in D over groups this size (Karras 2
 R1_GAMMA = 0.0  # R1 penalty gamma / 2 E||grad D(x)||^2 on real images (Mescheder 2018); 0: off
 
 # training
-EPOCHS = 12  # passes over the training set
+EPOCHS = 16  # passes over the training set (about 5 minutes in fp32 on 2 cores)
 BATCH_SIZE = 64  # images per step
 LR = 4e-4  # Adam rate of G (and of D unless LR_D is set); Radford et al.: 2e-4 (README study)
 LR_D = None  # D's own learning rate (two time scales, Heusel et al. 2017); None: LR
