@@ -13,7 +13,7 @@ from models.gan import ADVERSARIAL_LOSSES, D_NORMS, UPSAMPLING
 from train.common import Deadline
 from train.gan import build_gan, generate, train_gan
 from train.lr import LR_KINDS
-from utils.config import check_choice, check_positive, resolve_constants
+from utils.config import check_betas, check_choice, check_positive, resolve_constants
 from utils.data import batches_per_epoch
 from utils.errors import UserError, run_cli
 from utils.plots import save_grid
@@ -74,6 +74,7 @@ def main(argv=None):
     if const.LR_D is not None:
         check_positive(const, "LR_D")
     check_positive(const, "D_WIDTH_FACTOR")
+    check_betas(const)
     if const.MBSTD_GROUP < 0:
         raise UserError(f"MBSTD_GROUP must be >= 0 (0: off), got {const.MBSTD_GROUP}")
     if const.R1_GAMMA < 0:

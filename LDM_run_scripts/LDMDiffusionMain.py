@@ -17,7 +17,7 @@ from train.common import Deadline
 from train.diffusion import train_diffusion
 from train.diffusion_step import build_diffusion, build_schedule, ema_denoiser
 from train.latents import class_samples, guided, latent_batches, load_cache
-from utils.config import check_choice, check_positive, resolve_constants
+from utils.config import check_betas, check_choice, check_positive, resolve_constants
 from utils.errors import UserError, run_cli
 from utils.run_index import write_indexes
 from utils.session import denoiser_args, open_run, resume_run, seed_and_device
@@ -55,6 +55,7 @@ BATCH_SIZE = 128  # latents per step
 LR = 5e-4  # AdamW peak learning rate
 LR_SCHEDULE = "cosine"  # after warm-up: constant or cosine
 WARMUP_STEPS = 200  # linear LR warm-up steps
+BETAS = (0.9, 0.999)  # AdamW betas (Loshchilov & Hutter 2019; torch's defaults)
 EMA_DECAY = 0.995  # EMA of the weights (with a warm-up), used for samples
 SEED = 0  # seeds python, numpy and torch
 DEVICE = "auto"  # auto, cpu, cuda
@@ -76,6 +77,7 @@ def main(argv=None):
     run, state, const = resume_run(const, "ldm", argv, output_constants=("GUIDANCE",
                                                                          "SAMPLE_STEPS"))
     check_choice("LR_SCHEDULE", const.LR_SCHEDULE, ("constant", "cosine"))
+    check_betas(const)
     check_positive(const, "BATCH_SIZE", "LR", "BASE", "TIMESTEPS", "SAMPLE_STEPS", "WARMUP_STEPS",
                    "CHECKPOINT_EVERY")
     if not 0 <= const.LABEL_DROPOUT < 1:
@@ -94,7 +96,7 @@ def main(argv=None):
     setup = build_diffusion(model_args, schedule, device,
                             lr=const.LR, warmup_steps=const.WARMUP_STEPS,
                             total_steps=const.EPOCHS * steps_per_epoch,
-                            lr_schedule=const.LR_SCHEDULE,
+                            lr_schedule=const.LR_SCHEDULE, betas=const.BETAS,
                             ema_decay=const.EMA_DECAY, amp_dtype=amp_dtype,
                             prediction_type=const.PREDICTION,
                             min_snr_gamma=const.MIN_SNR_GAMMA or None,

@@ -133,6 +133,20 @@ def test_diffusion_scripts_reject_bad_constants(tmp_path):
         eval_script.main(["--SAVE_ROOT", str(tmp_path), "--COMPARE=('ddim50',)"])
     with pytest.raises(UserError, match="PREDICTION='eps' is not one of"):
         main_script.main([*TINY, "--SAVE_ROOT", str(tmp_path), "--PREDICTION=eps"])
+    with pytest.raises(UserError, match="BETAS must be two numbers in"):
+        main_script.main([*TINY, "--SAVE_ROOT", str(tmp_path), "--BETAS=(0.9, 1.0)"])
+    assert not (tmp_path / "saved_plots").exists()
+
+
+def test_build_diffusion_gives_adamw_its_betas():
+    args = {"unet": dict(in_channels=1, image_size=8, base=16, channel_mult=(1, 2), blocks=1,
+                         attention_resolutions=(), dropout=0.0)}
+    schedule = NoiseSchedule("cosine", 10)
+    default = build_diffusion(args, schedule, CPU, lr=1e-3, warmup_steps=1, total_steps=2)
+    chosen = build_diffusion(args, schedule, CPU, lr=1e-3, warmup_steps=1, total_steps=2,
+                             betas=(0.9, 0.99))
+    assert default.opt.param_groups[0]["betas"] == (0.9, 0.999)
+    assert chosen.opt.param_groups[0]["betas"] == (0.9, 0.99)
 
 
 def test_diffusion_main_under_minutes_plans_its_lr_for_the_budget(tmp_path, monkeypatch):

@@ -169,7 +169,9 @@ BAD_CONSTANTS = [("--IMAGE_SIZE=24", "power of two"),
                  ("--LR_SCHEDULE=linear", "LR_SCHEDULE='linear' is not one of"),
                  ("--D_NORM=layer", "D_NORM='layer' is not one of"),
                  ("--MBSTD_GROUP=-1", "MBSTD_GROUP must be >= 0"),
-                 ("--D_WIDTH_FACTOR=0", "D_WIDTH_FACTOR must be a positive number")]
+                 ("--D_WIDTH_FACTOR=0", "D_WIDTH_FACTOR must be a positive number"),
+                 ("--BETAS=(1.5, 0.9)", "BETAS must be two numbers in"),
+                 ("--BETAS=(0.5,)", "BETAS must be two numbers in")]
 
 
 def test_bad_constants_and_missing_runs_are_user_errors(tmp_path, tiny_gan):

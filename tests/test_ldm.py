@@ -122,6 +122,8 @@ def test_ldm_scripts_end_to_end(tmp_path):
     root = ["--SAVE_ROOT", str(tmp_path)]
     with pytest.raises(UserError, match="no ldm_autoencoder run"):
         LDMDiffusionMain.main([*LDM_TINY, *root])
+    with pytest.raises(UserError, match="BETAS must be two numbers in"):
+        LDMDiffusionMain.main([*LDM_TINY, *root, "--BETAS=(-0.1, 0.99)"])
     ae_run = LDMAutoencoderMain.main([*AE_TINY, *root, "--KL_MODE=adaptive"])
     cache = load_cache(ae_run)
     assert cache["mean"].shape == (128, 4, 4, 4) and cache["labels"].shape == (128,)

@@ -66,12 +66,14 @@ def build_network(model_args: dict) -> torch.nn.Module:
 
 def build_diffusion(model_args: dict, schedule: NoiseSchedule, device: torch.device, *,
                     lr: float, warmup_steps: int, total_steps: int, lr_schedule: str = "constant",
-                    ema_decay: float = 0.999, weight_decay: float = 0.0, **options
-                    ) -> DiffusionSetup:
-    """The network of model_args, AdamW, the warm-up LR plan and an EMA copy of the weights."""
+                    ema_decay: float = 0.999, weight_decay: float = 0.0,
+                    betas: tuple[float, float] = (0.9, 0.999), **options) -> DiffusionSetup:
+    """The network of model_args, AdamW (with `betas`), the warm-up LR plan and an EMA copy of
+    the weights."""
     model = build_network(model_args).to(device)
     ema = make_ema(model, ema_decay)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=tuple(betas),
+                            weight_decay=weight_decay)
     sched = PlannedLR(opt, LRPlan(warmup_steps, total_steps, lr_schedule))
     return DiffusionSetup(model, ema, opt, sched, schedule, device, model_args=model_args,
                           ddp=distributed.wrap(model, device), **options)

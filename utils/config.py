@@ -167,6 +167,16 @@ def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
         raise UserError(f"{name}={value!r} is not one of {', '.join(map(repr, choices))}")
 
 
+def check_betas(c: SimpleNamespace, name: str = "BETAS") -> None:
+    """Raise a one-line UserError unless the named constant is two Adam betas in [0, 1)."""
+    value = getattr(c, name)
+    if (not isinstance(value, (tuple, list)) or len(value) != 2
+            or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1
+                       for b in value)):
+        raise UserError(f"{name} must be two numbers in [0, 1), e.g. (0.9, 0.999), "
+                        f"got {value!r}")
+
+
 def check_positive(c: SimpleNamespace, *names: str) -> None:
     """Raise a one-line UserError unless each named constant is a positive number."""
     for name in names:
