@@ -56,6 +56,7 @@ _LABELS = {"gan": "DCGAN", "vae": f"beta-VAE ({vaemain.OBJECTIVE}, beta {vaemain
 _PANELS = [("params_m", "parameters used to sample (M)"), ("img_per_s", "training img/s"),
           ("sampling_ms", "sampling ms/img (log)"), ("fid", "FID, log (dashed: real vs real)"),
           ("kid", "KID"), ("precision", "precision"), ("recall", "recall"),
+          ("class_tv", "class mix total variation (unconditional too)"),
           ("class_accuracy", "class accuracy (conditional)")]
 
 
@@ -183,7 +184,23 @@ def summarise(family: str, stages: list[dict], run: Run, params: tuple[int, int]
             "fid_floor": metrics["real_vs_real"]["fid"], "kid": metrics["kid"],
             "kid_std": metrics["kid_std"], "precision": metrics["precision"],
             "recall": metrics["recall"], "class_accuracy": metrics.get("class_accuracy"),
+            **class_mix(metrics),
             "samples": metrics["samples"], "extractor": metrics["extractor"]}
+
+
+def class_mix(metrics: dict) -> dict:
+    """The total variation between the classes the evaluator sees in the samples and in real
+    images, with its real-vs-real floor (None for data without classes)."""
+    if "classes" not in metrics:
+        return {"class_tv": None, "class_tv_floor": None}
+    return {"class_tv": metrics["classes"]["total_variation"],
+            "class_tv_floor": metrics["real_vs_real"]["class_total_variation"]}
+
+
+def class_mix_cell(row: dict) -> str:
+    if row.get("class_tv") is None:
+        return "n/a"
+    return f"{row['class_tv']:.2f} ({row['class_tv_floor']:.2f})"
 
 
 def markdown(rows: list[dict], const) -> str:
@@ -192,7 +209,7 @@ def markdown(rows: list[dict], const) -> str:
     precision = "bf16 autocast" if resolve_precision(const.PRECISION, device) else "fp32"
     columns = ["family", "params (trained / sampling)", "training min", "images seen",
                "train img/s", "peak RSS MB", "sampler", "sampling ms/img", "FID (real vs real)",
-               "KID", "precision", "recall", "class acc"]
+               "KID", "precision", "recall", "class mix TV (floor)", "class acc"]
     lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for r in rows:
         if "error" in r:
@@ -205,7 +222,7 @@ def markdown(rows: list[dict], const) -> str:
             f" | {r['train_minutes']:.1f} | {' / '.join(f'{v:,}' for v in r['stage_images'])} | "
             f"{per_stage} | {r['peak_rss_mb']:.0f} | {r['sampler']} | {r['sampling_ms']:.2f} | "
             f"{r['fid']:.1f} ({r['fid_floor']:.1f}) | {r['kid']:.3g} +- {r['kid_std']:.2g} | "
-            f"{r['precision']:.3f} | {r['recall']:.3f} | {acc} |")
+            f"{r['precision']:.3f} | {r['recall']:.3f} | {class_mix_cell(r)} | {acc} |")
     done = [r for r in rows if "error" not in r]
     how = (f"{done[0]['samples']} samples per family, features: {done[0]['extractor']}"
            if done else "no family finished")
@@ -249,7 +266,7 @@ def main(argv=None) -> list[dict]:
     done = {r["label"]: {**r, "params_m": r["params_sampling"] / 1e6}
             for r in rows if "error" not in r}
     save_bar_charts(done, _PANELS, out / "bars.png", log_y=["sampling_ms", "fid"],
-                    fractions=["precision", "recall", "class_accuracy"],
+                    fractions=["precision", "recall", "class_tv", "class_accuracy"],
                     marks={"fid": {k: r["fid_floor"] for k, r in done.items()}},
                     title=f"{const.DATASET}: {const.MINUTES:g} minutes of training per family")
     write_results_page(out, markdown(rows, const))

@@ -19,7 +19,8 @@ The trained runs stay in their family folders, named in the table.
 import json
 from types import SimpleNamespace
 
-from benchmarks.compare_families import call, eval_args, train, train_args
+from benchmarks.compare_families import (call, class_mix, class_mix_cell, eval_args, train,
+                                         train_args)
 from utils.config import check_positive, resolve_constants
 from utils.errors import Interrupted, UserError, run_cli
 from utils.plots import save_bar_charts
@@ -55,7 +56,8 @@ _FIGURES = {"DiffusionEval": ["--GRID_SIZE=4", "--STRIP_IMAGES=1", "--STRIP_COLU
                         "--NOISED_T=(500,)"],
             "evalGan": ["--GRID_SIZE=4", "--N_PAIRS=1", "--STEPS=4"]}  # figures kept small
 _PANELS = [("fid_ratio", "FID / real-vs-real floor (log)"), ("precision", "precision"),
-           ("recall", "recall"), ("class_accuracy", "class accuracy (latent)"),
+           ("recall", "recall"), ("class_tv", "class mix total variation"),
+           ("class_accuracy", "class accuracy (latent)"),
            ("sampling_ms", "sampling ms/img")]
 
 
@@ -93,7 +95,7 @@ def score(ns, family: str, recipe: str, args: list[str], stage1=None) -> dict:
             "fid_floor": floor, "fid_ratio": metrics["fid"] / max(floor, 1e-9),
             "precision": metrics["precision"], "recall": metrics["recall"],
             "class_accuracy": metrics.get("class_accuracy"), "sampling_ms": sampling,
-            "samples": metrics["samples"]}
+            **class_mix(metrics), "samples": metrics["samples"]}
 
 
 def markdown(rows: list[dict], const) -> str:
@@ -109,16 +111,17 @@ def markdown(rows: list[dict], const) -> str:
                        key=lambda r: r.get("fid", float("inf")))
         title = "DCGAN" if family == "gan" else f"{family} diffusion"
         lines += [f"## {title} on {dataset}", "",
-                  "| recipe | constants | FID (floor) | precision | recall | class acc | "
-                  "img/s | images seen | sampling ms/img | run |", "|---" * 10 + "|"]
+                  "| recipe | constants | FID (floor) | precision | recall | class mix TV (floor) "
+                  "| class acc | img/s | images seen | sampling ms/img | run |", "|---" * 11 + "|"]
         for r in group:
             if "error" in r:
-                lines.append(f"| {r['recipe']} | failed: {r['error']} |" + " |" * 8)
+                lines.append(f"| {r['recipe']} | failed: {r['error']} |" + " |" * 9)
                 continue
             acc = "n/a" if r["class_accuracy"] is None else f"{r['class_accuracy']:.3f}"
             lines.append(f"| {r['recipe']} | {' '.join(r['args']) or '(defaults)'} | "
                          f"{r['fid']:.1f} ({r['fid_floor']:.1f}) | {r['precision']:.3f} | "
-                         f"{r['recall']:.3f} | {acc} | {r['img_per_s']:.0f} | "
+                         f"{r['recall']:.3f} | {class_mix_cell(r)} | {acc} | "
+                         f"{r['img_per_s']:.0f} | "
                          f"{r['images']:,} | {r['sampling_ms']:.1f} | {r['run']} |")
         lines.append("")
     return "\n".join(lines)
@@ -155,7 +158,7 @@ def main(argv=None) -> list[dict]:
     (out.plots / "results.md").write_text(markdown(rows, const))
     done = {f"{r['family']}/{r['dataset']}/{r['recipe']}": r for r in rows if "error" not in r}
     save_bar_charts(done, _PANELS, out.plots / "bars.png", log_y=["fid_ratio"],
-                    fractions=["precision", "recall", "class_accuracy"],
+                    fractions=["precision", "recall", "class_tv", "class_accuracy"],
                     title=f"Diffusion recipes, {const.MINUTES:g} minutes each")
     write_results_page(out.plots, markdown(rows, const))
     print(markdown(rows, const))

@@ -36,6 +36,10 @@ def test_real_images_score_like_the_floor_and_noise_does_not(evaluator_root):
     assert good["precision"] > 0.8 and good["recall"] > 0.8
     assert good["hue"]["coverage"] == 1.0  # 500 images in 12 sectors: TV about 0.08 by chance
     assert good["hue"]["total_variation"] < 2 * good["real_vs_real"]["hue_total_variation"] + 0.05
+    classes = good["classes"]  # the mix of shapes, seen by the classifier
+    assert classes["names"] == ["circle", "square", "triangle", "star"]
+    assert classes["total_variation"] < 2 * good["real_vs_real"]["class_total_variation"] + 0.05
+    assert abs(classes["confident"] - classes["real_confident"]) < 0.1  # real as real
     noise = torch.randint(0, 256, (500, 3, 32, 32), dtype=torch.uint8)
     bad = evaluate_samples(noise, None, "shapes", CPU, save_root=evaluator_root)
     assert bad["fid"] > 10 * good["fid"] and bad["kid"] > good["kid"] + 5 * bad["kid_std"]
@@ -66,6 +70,11 @@ def test_features_see_the_factors_a_class_ignores_and_tolerate_slight_noise(eval
                                save_root=evaluator_root)
     mixed = evaluate_samples(real[~narrow][:500], None, "shapes", CPU, save_root=evaluator_root)
     assert one_hue["fid"] > 5 * mixed["fid"] and one_hue["recall"] < mixed["recall"]
+    circles = real[torch.from_numpy(data.factors["shape"][4000:] == 0)][:500]
+    only_circles = evaluate_samples(circles, None, "shapes", CPU, save_root=evaluator_root)
+    real_share = only_circles["classes"]["real"][0]  # about a quarter of the held-out images
+    assert only_circles["classes"]["fake"][0] > 0.97  # the classifier sees one class...
+    assert only_circles["classes"]["total_variation"] == pytest.approx(1 - real_share, abs=0.03)
     # the hue histograms say the same in their own words: hues below 0.2 fill 2-3 of 12 sectors
     assert one_hue["hue"]["coverage"] < 0.35 and one_hue["hue"]["total_variation"] > 0.6
     assert mixed["hue"]["total_variation"] < one_hue["hue"]["total_variation"]
@@ -132,10 +141,12 @@ def test_compare_families_smoke(evaluator_root, tmp_path):
         for stage in r["stages"]:  # the budget, not EPOCHS, ended every training stage
             assert 1 <= stage["epochs"] < compare_families._EPOCH_CAP and stage["images"] > 0
         assert (r["class_accuracy"] is None) == (r["family"] != "ldm")
+        assert 0 <= r["class_tv"] <= 1 and 0 <= r["class_tv_floor"] <= 1  # shapes has classes
     assert len(rows[-1]["stages"]) == 2
     out = next((tmp_path / "saved_plots" / "compare").iterdir())
     table = (out / "results.md").read_text()
     assert all(r["label"] in table for r in rows) and (out / "bars.png").is_file()
+    assert f"{rows[0]['class_tv']:.2f} ({rows[0]['class_tv_floor']:.2f})" in table
     assert json.loads((out / "results.json").read_text())["rows"][0]["fid"] == rows[0]["fid"]
     with pytest.raises(UserError, match="FAMILIES"):
         compare_families.main(["--SAVE_ROOT", str(tmp_path), "--FAMILIES=('gan', 'flow')"])
@@ -220,7 +231,7 @@ def test_diffusion_recipe_study_smoke(evaluator_root, tmp_path):
     assert "error" in rows[1]
     for r in (rows[0], rows[2], rows[3]):
         assert r["fid"] > 0 and r["fid_ratio"] == r["fid"] / r["fid_floor"]
-        assert r["samples"] == 20 and r["images"] > 0
+        assert r["samples"] == 20 and r["images"] > 0 and 0 <= r["class_tv"] <= 1
     assert rows[2]["class_accuracy"] is not None and rows[0]["class_accuracy"] is None
     out = next((tmp_path / "saved_plots" / "recipes").iterdir())
     table = (out / "results.md").read_text()

@@ -59,6 +59,22 @@ def test_pixel_hues_invert_the_shapes_colours_and_skip_greys():
     assert len(pixel_hues(np.concatenate([greys, dark]))) == 0
 
 
+def test_class_balance_shares_distance_and_confidence():
+    from utils.metrics import class_balance
+    real = np.eye(4)[np.arange(8) % 4]  # two of each class, each surely
+    same = class_balance(real, real, ["a", "b", "c", "d"])
+    assert same["fake"] == same["real"] == [0.25] * 4
+    assert same["total_variation"] == 0 and same["confident"] == same["real_confident"] == 1
+    # every sample in class a, 3 of 4 of them surely (p 0.95), one at p 0.5
+    blobs = np.array([[0.95, 0.05, 0, 0]] * 3 + [[0.5, 0.2, 0.2, 0.1]])
+    skewed = class_balance(blobs, real, "abcd")
+    assert skewed["fake"] == [1, 0, 0, 0]
+    assert skewed["total_variation"] == pytest.approx(0.75)  # 1/2 (0.75 + 3 x 0.25)
+    assert skewed["confident"] == pytest.approx(0.75)
+    half = class_balance(real[[0, 1, 4, 5]], real, "abcd")  # classes a and b only
+    assert half["total_variation"] == pytest.approx(0.5)
+
+
 def test_hue_histograms_same_disjoint_and_half_covered():
     import torch
 

@@ -1,7 +1,8 @@
 """Train (once) and cache the evaluator classifier of a data set, and score generated samples
 against held-out real images with it: FID, KID, precision/recall, class accuracy, and the
-real-vs-real floor of each (Heusel et al. 2017 note FID's bias at small sample counts), and for
-colour images the hue histograms of samples and real images."""
+real-vs-real floor of each (Heusel et al. 2017 note FID's bias at small sample counts), the mix
+of classes the classifier sees in the samples and how surely, and for colour images the hue
+histograms of samples and real images."""
 import json
 from pathlib import Path
 
@@ -13,8 +14,8 @@ from models.evaluator import EvaluatorCNN
 from utils.board import log_final_metrics
 from utils.data import ImageData, iterate_batches, load_dataset, to_float
 from utils.errors import UserError
-from utils.metrics import (feature_statistics, frechet_distance, hue_histograms,
-                           kernel_inception_distance, precision_recall)
+from utils.metrics import (class_balance, feature_statistics, frechet_distance,
+                           hue_histograms, kernel_inception_distance, precision_recall)
 from utils.plots import save_hue_histogram
 from utils.runs import CHECKPOINT_VERSION, load_checkpoint, load_state, save_checkpoint
 
@@ -103,15 +104,17 @@ def _as_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 @torch.no_grad()
 def predict(model: EvaluatorCNN, images: torch.Tensor, batch_size: int = 500):
-    """(features (N, 128) float64 numpy, predicted classes) for uint8 or [-1, 1] images."""
+    """(features (N, 128) float64 numpy, predicted classes, class probabilities (N, K) float64
+    numpy) for uint8 or [-1, 1] images."""
     device = next(model.parameters()).device
     model.eval()
-    feats, classes = [], []
+    feats, probs = [], []
     for i in range(0, len(images), batch_size):
         f = model.features(_as_float(images[i:i + batch_size], device))
         feats.append(f.double().cpu())
-        classes.append(model.head(f).argmax(1).cpu())
-    return torch.cat(feats).numpy(), torch.cat(classes)
+        probs.append(model.head(f).float().softmax(1).double().cpu())
+    probs = torch.cat(probs)
+    return torch.cat(feats).numpy(), probs.argmax(1), probs.numpy()
 
 
 def get_evaluator(dataset: str, image_size: int, channels: int, device: torch.device, *,
@@ -210,19 +213,21 @@ def evaluate_samples(images: torch.Tensor, labels: torch.Tensor | None, dataset:
         raise UserError(f"need at least 10 samples to score, got {n}")
     real = test.first(n)[0]
     train = load_dataset(dataset, "train", n=n, **kwargs).first(n)[0]
-    if extractor == "evaluator":
-        fake_f, fake_cls = predict(evaluator, images[:n])
-        real_f, train_f = predict(evaluator, real)[0], predict(evaluator, train)[0]
-        name = f"evaluator CNN ({dataset}, held-out accuracy {info['test_accuracy']:.3f})"
-    else:
+    (fake_f, fake_cls, fake_p), (real_f, _, real_p), (train_f, _, train_p) = (
+        predict(evaluator, x) for x in (images[:n], real, train))
+    name = f"evaluator CNN ({dataset}, held-out accuracy {info['test_accuracy']:.3f})"
+    if extractor == "inception":
         fake_f, real_f, train_f = (inception_features(x, device) for x in (images[:n], real,
                                                                             train))
-        fake_cls = predict(evaluator, images[:n])[1]
         name = "Inception-v3 pool3 (ImageNet weights)"
     result = {"extractor": name, "samples": n, "real_images": n, **_scores(fake_f, real_f),
               "real_vs_real": _scores(train_f, real_f)}
     if labels is not None:
         result["class_accuracy"] = float((fake_cls == labels[:n].cpu()).float().mean())
+    if test.num_classes > 1:  # which classes the evaluator sees in the samples, how surely
+        result["classes"] = class_balance(fake_p, real_p, test.class_names)
+        floor = class_balance(train_p, real_p, test.class_names)
+        result["real_vs_real"]["class_total_variation"] = floor["total_variation"]
     if channels == 3:  # do the samples draw the data's colours?
         result["hue"] = hue_histograms(_as_float(images[:n], torch.device("cpu")).numpy(),
                                        real.numpy())
@@ -249,6 +254,10 @@ def write_metrics(images: torch.Tensor, labels: torch.Tensor | None, dataset: st
     floor = result["real_vs_real"]
     accuracy = (f", class accuracy {result['class_accuracy']:.3f}"
                 if "class_accuracy" in result else "")
+    if "classes" in result:
+        accuracy += (f", class mix total variation {result['classes']['total_variation']:.2f} "
+                     f"(real vs real {floor['class_total_variation']:.2f}), "
+                     f"{result['classes']['confident']:.0%} classified with p >= 0.9")
     if "hue" in result:
         accuracy += (f", hue coverage {result['hue']['coverage']:.2f} (total variation "
                      f"{result['hue']['total_variation']:.2f}, real vs real "

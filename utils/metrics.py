@@ -330,3 +330,22 @@ def hue_histograms(fake: np.ndarray, real: np.ndarray, bins: int = 12) -> dict:
     return {"bins": bins, "fake": p.tolist(), "real": q.tolist(),
             "total_variation": float(0.5 * np.abs(p - q).sum()),
             "coverage": float(covered.sum() / max(used.sum(), 1))}
+
+
+def class_balance(fake_probs: np.ndarray, real_probs: np.ndarray, names: Sequence[str],
+                  confident: float = 0.9) -> dict:
+    """What a classifier of the data's classes makes of unlabelled samples, from its softmax
+    outputs (N, K) for the samples and for real images: the share of each set it puts in each
+    class (its argmax), their total variation distance (1/2 sum |p - q|: 0 when the samples
+    draw the data's mix of classes, 1 when they draw none of them), and the share of each set
+    it puts in one class with probability at least `confident`. A proxy for "a person can
+    name the shapes", in the spirit of the Inception Score (Salimans et al. 2016): shapeless
+    blobs land in whichever class they resemble, so they skew the mix and lower the share."""
+    k = len(names)
+    def shares(probs):
+        return np.bincount(np.asarray(probs).argmax(1), minlength=k) / max(len(probs), 1)
+    p, q = shares(fake_probs), shares(real_probs)
+    return {"names": list(names), "fake": p.tolist(), "real": q.tolist(),
+            "total_variation": float(0.5 * np.abs(p - q).sum()),
+            "confident": float((np.asarray(fake_probs).max(1) >= confident).mean()),
+            "real_confident": float((np.asarray(real_probs).max(1) >= confident).mean())}
