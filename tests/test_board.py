@@ -45,7 +45,9 @@ def test_eval_adds_the_constants_and_final_metrics_as_hparams(tiny_gan, tmp_path
     ganmain.main(tiny_gan)
     run = find_run(tmp_path, "gan")
     scores = {"fid": 12.5, "kid": 0.1, "kid_std": 0.01, "precision": 0.5, "recall": 0.25,
-              "samples": 10, "extractor": "stand-in", "real_vs_real": {"fid": 1.5}}
+              "samples": 10, "extractor": "stand-in",
+              "classes": {"total_variation": 0.2, "confident": 0.7},
+              "real_vs_real": {"fid": 1.5, "class_total_variation": 0.03}}
     monkeypatch.setattr(evaluator, "evaluate_samples", lambda *a, **k: dict(scores))
     evaluator.write_metrics(torch.zeros(10, 3, 16, 16), None, "shapes", run.plots / "eval",
                             torch.device("cpu"), extractor="evaluator", save_root=tmp_path,
@@ -57,6 +59,7 @@ def test_eval_adds_the_constants_and_final_metrics_as_hparams(tiny_gan, tmp_path
     assert {"final/fid", "final/fid_floor", "final/precision"} <= set(acc.Tags()["scalars"])
     assert acc.Scalars("final/fid")[0].value == pytest.approx(12.5)
     assert acc.Scalars("final/fid_floor")[0].value == pytest.approx(1.5)
+    assert acc.Scalars("final/class_total_variation")[0].value == pytest.approx(0.2)
 
 
 def test_off_or_missing_package_logs_nothing_and_training_runs(tiny_gan, tmp_path, capsys,

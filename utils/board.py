@@ -78,5 +78,7 @@ def log_final_metrics(run_plots: Path, metrics: dict) -> None:
               if isinstance(v, (int, float)) and not isinstance(v, bool)}
     if "real_vs_real" in metrics:
         scores["final/fid_floor"] = float(metrics["real_vs_real"]["fid"])
+    if "classes" in metrics:  # the mix of classes the evaluator sees in the samples
+        scores["final/class_total_variation"] = float(metrics["classes"]["total_variation"])
     with writer_class(str(run_plots / FOLDER)) as writer:
         writer.add_hparams({k: _hparam(v) for k, v in config.items()}, scores, run_name="eval")
