@@ -8,7 +8,8 @@ DCGAN) run with the script's defaults plus the recipe's constants, trained for M
 time (GAN_MINUTES for a GAN; the LDM recipes share one LDMAutoencoderMain run per data set,
 trained for AE_MINUTES), then sampled by its eval script with the same sampler and scored
 by the project's evaluator against held-out images: FID with its real-vs-real floor,
-precision, recall, class accuracy for the class-conditional latent models, and sampling
+precision, recall, the class-mix distance (the classes the evaluator sees in the samples
+against the real mix), class accuracy for the class-conditional latent models, and sampling
 ms/img. Each script runs in its own process (as benchmarks.compare_families does).
 
 Writes saved_plots/recipes/<run>/: results.md (a table per family and data set, best FID
