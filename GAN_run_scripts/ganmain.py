@@ -39,7 +39,7 @@ MBSTD_GROUP = 0  # minibatch-stddev channel in D over groups this size (Karras 2
 R1_GAMMA = 0.0  # R1 penalty gamma / 2 E||grad D(x)||^2 on real images (Mescheder 2018); 0: off
 
 # training
-EPOCHS = 40  # passes over the training set (about 12 minutes in fp32 on 2 cores; README study)
+EPOCHS = 40  # passes over the training set (about 13 minutes in fp32 on 2 cores; README study)
 BATCH_SIZE = 64  # images per step
 LR = 4e-4  # Adam rate of G (and of D unless LR_D is set); Radford et al.: 2e-4 (README study)
 LR_D = None  # D's own learning rate (two time scales, Heusel et al. 2017); None: LR
