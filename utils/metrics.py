@@ -314,6 +314,12 @@ def pixel_hues(images: np.ndarray, min_saturation: float = 0.3, min_value: float
     return (hue / 6.0) % 1.0
 
 
+def total_variation(p: np.ndarray, q: np.ndarray) -> float:
+    """The total variation distance 1/2 sum |p - q| of two discrete distributions: 0 for the
+    same one, 1 for disjoint ones."""
+    return float(0.5 * np.abs(np.asarray(p) - np.asarray(q)).sum())
+
+
 def hue_histograms(fake: np.ndarray, real: np.ndarray, bins: int = 12) -> dict:
     """Compare the hues of two image sets: the share of coloured pixels in each of `bins` equal
     hue sectors for both, their total variation distance (1/2 sum |p - q|: 0 for the same
@@ -328,7 +334,7 @@ def hue_histograms(fake: np.ndarray, real: np.ndarray, bins: int = 12) -> dict:
     used = q >= 0.5 / bins
     covered = used & (p >= 0.5 * q)
     return {"bins": bins, "fake": p.tolist(), "real": q.tolist(),
-            "total_variation": float(0.5 * np.abs(p - q).sum()),
+            "total_variation": total_variation(p, q),
             "coverage": float(covered.sum() / max(used.sum(), 1))}
 
 
@@ -341,11 +347,11 @@ def class_balance(fake_probs: np.ndarray, real_probs: np.ndarray, names: Sequenc
     it puts in one class with probability at least `confident`. A proxy for "a person can
     name the shapes", in the spirit of the Inception Score (Salimans et al. 2016): shapeless
     blobs land in whichever class they resemble, so they skew the mix and lower the share."""
-    k = len(names)
     def shares(probs):
-        return np.bincount(np.asarray(probs).argmax(1), minlength=k) / max(len(probs), 1)
+        return np.bincount(np.asarray(probs).argmax(1), minlength=len(names)) / max(len(probs), 1)
+
     p, q = shares(fake_probs), shares(real_probs)
     return {"names": list(names), "fake": p.tolist(), "real": q.tolist(),
-            "total_variation": float(0.5 * np.abs(p - q).sum()),
+            "total_variation": total_variation(p, q),
             "confident": float((np.asarray(fake_probs).max(1) >= confident).mean()),
             "real_confident": float((np.asarray(real_probs).max(1) >= confident).mean())}
