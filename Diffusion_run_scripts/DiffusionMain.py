@@ -41,6 +41,7 @@ LOGIT_STD = 1.0  # flow: spread of the logit-normal training times
 # model
 BACKBONE = "unet"  # unet, or dit (a Diffusion Transformer, Peebles & Xie 2023)
 BASE = 24  # UNet channels at full resolution (24 beat 32 in 15 minutes: README)
+UNET_PATCH = 1  # unet: pixel blocks folded into channels first (2: it runs at half size)
 CHANNEL_MULT = (1, 2, 2)  # channel multiplier per resolution level
 BLOCKS = 1  # residual blocks per level
 ATTENTION = (8,)  # resolutions with self-attention

@@ -9,21 +9,32 @@ from models.layers import (Attention, Downsample, ResBlock, Upsample, group_norm
 
 class UNet(nn.Module):
     """eps/x0/v predictor: time embedding, residual levels with skip concatenation, attention
-    at chosen resolutions, optional class embedding with one extra "null" class for CFG."""
+    at chosen resolutions, optional class embedding with one extra "null" class for CFG.
+
+    With patch > 1 the input's patch x patch pixel blocks are folded into channels first
+    (space-to-depth: 3x32x32 becomes 12x16x16 at patch 2) and the output unfolded the same way,
+    so every level runs at 1/patch of the resolution. The net then skips the full-resolution
+    level, where the 3x3 convolutions are slowest for the work they do. Hoogeboom et al. (2023)
+    use this for high-resolution images, and a DiT's patch embedding does the same thing.
+    """
 
     def __init__(self, in_channels: int = 3, image_size: int = 32, base: int = 64,
                  channel_mult: tuple = (1, 2, 2), blocks: int = 2,
                  attention_resolutions: tuple = (16,), heads: int = 4, dropout: float = 0.1,
-                 num_classes: int = 0, out_channels: int | None = None):
+                 num_classes: int = 0, out_channels: int | None = None, patch: int = 1):
         super().__init__()
+        if patch < 1 or image_size % patch:
+            raise ValueError(f"patch {patch} does not divide size {image_size}")
+        image_size //= patch
         if image_size % 2 ** (len(channel_mult) - 1):
-            raise ValueError(f"size {image_size} cannot be halved {len(channel_mult) - 1} times")
+            raise ValueError(f"size {image_size} (after the patch) cannot be halved "
+                             f"{len(channel_mult) - 1} times")
         emb = 4 * base
-        self.base, self.num_classes = base, num_classes
+        self.base, self.num_classes, self.patch = base, num_classes, patch
         self.null_class = num_classes  # label index meaning "no class" (CFG's unconditional)
         self.time_mlp = nn.Sequential(nn.Linear(base, emb), nn.SiLU(), nn.Linear(emb, emb))
         self.class_emb = nn.Embedding(num_classes + 1, emb) if num_classes else None
-        self.conv_in = nn.Conv2d(in_channels, base, 3, padding=1)
+        self.conv_in = nn.Conv2d(in_channels * patch ** 2, base, 3, padding=1)
         self.down, skips, ch, res = nn.ModuleList(), [base], base, image_size
         for level, mult in enumerate(channel_mult):
             for _ in range(blocks):
@@ -47,7 +58,7 @@ class UNet(nn.Module):
                 self.up.append(Upsample(ch))
                 res *= 2
         self.norm_out = group_norm(ch)
-        self.conv_out = nn.Conv2d(ch, out_channels or in_channels, 3, padding=1)
+        self.conv_out = nn.Conv2d(ch, (out_channels or in_channels) * patch ** 2, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)  # the untrained model predicts 0
         nn.init.zeros_(self.conv_out.bias)
 
@@ -71,6 +82,8 @@ class UNet(nn.Module):
             if labels is None:
                 labels = torch.full((len(x),), self.null_class, device=x.device)
             emb = emb + self.class_emb(labels)
+        if self.patch > 1:
+            x = F.pixel_unshuffle(x, self.patch)
         h = self.conv_in(x)
         hs = [h]
         for layers in self.down:
@@ -82,4 +95,5 @@ class UNet(nn.Module):
                 h = layers(h)
             else:
                 h = self._run(layers, torch.cat([h, hs.pop()], dim=1), emb)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        out = self.conv_out(F.silu(self.norm_out(h)))
+        return F.pixel_shuffle(out, self.patch) if self.patch > 1 else out

@@ -58,3 +58,30 @@ def test_resblock_scale_shift_conditioning():
     x = torch.randn(2, 4, 6, 6)
     # zero scale and shift: conditioning is the identity, whatever the embedding
     assert torch.allclose(block(x, torch.randn(2, 5)), block(x, torch.randn(2, 5)))
+
+
+def test_patch_unet_is_the_plain_unet_on_folded_pixels():
+    """UNET_PATCH=2: the same network as a plain UNet on the 2x2-folded image (12 channels at
+    half size, in PixelUnshuffle's channel order), its output unfolded back to pixels."""
+    torch.manual_seed(0)
+    kwargs = dict(base=16, channel_mult=(1, 2), blocks=1, attention_resolutions=(4,),
+                  num_classes=2, dropout=0.0)
+    net = UNet(3, 16, patch=2, **kwargs)
+    inner = UNet(12, 8, **kwargs)
+    inner.load_state_dict(net.state_dict())
+    torch.nn.init.normal_(net.conv_out.weight, std=0.1)
+    inner.conv_out.weight.data.copy_(net.conv_out.weight.data)
+    x, t, y = torch.randn(2, 3, 16, 16), torch.tensor([3, 700]), torch.tensor([0, 2])
+    out = net(x, t, y)
+    folded = torch.stack([x[:, :, a::2, b::2] for a in range(2) for b in range(2)], dim=2)
+    inner_out = inner(folded.reshape(2, 12, 8, 8), t, y).reshape(2, 3, 2, 2, 8, 8)
+    assert out.shape == x.shape
+    for a in range(2):  # output pixel (2i + a, 2j + b) is inner channel c * 4 + a * 2 + b
+        for b in range(2):
+            assert torch.allclose(out[:, :, a::2, b::2], inner_out[:, :, a, b], atol=1e-6)
+    assert sum(isinstance(m, Attention) for m in net.modules()) == 1 + 3  # 4 = 16 / 2 / 2
+
+
+def test_patch_must_divide_the_size():
+    with pytest.raises(ValueError, match="patch 3"):
+        UNet(3, 16, base=8, channel_mult=(1,), patch=3)

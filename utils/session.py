@@ -44,7 +44,8 @@ def denoiser_args(const: SimpleNamespace, in_channels: int, image_size: int,
     return {"unet": dict(in_channels=in_channels, image_size=image_size, base=const.BASE,
                          channel_mult=tuple(const.CHANNEL_MULT), blocks=const.BLOCKS,
                          attention_resolutions=tuple(const.ATTENTION), heads=const.HEADS,
-                         dropout=const.DROPOUT, num_classes=num_classes)}
+                         dropout=const.DROPOUT, num_classes=num_classes,
+                         patch=const.UNET_PATCH)}
 
 
 def load_splits(const: SimpleNamespace) -> tuple[DataSpec, ImageData, ImageData]:
