@@ -80,7 +80,8 @@ def main(argv=None):
     """Train (or resume) a run; returns it."""
     const = resolve_constants(globals(), argv)
     run, state, const = resume_run(const, "diffusion", argv,
-                               output_constants=("SAMPLER", "SAMPLE_STEPS"))
+                               output_constants=("SAMPLER", "SAMPLE_STEPS"),
+                               older_defaults={"UNET_PATCH": 1})  # runs from before the patch
     check_choice("LR_SCHEDULE", const.LR_SCHEDULE, ("constant", "cosine"))
     check_betas(const)
     check_positive(const, "BATCH_SIZE", "LR", "BASE", "TIMESTEPS", "SAMPLE_STEPS", "WARMUP_STEPS",

@@ -75,8 +75,9 @@ SAMPLE_STEPS = 50  # DDIM steps of the per-epoch samples
 def main(argv=None):
     """Train (or resume) stage 2; returns the run."""
     const = resolve_constants(globals(), argv)
-    run, state, const = resume_run(const, "ldm", argv, output_constants=("GUIDANCE",
-                                                                         "SAMPLE_STEPS"))
+    run, state, const = resume_run(const, "ldm", argv,
+                                   output_constants=("GUIDANCE", "SAMPLE_STEPS"),
+                                   older_defaults={"UNET_PATCH": 1})  # runs from before it
     check_choice("LR_SCHEDULE", const.LR_SCHEDULE, ("constant", "cosine"))
     check_betas(const)
     check_positive(const, "BATCH_SIZE", "LR", "BASE", "TIMESTEPS", "SAMPLE_STEPS", "WARMUP_STEPS",

@@ -24,7 +24,7 @@ class UNet(nn.Module):
                  num_classes: int = 0, out_channels: int | None = None, patch: int = 1):
         super().__init__()
         if patch < 1 or image_size % patch:
-            raise ValueError(f"patch {patch} does not divide size {image_size}")
+            raise ValueError(f"patch {patch} must be a positive divisor of the size {image_size}")
         image_size //= patch
         if image_size % 2 ** (len(channel_mult) - 1):
             raise ValueError(f"size {image_size} (after the patch) cannot be halved "

@@ -81,6 +81,27 @@ def test_diffusion_main_writes_outputs_and_resumes_exactly(tmp_path):
     assert images.shape == (5, 3, 16, 16) and images.dtype == torch.uint8
 
 
+def test_unet_patch_runs_and_a_run_saved_before_it_resumes_unpatched(tmp_path):
+    """UNET_PATCH reaches the checkpoint's model_args; a run whose config predates the constant
+    resumes with the plain UNet it was trained with, whatever today's default; a patch that
+    does not divide the size is one UserError line."""
+    import Diffusion_run_scripts.DiffusionMain as main_script
+    from utils.errors import UserError
+    from utils.runs import load_checkpoint, save_checkpoint
+    run = main_script.main([*TINY, "--SAVE_ROOT", str(tmp_path / "p"), "--EPOCHS=1",
+                            "--UNET_PATCH=2"])
+    assert load_checkpoint(run.checkpoint)["model_args"]["unet"]["patch"] == 2
+    run = main_script.main([*TINY, "--SAVE_ROOT", str(tmp_path), "--EPOCHS=1", "--UNET_PATCH=1"])
+    state = load_checkpoint(run.checkpoint)
+    del state["config"]["UNET_PATCH"]  # as written before the constant existed
+    save_checkpoint(state, run.checkpoint)
+    main_script.main(["--SAVE_ROOT", str(tmp_path), "--RESUME=latest", "--EPOCHS=2"])
+    state = load_checkpoint(run.checkpoint)
+    assert state["epoch"] == 2 and state["model_args"]["unet"]["patch"] == 1
+    with pytest.raises(UserError, match="patch 3 must be a positive divisor of the size 16"):
+        main_script.main([*TINY, "--SAVE_ROOT", str(tmp_path / "bad"), "--UNET_PATCH=3"])
+
+
 def test_flow_matching_trains_and_evaluates_end_to_end(tmp_path, capsys):
     """PREDICTION='flow': logit-normal times, the velocity target, Euler per-epoch samples,
     then every eval figure with Euler and Heun (ddpm and dpmpp2m are left out of the
