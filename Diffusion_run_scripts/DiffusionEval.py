@@ -1,4 +1,6 @@
-"""Evaluate a trained pixel DDPM run with its EMA weights.
+"""Evaluate a trained pixel DDPM run with its EMA weights, by default autoguided by the EMA
+weights the run kept at GUIDE_EPOCH (Karras et al. 2024): every figure, samples.npz and the
+metrics come from the guided model (AUTOGUIDANCE=1 turns it off).
 
     python -m Diffusion_run_scripts.DiffusionEval                  # the latest run
     python -m Diffusion_run_scripts.DiffusionEval --RUN=003 --SAMPLER=ddpm --STEPS=1000
@@ -13,7 +15,7 @@ from pathlib import Path
 import torch
 
 from models.diffusion import Denoiser
-from models.samplers import FLOW_SAMPLERS, SAMPLERS, sample
+from models.samplers import FLOW_SAMPLERS, SAMPLERS, autoguidance, sample
 from train.checkpoints import load_run
 from train.diffusion import checkpoint_denoiser
 from train.diffusion_figures import (compared_samplers, noised_and_denoised, parse_sampler,
@@ -32,6 +34,7 @@ RUN = "latest"  # run name or number (e.g. 003), or latest
 SAMPLER = "ddim"  # ddim or ddpm, for the grid, the strips and samples.npz
 STEPS = 50  # its number of steps
 ETA = 0.0  # DDIM eta (0: deterministic)
+AUTOGUIDANCE = 2.0  # w in guide + w (model - guide), the guide the run's GUIDE_EPOCH EMA; 1: off
 GRID_SIZE = 8  # the sample grid is GRID_SIZE x GRID_SIZE
 STRIP_IMAGES = 3  # images in the reverse and noised-real strips
 STRIP_COLUMNS = 10  # timesteps shown per strip
@@ -57,8 +60,15 @@ def main(argv=None) -> None:
     seed_everything(const.SEED)
     device = resolve_device(const.DEVICE)
     loaded = load_run(const.SAVE_ROOT, "diffusion", const.RUN, device)
-    denoiser = checkpoint_denoiser(loaded.state, loaded.nets["net"],
-                                   amp_dtype=resolve_precision(const.PRECISION, device))
+    amp_dtype = resolve_precision(const.PRECISION, device)
+    denoiser = checkpoint_denoiser(loaded.state, loaded.nets["net"], amp_dtype=amp_dtype)
+    guided = const.AUTOGUIDANCE != 1 and "guide" in loaded.nets
+    if guided:
+        denoiser = autoguidance(denoiser, checkpoint_denoiser(
+            loaded.state, loaded.nets["guide"], amp_dtype=amp_dtype), const.AUTOGUIDANCE)
+    elif const.AUTOGUIDANCE != 1:
+        print(f"{loaded.run.name} kept no guide network (GUIDE_EPOCH=0, a run from before it, or "
+              f"stopped before that epoch): sampling without autoguidance")
     T = denoiser.schedule.timesteps
     if denoiser.schedule.kind == "flow" and const.SAMPLER not in FLOW_SAMPLERS:
         raise UserError(f"SAMPLER={const.SAMPLER!r}: a flow run samples with "
@@ -70,6 +80,7 @@ def main(argv=None) -> None:
     out, title = loaded.run.plots / "eval", loaded.title
     draw = f"{const.SAMPLER}-{const.STEPS}"
     draw += f", eta {const.ETA}" if const.SAMPLER == "ddim" else ""
+    draw += f", autoguidance {const.AUTOGUIDANCE:g}" if guided else ""
     shape = (loaded.data.channels, loaded.data.image_size, loaded.data.image_size)
 
     def generate(n: int) -> torch.Tensor:

@@ -8,7 +8,8 @@ v or x0 prediction on a linear or cosine noise schedule with --PREDICTION.
 
 Writes to saved_plots/diffusion/<run>/: progression.png (EMA samples from fixed noise, one column
 per epoch), losses.png (log scale, with the loss per quarter of the timestep range),
-forward_diffusion.png, config.json, metrics.jsonl; weights to saved_models/diffusion/<run>/.
+forward_diffusion.png, config.json, metrics.jsonl; weights to saved_models/diffusion/<run>/
+(with the EMA weights of epoch GUIDE_EPOCH, the guide DiffusionEval's autoguidance samples with).
 """
 import torch
 
@@ -18,7 +19,7 @@ from train.diffusion import train_diffusion
 from train.diffusion_step import build_diffusion, build_schedule, ema_samples
 from utils.config import check_betas, check_choice, check_positive, resolve_constants
 from utils.data import batches_per_epoch, iterate_batches
-from utils.errors import run_cli
+from utils.errors import UserError, run_cli
 from utils.plots import save_labelled_grid
 from utils.run_index import write_indexes
 from utils.session import denoiser_args, load_splits, open_run, resume_run, seed_and_device
@@ -61,6 +62,7 @@ LR_SCHEDULE = "constant"  # after warm-up: constant or cosine
 WARMUP_STEPS = 200  # linear LR warm-up steps
 BETAS = (0.9, 0.999)  # AdamW betas (Loshchilov & Hutter 2019; torch's defaults)
 EMA_DECAY = 0.995  # EMA of the weights (with a warm-up), used for samples
+GUIDE_EPOCH = 2  # keep this epoch's EMA as the autoguidance guide (DiffusionEval); 0: none
 SEED = 0  # seeds python, numpy and torch
 DEVICE = "auto"  # auto, cpu, cuda
 PRECISION = "auto"  # auto (bf16 autocast where fast), bf16, fp32
@@ -81,11 +83,14 @@ def main(argv=None):
     const = resolve_constants(globals(), argv)
     run, state, const = resume_run(const, "diffusion", argv,
                                output_constants=("SAMPLER", "SAMPLE_STEPS"),
-                               older_defaults={"UNET_PATCH": 1})  # runs from before the patch
+                               older_defaults={"UNET_PATCH": 1, "GUIDE_EPOCH": 0})  # older runs
     check_choice("LR_SCHEDULE", const.LR_SCHEDULE, ("constant", "cosine"))
     check_betas(const)
     check_positive(const, "BATCH_SIZE", "LR", "BASE", "TIMESTEPS", "SAMPLE_STEPS", "WARMUP_STEPS",
                    "CHECKPOINT_EVERY", "PROGRESSION_ROWS")
+    if not isinstance(const.GUIDE_EPOCH, int) or const.GUIDE_EPOCH < 0:
+        raise UserError(f"GUIDE_EPOCH must be an epoch number (0: no guide), got "
+                        f"{const.GUIDE_EPOCH!r}")
     schedule = build_schedule(const.PREDICTION, const.SCHEDULE, const.TIMESTEPS,
                               const.LOGIT_MEAN, const.LOGIT_STD, sampler=const.SAMPLER,
                               min_snr_gamma=const.MIN_SNR_GAMMA)
@@ -115,7 +120,8 @@ def main(argv=None):
         snapshot=lambda: ema_samples(setup, noise, const.SAMPLER, const.SAMPLE_STEPS),
         config=vars(const),
         deadline=deadline, checkpoint_every=const.CHECKPOINT_EVERY, state=state,
-        sample_title=f"EMA samples from fixed noise ({const.SAMPLER}, {const.SAMPLE_STEPS} steps)")
+        sample_title=f"EMA samples from fixed noise ({const.SAMPLER}, {const.SAMPLE_STEPS} steps)",
+        guide_epoch=const.GUIDE_EPOCH)
     write_indexes(run.plots)  # the run's index.html and saved_plots/index.html
     print(f"done: figures in {run.plots}")
     return run

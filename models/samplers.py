@@ -1,6 +1,7 @@
 """Samplers: functions of a Denoiser (models/diffusion.py), so they can be driven by an exact
 denoiser in tests. Any number of steps, any start t (to denoise a noised real image), optional
-snapshots of x_t and the predicted x0 (for reverse-diffusion strips), classifier-free guidance.
+snapshots of x_t and the predicted x0 (for reverse-diffusion strips), classifier-free guidance
+and autoguidance.
 
     ddpm     ancestral sampling (noise schedules only)
     ddim     deterministic first-order steps x' = alpha' x0 + sigma' eps (eta > 0: stochastic);
@@ -93,6 +94,21 @@ def classifier_free_guidance(denoiser: Denoiser, scale: float, null_label: int) 
         out = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]))
         out_c, out_u = out.chunk(2)
         return out_u + scale * (out_c - out_u)
+    return replace(denoiser, net=guided)
+
+
+def autoguidance(denoiser: Denoiser, guide: Denoiser, weight: float) -> Denoiser:
+    """The denoiser whose network output is out_g + weight * (out - out_g), where out_g is the
+    output of `guide`, a weaker version of the same model (Karras et al. 2024, "Guiding a
+    diffusion model with a bad version of itself", eq. 2). Weight 1 is the model itself, 0 the
+    guide. Both must share the schedule and prediction type, so that (as for classifier-free
+    guidance) the combination of outputs is the same combination of x0 and eps (or velocity).
+    """
+    net, guide_net = denoiser.net, guide.net
+
+    def guided(x, t, labels):
+        out_g = guide_net(x, t, labels)
+        return out_g + weight * (net(x, t, labels) - out_g)
     return replace(denoiser, net=guided)
 
 

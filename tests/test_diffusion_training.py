@@ -102,6 +102,48 @@ def test_unet_patch_runs_and_a_run_saved_before_it_resumes_unpatched(tmp_path):
         main_script.main([*TINY, "--SAVE_ROOT", str(tmp_path / "bad"), "--UNET_PATCH=3"])
 
 
+def test_the_guide_is_the_ema_of_guide_epoch_kept_through_a_resume_and_guides_eval(
+        tmp_path, capsys):
+    """GUIDE_EPOCH=1: the checkpoint's guide is exactly the EMA a 1-epoch run ends with, in a
+    straight 2-epoch run and in one resumed after epoch 1. DiffusionEval samples with it by
+    default (other samples than AUTOGUIDANCE=1's), and a run without a guide says so and
+    samples unguided."""
+    import Diffusion_run_scripts.DiffusionEval as eval_script
+    import Diffusion_run_scripts.DiffusionMain as main_script
+    from utils.runs import find_run, load_checkpoint
+    from utils.samples import load_samples_npz
+    one = main_script.main([*TINY, "--SAVE_ROOT", str(tmp_path / "one"), "--EPOCHS=1",
+                            "--GUIDE_EPOCH=0"])
+    straight = main_script.main([*TINY, "--SAVE_ROOT", str(tmp_path / "two"), "--EPOCHS=2",
+                                 "--GUIDE_EPOCH=1"])
+    split = main_script.main([*TINY, "--SAVE_ROOT", str(tmp_path / "split"), "--EPOCHS=1",
+                              "--GUIDE_EPOCH=1"])
+    main_script.main(["--SAVE_ROOT", str(tmp_path / "split"), "--RESUME=latest", "--EPOCHS=2"])
+    ema_1 = load_checkpoint(one.checkpoint)
+    assert "guide" not in ema_1
+    ema_1 = ema_1["ema"]
+    for run in (straight, split):
+        state = load_checkpoint(run.checkpoint)
+        assert state["epoch"] == 2 and state["guide"].keys() == ema_1.keys()
+        for key in ema_1:
+            assert torch.equal(state["guide"][key], ema_1[key]), key
+        assert not torch.equal(state["ema"]["module.conv_out.weight"],
+                               ema_1["module.conv_out.weight"])
+
+    def samples(root, *args):
+        eval_script.main(["--SAVE_ROOT", str(root), "--STEPS=3", "--GRID_SIZE=2",
+                          "--STRIP_IMAGES=1", "--STRIP_COLUMNS=3", "--NOISED_T=(10, 49)",
+                          "--COMPARE=('ddim-3',)", "--COMPARE_IMAGES=2", "--N_SAMPLES=6",
+                          "--METRICS=False", *args])
+        return load_samples_npz(find_run(root, "diffusion").plots / "eval" / "samples.npz")[0]
+    guided = samples(tmp_path / "two")
+    assert not torch.equal(guided, samples(tmp_path / "two", "--AUTOGUIDANCE=1"))
+    unguided = samples(tmp_path / "one", "--AUTOGUIDANCE=1")
+    capsys.readouterr()
+    assert torch.equal(samples(tmp_path / "one"), unguided)
+    assert "kept no guide network" in capsys.readouterr().out
+
+
 def test_flow_matching_trains_and_evaluates_end_to_end(tmp_path, capsys):
     """PREDICTION='flow': logit-normal times, the velocity target, Euler per-epoch samples,
     then every eval figure with Euler and Heun (ddpm and dpmpp2m are left out of the

@@ -14,7 +14,7 @@ import torch
 from models.diffusion import (Denoiser, NoiseSchedule, predict_x0_eps, q_sample,
                               training_target)
 from models.flow import FlowSchedule, flow_to_x0_eps, interpolate, velocity_target
-from models.samplers import (DEFAULT_SPACING, classifier_free_guidance, sample,
+from models.samplers import (DEFAULT_SPACING, autoguidance, classifier_free_guidance, sample,
                              spaced_timesteps)
 
 MU, STD = 0.4, 0.5
@@ -122,6 +122,34 @@ def test_classifier_free_guidance_of_a_flow_model():
     cond, uncond = plain(x, t, y), plain(x, t, torch.zeros_like(y))
     for got, c, u in zip(classifier_free_guidance(plain, 2.0, 0)(x, t, y), cond, uncond):
         assert torch.allclose(got, u + 2.0 * (c - u), atol=1e-12)
+
+
+def test_autoguidance_extrapolates_from_the_guide_to_the_model():
+    """Karras et al. 2024, eq. 2: D_w = D_guide + w (D - D_guide), for x0 and eps alike (both
+    affine in the network output). The model is the exact velocity of the data N(MU, STD^2),
+    the guide that of a wider N(MU, (2 STD)^2), as a weaker model's would be."""
+    flow = FlowSchedule(50)
+    model = flow_oracle(flow)
+
+    def guide_net(x, net_time, labels):
+        t = (net_time.to(x.dtype) / flow.timesteps).view(-1, *[1] * (x.dim() - 1))
+        std = 2 * STD
+        var = (1 - t) ** 2 * std ** 2 + t ** 2
+        return t / var * (x - (1 - t) * MU) - (MU + (1 - t) * std ** 2 / var * (x - (1 - t) * MU))
+    guide = Denoiser(guide_net, flow, "flow")
+    x, t = X_T.clone(), torch.full((len(X_T),), 30)
+    (x0_m, eps_m), (x0_g, eps_g) = model(x, t), guide(x, t)
+    assert not torch.allclose(x0_m, x0_g)
+    for w in (0.0, 1.0, 2.5):
+        x0_w, eps_w = autoguidance(model, guide, w)(x, t)
+        assert torch.allclose(x0_w, x0_g + w * (x0_m - x0_g), atol=1e-12)
+        assert torch.allclose(eps_w, eps_g + w * (eps_m - eps_g), atol=1e-12)
+    # weight 1 samples as the model does (to rounding); above 1 it moves away from the wider guide,
+    # so the samples come out narrower than the model's
+    plain = sample(model, X_T.clone(), "ddim", 20).x
+    assert torch.allclose(sample(autoguidance(model, guide, 1.0), X_T.clone(), "ddim", 20).x, plain,
+                          atol=1e-12)
+    assert sample(autoguidance(model, guide, 2.0), X_T.clone(), "ddim", 20).x.std() < plain.std()
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "dpmpp2m"])

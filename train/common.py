@@ -290,9 +290,10 @@ def make_ema(module: torch.nn.Module, decay: float) -> AveragedModel | None:
     return AveragedModel(module, multi_avg_fn=ema_with_warmup(decay)) if decay else None
 
 
-def ema_network(state: dict, model: torch.nn.Module) -> torch.nn.Module:
-    """`model` with the EMA weights of a training checkpoint (no optimizer is built)."""
-    ema = state["ema"]
+def ema_network(state: dict, model: torch.nn.Module, key: str = "ema") -> torch.nn.Module:
+    """`model` with the EMA weights of a training checkpoint (no optimizer is built); `key`
+    names another copy of them in the same format (a diffusion run's "guide")."""
+    ema = state[key]
     weights = {k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")}
     load_state(model, weights, "EMA weights")
     return model.eval().requires_grad_(False)

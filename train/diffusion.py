@@ -24,19 +24,23 @@ def train_diffusion(setup: DiffusionSetup, batches: Callable[[int], Iterable], s
                     fixed_noise: torch.Tensor, deadline: Deadline | None = None,
                     checkpoint_every: int = 1, state: dict | None = None,
                     sample_title: str = "EMA samples", row_labels: tuple = (),
-                    extras: dict | None = None) -> list[torch.Tensor]:
+                    extras: dict | None = None, guide_epoch: int = 0) -> list[torch.Tensor]:
     """Train for `epochs` total epochs (continuing `state`); returns the per-epoch frames.
 
     batches(epoch) yields (x0, labels) for one epoch (pixels or scaled latents); snapshot()
     returns that epoch's uint8 sample frame; test_x gives the held-out loss; `extras` go into
-    the checkpoint (see diffusion_checkpoint).
+    the checkpoint (see diffusion_checkpoint). With guide_epoch > 0 the EMA weights at the end
+    of that epoch are kept as the checkpoint's "guide", the weaker model autoguidance needs
+    (Karras et al. 2024: the same network, trained for less time).
     """
     progress, frames = resume_point(setup.modules, state)
     log = open_log(run, progress, config)
+    guide = state.get("guide") if state else None
 
     def save() -> None:
+        kept = {"guide": guide} if guide is not None else {}
         save_checkpoint(diffusion_checkpoint(setup, kind, progress, data, config, fixed_noise,
-                                             frames, **(extras or {})), run.checkpoint)
+                                             frames, **kept, **(extras or {})), run.checkpoint)
 
     with stop_guard(run, progress, save):
         for epoch in (bar := epoch_range(run, progress.epoch, epochs)):
@@ -52,6 +56,8 @@ def train_diffusion(setup: DiffusionSetup, batches: Callable[[int], Iterable], s
             record = {"epoch": epoch, "step": progress.step,
                       **evaluate(setup, meter, quarters, test_x), "img_per_s": speed}
             write_figures(run, frames, [*log.read(), record], sample_title, row_labels)
+            if epoch == guide_epoch and setup.ema is not None:
+                guide = {k: v.detach().clone() for k, v in setup.ema.state_dict().items()}
             if end_epoch(run, log, bar, progress, record, started=started, epochs=epochs,
                          checkpoint_every=checkpoint_every, deadline=deadline, save=save,
                          images=frames[-1], schedulers=[setup.lr_sched],
@@ -87,7 +93,8 @@ def diffusion_checkpoint(setup: DiffusionSetup, kind: str, progress: Progress, d
     model_args {"unet"}, data (DataSpec; for "ldm" the autoencoder run's), epoch, step, rng,
     config (the run's constants), the state_dicts of model, ema, opt and lr_sched, diffusion
     {schedule, timesteps, prediction} (what the Denoiser needs), fixed_noise and frames (the
-    progression), and the family's extras (for "ldm": autoencoder_run and scale_factor)."""
+    progression), and the family's extras (for "ldm": autoencoder_run and scale_factor; for a
+    run with a GUIDE_EPOCH: guide, the EMA state_dict of that epoch)."""
     schedule = setup.schedule
     process = {"schedule": schedule.kind, "timesteps": schedule.timesteps,
                "prediction": setup.prediction_type,
@@ -99,8 +106,13 @@ def diffusion_checkpoint(setup: DiffusionSetup, kind: str, progress: Progress, d
 
 
 def load_diffusion_networks(state: dict, device: torch.device) -> dict[str, torch.nn.Module]:
-    """{"net": the denoising network with the checkpoint's EMA weights}, in eval mode."""
-    return {"net": ema_network(state, build_network(state["model_args"]).to(device))}
+    """{"net": the denoising network with the checkpoint's EMA weights, and "guide": the same
+    network with the guide's weights where the run kept one}, in eval mode."""
+    nets = {"net": ema_network(state, build_network(state["model_args"]).to(device))}
+    if state.get("guide") is not None:
+        nets["guide"] = ema_network(state, build_network(state["model_args"]).to(device),
+                                    "guide")
+    return nets
 
 
 def checkpoint_denoiser(state: dict, net: torch.nn.Module, *, amp_dtype=None,
