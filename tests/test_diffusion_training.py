@@ -82,9 +82,9 @@ def test_diffusion_main_writes_outputs_and_resumes_exactly(tmp_path):
 
 
 def test_unet_patch_runs_and_a_run_saved_before_it_resumes_unpatched(tmp_path):
-    """UNET_PATCH reaches the checkpoint's model_args; a run whose config predates the constant
-    resumes with the plain UNet it was trained with, whatever today's default; a patch that
-    does not divide the size is one UserError line."""
+    """UNET_PATCH reaches the checkpoint's model_args; a run whose config predates UNET_PATCH
+    and GUIDE_EPOCH resumes with the plain UNet it was trained with and keeps no guide,
+    whatever today's defaults; a patch that does not divide the size is one UserError line."""
     import Diffusion_run_scripts.DiffusionMain as main_script
     from utils.errors import UserError
     from utils.runs import load_checkpoint, save_checkpoint
@@ -93,11 +93,12 @@ def test_unet_patch_runs_and_a_run_saved_before_it_resumes_unpatched(tmp_path):
     assert load_checkpoint(run.checkpoint)["model_args"]["unet"]["patch"] == 2
     run = main_script.main([*TINY, "--SAVE_ROOT", str(tmp_path), "--EPOCHS=1", "--UNET_PATCH=1"])
     state = load_checkpoint(run.checkpoint)
-    del state["config"]["UNET_PATCH"]  # as written before the constant existed
+    del state["config"]["UNET_PATCH"], state["config"]["GUIDE_EPOCH"]  # as before they existed
     save_checkpoint(state, run.checkpoint)
     main_script.main(["--SAVE_ROOT", str(tmp_path), "--RESUME=latest", "--EPOCHS=2"])
     state = load_checkpoint(run.checkpoint)
     assert state["epoch"] == 2 and state["model_args"]["unet"]["patch"] == 1
+    assert "guide" not in state  # today's GUIDE_EPOCH=2 would have kept epoch 2's EMA
     with pytest.raises(UserError, match="patch 3 must be a positive divisor of the size 16"):
         main_script.main([*TINY, "--SAVE_ROOT", str(tmp_path / "bad"), "--UNET_PATCH=3"])
 
