@@ -38,7 +38,7 @@ LABEL_DROPOUT = 0.1  # share of labels replaced by the null class (CFG training)
 # model
 BACKBONE = "unet"  # unet, or dit (a Diffusion Transformer, Peebles & Xie 2023)
 BASE = 64  # UNet channels at the latent resolution
-UNET_PATCH = 1  # unet: pixel blocks folded into channels first (2: it runs at half size)
+UNET_PATCH = 1  # unet: latent-cell blocks folded into channels first (2: half size)
 CHANNEL_MULT = (1, 2)  # channel multiplier per level
 BLOCKS = 2  # residual blocks per level
 ATTENTION = (4,)  # latent resolutions with self-attention
