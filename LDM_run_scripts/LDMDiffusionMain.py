@@ -12,11 +12,11 @@ metrics.jsonl; weights to saved_models/ldm/<run>/. Never runs the encoder: it re
 """
 import torch
 
-from train.checkpoints import Loaded, load_run
 from train.common import Deadline
 from train.diffusion import train_diffusion
 from train.diffusion_step import build_diffusion, build_schedule, ema_denoiser
-from train.latents import class_samples, guided, latent_batches, load_cache
+from train.latents import (class_samples, finished_stage1, guided, held_out_latents,
+                           latent_batches)
 from utils.config import check_betas, check_choice, check_positive, resolve_constants
 from utils.errors import UserError, run_cli
 from utils.run_index import write_indexes
@@ -124,27 +124,6 @@ def main(argv=None):
     write_indexes(run.plots)  # the run's index.html and saved_plots/index.html
     print(f"done: figures in {run.plots}")
     return run
-
-
-def finished_stage1(save_root: str, which: str, device: torch.device) -> tuple[Loaded, dict]:
-    """The stage-1 run (its frozen autoencoder, latent statistics and data) and its cache."""
-    stage1 = load_run(save_root, "ldm_autoencoder", which, device)
-    if "latent_stats" not in stage1.state:
-        raise UserError(f"{stage1.run.name} has not finished training (no latent statistics); "
-                        f"finish or resume LDMAutoencoderMain first")
-    cache = load_cache(stage1.run)
-    print(f"autoencoder {stage1.run.name}: {len(cache['labels'])} cached latents of shape "
-          f"{tuple(cache['mean'].shape[1:])}, scale factor "
-          f"{stage1.state['latent_stats']['scale_factor']:.4f}")
-    return stage1, cache
-
-
-@torch.no_grad()
-def held_out_latents(stage1: Loaded, data_root: str, n: int = 512) -> torch.Tensor:
-    """Scaled posterior means of held-out images (for the held-out loss), encoded once."""
-    ae = stage1.nets["autoencoder"]
-    x = stage1.data.held_out(n, data_root).first(n)[0].to(next(ae.parameters()).device)
-    return stage1.state["latent_stats"]["scale_factor"] * ae.encode(x)[0].float()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Between the stages of latent diffusion: the latent cache and its statistics (written at the end
-of stage 1), scaled latent batches for stage 2, and decoding (class-conditional, guided) samples.
+of stage 1), the finished stage-1 run and its held-out latents, scaled latent batches for stage 2,
+and decoding (class-conditional, guided) samples.
 """
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 
@@ -13,6 +14,9 @@ from utils import distributed
 from utils.data import ImageData, iterate_batches, to_uint8
 from utils.errors import UserError
 from utils.runs import CHECKPOINT_VERSION, Run, load_checkpoint, save_checkpoint
+
+if TYPE_CHECKING:
+    from train.checkpoints import Loaded
 
 CACHE = "latent_cache.pt"  # in the autoencoder run's saved_models folder
 
@@ -85,3 +89,25 @@ def class_samples(denoiser: Denoiser, ae: Autoencoder, scale: float, noise: torc
     """Decoded DDIM samples of a (guided) latent denoiser for the given labels, uint8 on the CPU."""
     z = sample(denoiser, noise.clone(), "ddim", steps, labels=labels).x
     return to_uint8(decode_latents(ae, z, scale)).cpu()
+
+
+def finished_stage1(save_root: str, which: str, device: torch.device) -> tuple["Loaded", dict]:
+    """The stage-1 run (its frozen autoencoder, latent statistics and data) and its cache."""
+    from train.checkpoints import load_run  # here: it imports train.autoencoder, which imports us
+    stage1 = load_run(save_root, "ldm_autoencoder", which, device)
+    if "latent_stats" not in stage1.state:
+        raise UserError(f"{stage1.run.name} has not finished training (no latent statistics); "
+                        f"finish or resume LDMAutoencoderMain first")
+    cache = load_cache(stage1.run)
+    print(f"autoencoder {stage1.run.name}: {len(cache['labels'])} cached latents of shape "
+          f"{tuple(cache['mean'].shape[1:])}, scale factor "
+          f"{stage1.state['latent_stats']['scale_factor']:.4f}")
+    return stage1, cache
+
+
+@torch.no_grad()
+def held_out_latents(stage1: "Loaded", data_root: str, n: int = 512) -> torch.Tensor:
+    """Scaled posterior means of held-out images (for the held-out loss), encoded once."""
+    ae = stage1.nets["autoencoder"]
+    x = stage1.data.held_out(n, data_root).first(n)[0].to(next(ae.parameters()).device)
+    return stage1.state["latent_stats"]["scale_factor"] * ae.encode(x)[0].float()
