@@ -35,6 +35,7 @@ SAMPLER = "ddim"  # ddim or ddpm, for the grid, the strips and samples.npz
 STEPS = 50  # its number of steps
 ETA = 0.0  # DDIM eta (0: deterministic)
 AUTOGUIDANCE = 2.0  # w in guide + w (model - guide), the guide the run's GUIDE_EPOCH EMA; 1: off
+GUIDANCE_INTERVAL = ()  # (lo, hi): autoguide only where sigma / alpha is in (lo, hi]; (): always
 GRID_SIZE = 8  # the sample grid is GRID_SIZE x GRID_SIZE
 STRIP_IMAGES = 3  # images in the reverse and noised-real strips
 STRIP_COLUMNS = 10  # timesteps shown per strip
@@ -57,6 +58,12 @@ def main(argv=None) -> None:
     check_choice("SAMPLER", const.SAMPLER, tuple(SAMPLERS))
     check_positive(const, "STEPS", "GRID_SIZE", "STRIP_IMAGES", "STRIP_COLUMNS", "COMPARE_IMAGES")
     specs = [parse_sampler(spec) and spec for spec in const.COMPARE]  # bad ones: stop now
+    interval = const.GUIDANCE_INTERVAL
+    if interval and not (isinstance(interval, (tuple, list)) and len(interval) == 2
+                         and all(isinstance(v, (int, float)) for v in interval)
+                         and 0 <= interval[0] < interval[1]):
+        raise UserError(f"GUIDANCE_INTERVAL must be (lo, hi) with 0 <= lo < hi, or (), "
+                        f"got {interval!r}")
     seed_everything(const.SEED)
     device = resolve_device(const.DEVICE)
     loaded = load_run(const.SAVE_ROOT, "diffusion", const.RUN, device)
@@ -65,7 +72,8 @@ def main(argv=None) -> None:
     guided = const.AUTOGUIDANCE != 1 and "guide" in loaded.nets
     if guided:
         denoiser = autoguidance(denoiser, checkpoint_denoiser(
-            loaded.state, loaded.nets["guide"], amp_dtype=amp_dtype), const.AUTOGUIDANCE)
+            loaded.state, loaded.nets["guide"], amp_dtype=amp_dtype), const.AUTOGUIDANCE,
+            tuple(interval) or None)
     elif const.AUTOGUIDANCE != 1:
         print(f"{loaded.run.name} kept no guide network (GUIDE_EPOCH=0, a run from before it, or "
               f"stopped before that epoch): sampling without autoguidance")
@@ -81,6 +89,7 @@ def main(argv=None) -> None:
     draw = f"{const.SAMPLER}-{const.STEPS}"
     draw += f", eta {const.ETA}" if const.SAMPLER == "ddim" else ""
     draw += f", autoguidance {const.AUTOGUIDANCE:g}" if guided else ""
+    draw += " in sigma/alpha ({:g}, {:g}]".format(*interval) if guided and interval else ""
     shape = (loaded.data.channels, loaded.data.image_size, loaded.data.image_size)
 
     def generate(n: int) -> torch.Tensor:

@@ -97,19 +97,50 @@ def classifier_free_guidance(denoiser: Denoiser, scale: float, null_label: int) 
     return replace(denoiser, net=guided)
 
 
-def autoguidance(denoiser: Denoiser, guide: Denoiser, weight: float) -> Denoiser:
+def autoguidance(denoiser: Denoiser, guide: Denoiser, weight: float,
+                 interval: tuple[float, float] | None = None) -> Denoiser:
     """The denoiser whose network output is out_g + weight * (out - out_g), where out_g is the
     output of `guide`, a weaker version of the same model (Karras et al. 2024, "Guiding a
     diffusion model with a bad version of itself", eq. 2). Weight 1 is the model itself, 0 the
     guide. Both must share the schedule and prediction type, so that (as for classifier-free
     guidance) the combination of outputs is the same combination of x0 and eps (or velocity).
+
+    interval=(lo, hi) guides only the steps whose noise-to-signal ratio sigma / alpha lies in
+    (lo, hi] and uses the model alone elsewhere (guidance in a limited interval, Kynkaanniemi
+    et al. 2024); the guide is then not evaluated outside it.
     """
     net, guide_net = denoiser.net, guide.net
+    if interval is None:
+        def guided(x, t, labels):
+            out_g = guide_net(x, t, labels)
+            return out_g + weight * (net(x, t, labels) - out_g)
+        return replace(denoiser, net=guided)
+    inside_at = _inside_interval(denoiser.schedule, *interval)
 
-    def guided(x, t, labels):
+    def guided_in_interval(x, t, labels):
+        out = net(x, t, labels)
+        inside = inside_at(t)
+        if not bool(inside.any()):
+            return out
         out_g = guide_net(x, t, labels)
-        return out_g + weight * (net(x, t, labels) - out_g)
-    return replace(denoiser, net=guided)
+        mask = inside.view(-1, *[1] * (out.dim() - 1))
+        return torch.where(mask, out_g + weight * (out - out_g), out)
+    return replace(denoiser, net=guided_in_interval)
+
+
+def _inside_interval(schedule, lo: float, hi: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function of the times a network is told (schedule.net_time of the grid indices) that
+    says, per sample, whether that step's sigma / alpha = exp(-log_snr / 2) lies in (lo, hi]."""
+    if not 0 <= lo < hi:
+        raise ValueError(f"a guidance interval needs 0 <= lo < hi, got ({lo}, {hi})")
+    net_times = schedule.net_time(torch.arange(schedule.timesteps)).double()  # ascending
+    ratio = torch.exp(-0.5 * schedule.log_snr().double())  # inf at the flow path's noise end
+    inside = (ratio > lo) & (ratio <= hi)
+
+    def inside_at(t: torch.Tensor) -> torch.Tensor:
+        k = torch.searchsorted(net_times.to(t.device), t.double().reshape(-1))
+        return inside.to(t.device)[k.clamp_max(len(inside) - 1)]
+    return inside_at
 
 
 def _snapshot_steps(ts: list[int], count: int) -> set[int]:

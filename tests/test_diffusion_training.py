@@ -107,10 +107,11 @@ def test_the_guide_is_the_ema_of_guide_epoch_kept_through_a_resume_and_guides_ev
         tmp_path, capsys):
     """GUIDE_EPOCH=1: the checkpoint's guide is exactly the EMA a 1-epoch run ends with, in a
     straight 2-epoch run and in one resumed after epoch 1. DiffusionEval samples with it by
-    default (other samples than AUTOGUIDANCE=1's), and a run without a guide says so and
-    samples unguided."""
+    default (other samples than AUTOGUIDANCE=1's; a GUIDANCE_INTERVAL that leaves steps out
+    gives others again), and a run without a guide says so and samples unguided."""
     import Diffusion_run_scripts.DiffusionEval as eval_script
     import Diffusion_run_scripts.DiffusionMain as main_script
+    from utils.errors import UserError
     from utils.runs import find_run, load_checkpoint
     from utils.samples import load_samples_npz
     one = main_script.main([*TINY, "--SAVE_ROOT", str(tmp_path / "one"), "--EPOCHS=1",
@@ -139,6 +140,9 @@ def test_the_guide_is_the_ema_of_guide_epoch_kept_through_a_resume_and_guides_ev
         return load_samples_npz(find_run(root, "diffusion").plots / "eval" / "samples.npz")[0]
     guided = samples(tmp_path / "two")
     assert not torch.equal(guided, samples(tmp_path / "two", "--AUTOGUIDANCE=1"))
+    assert not torch.equal(guided, samples(tmp_path / "two", "--GUIDANCE_INTERVAL=(0.28, 5.25)"))
+    with pytest.raises(UserError, match="GUIDANCE_INTERVAL must be"):
+        samples(tmp_path / "two", "--GUIDANCE_INTERVAL=(3, 1)")
     unguided = samples(tmp_path / "one", "--AUTOGUIDANCE=1")
     capsys.readouterr()
     assert torch.equal(samples(tmp_path / "one"), unguided)

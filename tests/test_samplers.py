@@ -7,6 +7,7 @@ deterministic sampler driven by the exact denoiser must approach that endpoint, 
 that halves (first order) or quarters (second order) when the steps double.
 """
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -150,6 +151,57 @@ def test_autoguidance_extrapolates_from_the_guide_to_the_model():
     assert torch.allclose(sample(autoguidance(model, guide, 1.0), X_T.clone(), "ddim", 20).x, plain,
                           atol=1e-12)
     assert sample(autoguidance(model, guide, 2.0), X_T.clone(), "ddim", 20).x.std() < plain.std()
+
+
+def _counting(denoiser: Denoiser, calls: list) -> Denoiser:
+    def net(x, t, labels):
+        calls.append(len(x))
+        return denoiser.net(x, t, labels)
+    return replace(denoiser, net=net)
+
+
+def test_autoguidance_in_an_interval_guides_only_the_steps_whose_sigma_over_alpha_is_inside():
+    """Kynkaanniemi et al. 2024: the guided output where lo < sigma / alpha <= hi, the model's
+    own elsewhere, per sample, without evaluating the guide outside. On the flow path
+    sigma / alpha = t / (1 - t), so (0.5, 2] is 1/3 < t <= 2/3."""
+    flow = FlowSchedule(60)
+    model = flow_oracle(flow)
+    guide = Denoiser(lambda x, t, labels: 0.5 * model.net(x, t, labels), flow, "flow")
+    calls = []
+    limited = autoguidance(model, _counting(guide, calls), 2.0, interval=(0.5, 2.0))
+    full = autoguidance(model, guide, 2.0)
+    x = X_T.clone()
+    for k in range(60):  # t_k = (k + 1) / 60
+        t = torch.full((len(x),), k)
+        expected = full(x, t) if 1 / 3 < (k + 1) / 60 <= 2 / 3 else model(x, t)
+        got = limited(x, t)
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1]), k
+    assert len(calls) == 20  # k = 20..39: t in (1/3, 2/3]
+    mixed = torch.tensor([5, 30] * (len(x) // 2) + [5] * (len(x) % 2))
+    got = limited(x, mixed)[0]
+    inside = mixed == 30
+    assert torch.equal(got[inside], full(x, mixed)[0][inside])
+    assert torch.equal(got[~inside], model(x, mixed)[0][~inside])
+    with pytest.raises(ValueError, match="0 <= lo < hi"):
+        autoguidance(model, guide, 2.0, interval=(2.0, 0.5))
+
+
+def test_the_guidance_interval_reads_sigma_over_alpha_from_a_noise_schedule():
+    """On a noise schedule sigma / alpha = sqrt((1 - alpha_bar) / alpha_bar) at index t, and the
+    network is told t itself."""
+    schedule = NoiseSchedule("cosine", 200)
+    model = vp_oracle(schedule)
+    guide = Denoiser(lambda x, t, labels: 0.5 * model.net(x, t, labels), schedule, "epsilon")
+    limited = autoguidance(model, guide, 3.0, interval=(0.5, 4.0))
+    full = autoguidance(model, guide, 3.0)
+    abar = schedule.alphas_cumprod
+    ratio = ((1 - abar) / abar).sqrt()
+    x = X_T.clone()
+    assert 0 < int(((ratio > 0.5) & (ratio <= 4.0)).sum()) < 200
+    for k in range(200):
+        t = torch.full((len(x),), k)
+        expected = full(x, t) if 0.5 < ratio[k] <= 4.0 else model(x, t)
+        assert torch.equal(limited(x, t)[0], expected[0]), k
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "dpmpp2m"])
