@@ -107,25 +107,23 @@ def autoguidance(denoiser: Denoiser, guide: Denoiser, weight: float,
 
     interval=(lo, hi) guides only the steps whose noise-to-signal ratio sigma / alpha lies in
     (lo, hi] and uses the model alone elsewhere (guidance in a limited interval, Kynkaanniemi
-    et al. 2024); the guide is then not evaluated outside it.
+    et al. 2024); the guide is then not evaluated outside it (which costs one host sync per step
+    on a GPU: sampling only).
     """
     net, guide_net = denoiser.net, guide.net
-    if interval is None:
-        def guided(x, t, labels):
-            out_g = guide_net(x, t, labels)
-            return out_g + weight * (net(x, t, labels) - out_g)
-        return replace(denoiser, net=guided)
-    inside_at = _inside_interval(denoiser.schedule, *interval)
+    inside_at = None if interval is None else _inside_interval(denoiser.schedule, *interval)
 
-    def guided_in_interval(x, t, labels):
+    def guided(x, t, labels):
         out = net(x, t, labels)
-        inside = inside_at(t)
-        if not bool(inside.any()):
-            return out
+        inside = None if inside_at is None else inside_at(t)
+        if inside is not None and not bool(inside.any()):
+            return out  # no sample is in the interval: the guide is not evaluated
         out_g = guide_net(x, t, labels)
-        mask = inside.view(-1, *[1] * (out.dim() - 1))
-        return torch.where(mask, out_g + weight * (out - out_g), out)
-    return replace(denoiser, net=guided_in_interval)
+        mixed = out_g + weight * (out - out_g)
+        if inside is None:
+            return mixed
+        return torch.where(inside.view(-1, *[1] * (out.dim() - 1)), mixed, out)
+    return replace(denoiser, net=guided)
 
 
 def _inside_interval(schedule, lo: float, hi: float) -> Callable[[torch.Tensor], torch.Tensor]:
