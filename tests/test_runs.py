@@ -149,3 +149,21 @@ def test_deadline_rejects_a_non_positive_budget_and_allows_none():
         Deadline(0)
     assert list(until(Deadline(None), range(3))) == [0, 1, 2]  # no budget: no limit
     assert list(until(None, range(3))) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("n, channels, nrow, padding, pad_value",
+                         [(5, 3, 2, 2, 255), (8, 3, 8, 1, 0), (3, 1, 4, 2, 255), (7, 1, 3, 0, 0)])
+def test_tile_lays_images_out_like_torchvision_make_grid(n, channels, nrow, padding, pad_value):
+    """utils.plots.tile replaces torchvision's make_grid (to keep torchvision out of every
+    script's start): the same mosaic, pixel for pixel, including a short last row and grey
+    images turned RGB."""
+    from torchvision.utils import make_grid
+
+    from utils.plots import tile
+    images = torch.randint(0, 256, (n, channels, 5, 4), dtype=torch.uint8)
+    ours = tile(images, nrow, padding, pad_value)
+    assert torch.equal(ours, make_grid(images, nrow=nrow, padding=padding, pad_value=pad_value))
+    columns = min(nrow, n)  # image k's top-left corner, counted by hand
+    k = n - 1
+    top, left = (k // columns) * (5 + padding) + padding, (k % columns) * (4 + padding) + padding
+    assert torch.equal(ours[:, top:top + 5, left:left + 4], images[k].expand(3, -1, -1))

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from utils import distributed
+from utils.plots import tile
 
 FOLDER = "tensorboard"  # under the run's plots folder
 _NOTED = []  # the missing-package note is printed once per process
@@ -52,8 +53,7 @@ def log_scalars(writer, record: dict) -> None:
 
 def log_image(writer, tag: str, images: torch.Tensor, step: int, columns: int = 8) -> None:
     """A uint8 (N, C, H, W) batch as one grid image."""
-    from torchvision.utils import make_grid
-    writer.add_image(tag, make_grid(images.cpu(), nrow=columns, padding=1), step)
+    writer.add_image(tag, tile(images.cpu(), columns, padding=1), step)
     writer.flush()
 
 
