@@ -152,11 +152,12 @@ def test_deadline_rejects_a_non_positive_budget_and_allows_none():
 
 
 @pytest.mark.parametrize("n, channels, nrow, padding, pad_value",
-                         [(5, 3, 2, 2, 255), (8, 3, 8, 1, 0), (3, 1, 4, 2, 255), (7, 1, 3, 0, 0)])
+                         [(5, 3, 2, 2, 255), (8, 3, 8, 1, 0), (3, 1, 4, 2, 255), (7, 1, 3, 0, 0),
+                          (3, 4, 2, 1, 0)])
 def test_tile_lays_images_out_like_torchvision_make_grid(n, channels, nrow, padding, pad_value):
     """utils.plots.tile replaces torchvision's make_grid (to keep torchvision out of every
     script's start): the same mosaic, pixel for pixel, including a short last row and grey
-    images turned RGB."""
+    images turned RGB (other channel counts kept, as latents have 4)."""
     from torchvision.utils import make_grid
 
     from utils.plots import tile
@@ -166,4 +167,5 @@ def test_tile_lays_images_out_like_torchvision_make_grid(n, channels, nrow, padd
     columns = min(nrow, n)  # image k's top-left corner, counted by hand
     k = n - 1
     top, left = (k // columns) * (5 + padding) + padding, (k % columns) * (4 + padding) + padding
-    assert torch.equal(ours[:, top:top + 5, left:left + 4], images[k].expand(3, -1, -1))
+    shown = images[k].expand(max(channels, 3), -1, -1)  # grey as RGB
+    assert torch.equal(ours[:, top:top + 5, left:left + 4], shown)

@@ -22,7 +22,7 @@ def _as_uint8(images: torch.Tensor) -> torch.Tensor:
 
 
 def tile(images: torch.Tensor, nrow: int, padding: int = 2, pad_value: int = 0) -> torch.Tensor:
-    """(N, C, H, W) -> one (3, H', W') mosaic, nrow images per row, each framed by `padding`
+    """(N, C, H, W) -> one (C, H', W') mosaic, nrow images per row, each framed by `padding`
     pixels of pad_value (grey images become RGB). Written here rather than taken from
     torchvision, whose import would add about 2 s to every script's start."""
     n, channels, height, width = images.shape
@@ -31,7 +31,8 @@ def tile(images: torch.Tensor, nrow: int, padding: int = 2, pad_value: int = 0) 
     columns = min(nrow, n)
     rows = -(-n // columns)
     cell_h, cell_w = height + padding, width + padding
-    grid = images.new_full((3, rows * cell_h + padding, columns * cell_w + padding), pad_value)
+    grid = images.new_full((images.shape[1], rows * cell_h + padding, columns * cell_w + padding),
+                           pad_value)
     for k, image in enumerate(images):
         top, left = (k // columns) * cell_h + padding, (k % columns) * cell_w + padding
         grid[:, top:top + height, left:left + width] = image
