@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from models.diffusion import Denoiser
-from models.samplers import FLOW_SAMPLERS, SAMPLERS, autoguidance, sample
+from models.samplers import FLOW_SAMPLERS, SAMPLERS, autoguidance, check_interval, sample
 from train.checkpoints import load_run
 from train.diffusion import checkpoint_denoiser
 from train.diffusion_figures import (compared_samplers, noised_and_denoised, parse_sampler,
@@ -59,11 +59,12 @@ def main(argv=None) -> None:
     check_positive(const, "STEPS", "GRID_SIZE", "STRIP_IMAGES", "STRIP_COLUMNS", "COMPARE_IMAGES")
     specs = [parse_sampler(spec) and spec for spec in const.COMPARE]  # bad ones: stop now
     interval = const.GUIDANCE_INTERVAL
-    if interval and not (isinstance(interval, (tuple, list)) and len(interval) == 2
-                         and all(isinstance(v, (int, float)) for v in interval)
-                         and 0 <= interval[0] < interval[1]):
-        raise UserError(f"GUIDANCE_INTERVAL must be (lo, hi) with 0 <= lo < hi, or (), "
-                        f"got {interval!r}")
+    if interval:
+        try:
+            check_interval(interval)
+        except ValueError:
+            raise UserError(f"GUIDANCE_INTERVAL must be (lo, hi) with 0 <= lo < hi, or (), "
+                            f"got {interval!r}") from None
     seed_everything(const.SEED)
     device = resolve_device(const.DEVICE)
     loaded = load_run(const.SAVE_ROOT, "diffusion", const.RUN, device)

@@ -126,11 +126,18 @@ def autoguidance(denoiser: Denoiser, guide: Denoiser, weight: float,
     return replace(denoiser, net=guided)
 
 
+def check_interval(interval) -> None:
+    """ValueError unless `interval` is a guidance interval (lo, hi) of numbers, 0 <= lo < hi."""
+    if not (isinstance(interval, (tuple, list)) and len(interval) == 2
+            and all(isinstance(v, (int, float)) for v in interval)
+            and 0 <= interval[0] < interval[1]):
+        raise ValueError(f"a guidance interval needs (lo, hi) with 0 <= lo < hi, got {interval!r}")
+
+
 def _inside_interval(schedule, lo: float, hi: float) -> Callable[[torch.Tensor], torch.Tensor]:
     """A function of the times a network is told (schedule.net_time of the grid indices) that
     says, per sample, whether that step's sigma / alpha = exp(-log_snr / 2) lies in (lo, hi]."""
-    if not 0 <= lo < hi:
-        raise ValueError(f"a guidance interval needs 0 <= lo < hi, got ({lo}, {hi})")
+    check_interval((lo, hi))
     net_times = schedule.net_time(torch.arange(schedule.timesteps)).double()  # ascending
     ratio = torch.exp(-0.5 * schedule.log_snr().double())  # inf at the flow path's noise end
     inside = (ratio > lo) & (ratio <= hi)
