@@ -93,6 +93,8 @@ class DiT(nn.Module):
             nn.init.zeros_(layer.bias)
         nn.init.normal_(self.time_mlp[0].weight, std=0.02)
         nn.init.normal_(self.time_mlp[2].weight, std=0.02)
+        if self.class_emb is not None:  # like DiT's label embedding table (Peebles & Xie 2023)
+            nn.init.normal_(self.class_emb.weight, std=0.02)
         w = self.embed.weight.data  # patch embedding initialised like a linear layer (DiT)
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
 

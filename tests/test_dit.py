@@ -92,3 +92,13 @@ def test_diffusion_main_trains_and_evaluates_a_dit(tmp_path):
     assert (run.plots / "eval" / "samples_grid.png").is_file()
     with pytest.raises(UserError, match="dit: width 32 does not split into 5 heads"):
         main_script.main([*args, "--DIT_HEADS=5"])
+
+
+def test_embeddings_start_as_in_dit():
+    """Class and time embeddings start N(0, 0.02^2) as DiT's (Peebles & Xie 2023), not
+    PyTorch's N(0, 1) default, so a label does not swamp the time signal at the first step."""
+    torch.manual_seed(0)
+    net = DiT(3, 8, 2, width=64, depth=1, heads=4, num_classes=100)
+    for weight in (net.class_emb.weight, net.time_mlp[0].weight):
+        assert weight.std().item() == pytest.approx(0.02, rel=0.1)
+        assert abs(weight.mean().item()) < 0.002
