@@ -239,3 +239,16 @@ def test_diffusion_recipe_study_smoke(evaluator_root, tmp_path):
     assert "## DCGAN on shapes" in table and "--LOSS=hinge" in table
     assert (out / "bars.png").is_file()
     assert len(json.loads((out / "results.json").read_text())["rows"]) == 4
+
+
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_an_evaluator_trains_inside_an_eval_context(tmp_path, context, monkeypatch):
+    """An eval path runs under no_grad; the first one on a new data set trains the evaluator
+    there (LDMEval's autoencoder report did, and died 'does not require grad')."""
+    import train.evaluator as evaluator
+    monkeypatch.setattr(evaluator, "MIN_STEPS", 1)  # two epochs of digits: a second
+    data = load_dataset("digits", "test", image_size=8, n=50)
+    with context():
+        accuracy = class_accuracy(data.images, data.labels, "digits", CPU, save_root=tmp_path)
+    assert evaluator_path(tmp_path, "digits", 8, 1).is_file()
+    assert accuracy > 0.5  # trained, not left at its initialisation (chance is 0.1)

@@ -114,7 +114,7 @@ LDM_TINY = ["--BASE=16", "--CHANNEL_MULT=(1, 2)", "--BLOCKS=1", "--ATTENTION=(2,
             "--TIMESTEPS=50", "--PRECISION=fp32"]
 
 
-def test_ldm_scripts_end_to_end(tmp_path):
+def test_ldm_scripts_end_to_end(tmp_path, monkeypatch):
     from LDM_run_scripts import LDMAutoencoderMain, LDMDiffusionMain, LDMEval
     from train.latents import load_cache
     from utils.runs import find_run, load_checkpoint
@@ -165,11 +165,17 @@ def test_ldm_scripts_end_to_end(tmp_path):
     flow_args = [arg for arg in LDM_TINY if not arg.startswith("--EPOCHS")]
     flow_run = LDMDiffusionMain.main([*flow_args, *root, "--EPOCHS=1", "--PREDICTION=flow"])
     assert load_checkpoint(flow_run.checkpoint, "ldm")["diffusion"]["prediction"] == "flow"
-    LDMEval.main([*root, f"--RUN={flow_run.name}", "--SCALES=(0, 3)", "--STEPS=2",
-                  "--NOISED_T=(5, 49)", "--STRIP_IMAGES=1", "--STRIP_COLUMNS=2", "--PER_CLASS=1",
-                  "--METRICS=False"])
+    # with METRICS on a data set whose evaluator is not cached yet: it trains first, with
+    # gradients, inside the eval script's no_grad report (that once crashed)
+    import train.evaluator
+    monkeypatch.setattr(train.evaluator, "MIN_STEPS", 1)
+    assert not any((tmp_path / "saved_models").glob("evaluators/*.pt"))
+    report = LDMEval.main([*root, f"--RUN={flow_run.name}", "--SCALES=(0, 3)", "--STEPS=2",
+                           "--NOISED_T=(5, 49)", "--STRIP_IMAGES=1", "--STRIP_COLUMNS=2",
+                           "--PER_CLASS=1"])
     images, labels = load_samples_npz(flow_run.plots / "eval" / "samples.npz")
     assert images.shape == (10, 1, 16, 16) and labels.tolist() == list(range(10))
+    assert 0 <= report["reconstruction_class_accuracy"] <= 1 and "fid" in report["metrics"]
 
 
 def _same_weights(a: dict, b: dict, keys) -> None:

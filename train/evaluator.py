@@ -72,7 +72,14 @@ def train_evaluator(train: ImageData, test: ImageData, device: torch.device, *,
                     ) -> tuple[EvaluatorCNN, float]:
     """Adam with a one-cycle LR on the training split: cross-entropy on the class plus (where the
     data has factors) mean squared error on factor_targets; returns (model, held-out accuracy).
-    epochs=None: 2, or enough for MIN_STEPS steps."""
+    epochs=None: 2, or enough for MIN_STEPS steps. Gradients are on whatever context the caller
+    is in: an eval path under torch.no_grad (or inference_mode) may be the first to need it."""
+    with torch.inference_mode(False), torch.enable_grad():
+        return _train_evaluator(train, test, device, epochs, batch_size, lr)
+
+
+def _train_evaluator(train: ImageData, test: ImageData, device: torch.device,
+                     epochs: int | None, batch_size: int, lr: float) -> tuple[EvaluatorCNN, float]:
     if epochs is None:
         epochs = max(2, -(-MIN_STEPS * batch_size // len(train)))
     targets = factor_targets(train)
