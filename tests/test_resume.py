@@ -149,7 +149,7 @@ def test_a_minutes_budget_ends_the_cosine_when_the_budget_does():
     assert sched.plan.total_steps == 1000
     fit_to_budget([sched], 100, 100.0, 2.0)
     assert sched.plan.total_steps == 150
-    fit_to_budget([sched], 100, 1000.0, 2.0)  # more time than before: the plan stays
+    fit_to_budget([sched], 100, 100.0, 2.0)  # the same estimate again: the same plan
     assert sched.plan.total_steps == 150
     lrs = []
     for _ in range(60):
@@ -195,3 +195,68 @@ def test_resumed_run_is_found_by_name(tmp_path, tiny_gan):
     ganmain.main(tiny_gan)
     run = ganmain.main(["--SAVE_ROOT", str(tmp_path), "--RESUME=001", "--EPOCHS=2"])
     assert run == find_run(tmp_path, "gan", "latest")
+
+
+def test_a_minutes_budget_plan_moves_later_when_epochs_get_faster():
+    """The first epoch is slow (2 s a step: caches, a busy machine), the rest take 1 s a step.
+    Re-planned after every epoch, the cosine ends with the budget, not after the slow epoch's
+    estimate (the old plan only ever shortened, so the budget's last half trained at LR 0);
+    the rate never rises and the end never passes the one EPOCHS sets."""
+    from train.lr import fit_to_budget
+    sched, budget, clock, lrs = _diffusion_sched(1000), 300.0, 0.0, []
+    step_seconds = [2.0] * 10 + [1.0] * 990
+    for epoch in range(100):
+        for _ in range(10):
+            if clock >= budget:
+                break
+            clock += step_seconds[len(lrs)]
+            sched.optimizer.step()
+            sched.step()
+            lrs.append(sched.get_last_lr()[0])
+        if clock >= budget:
+            break
+        per_step = sum(step_seconds[len(lrs) - 10:len(lrs)]) / 10  # this epoch's rate
+        fit_to_budget([sched], len(lrs), budget - clock, per_step)
+        assert sched.plan.total_steps <= 1000
+    assert len(lrs) == 290
+    after_warmup = lrs[10:]
+    assert all(b <= a * (1 + 1e-12) for a, b in zip(after_warmup, after_warmup[1:]))
+    assert min(lrs[:-1]) > 0  # at its minimum only at the very end (was: from step 150 on)
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12)  # at its minimum when the budget ends
+    long = _diffusion_sched(100)  # a budget longer than EPOCHS allows: the EPOCHS end stays
+    fit_to_budget([long], 20, 1e6, 1.0)
+    assert long.plan.total_steps == 100
+
+
+@pytest.mark.parametrize("family, make, peak, floor", [
+    ("diffusion", _diffusion_sched, 1e-3, 0.0),
+    ("autoencoder", lambda n: _autoencoder_scheds(n)[0], 8e-4, 1e-7)])
+def test_extending_a_finished_cosine_warm_restarts_it(family, make, peak, floor, capsys):
+    """A cosine run that finished (LR at its minimum) given more epochs: the added steps ramp
+    up to RESTART_FACTOR x LR, then decay by a new cosine to the minimum at the new end;
+    never silently at LR 0."""
+    from train.lr import RESTART_FACTOR
+    first = make(100)
+    for _ in range(100):
+        first.optimizer.step()
+        first.step()
+    assert first.get_last_lr()[0] == pytest.approx(floor, abs=1e-12)
+    second = make(300)
+    second.optimizer.load_state_dict(first.optimizer.state_dict())
+    second.load_state_dict(first.state_dict())
+    assert "warm-restart" in capsys.readouterr().out
+    lrs = []
+    for _ in range(200):
+        second.optimizer.step()
+        second.step()
+        lrs.append(second.get_last_lr()[0])
+    top = lrs.index(max(lrs))
+    assert max(lrs) == pytest.approx(RESTART_FACTOR * peak, rel=1e-9)
+    assert 0 < top <= 10  # a short ramp (5% of the added steps)
+    assert all(b >= a for a, b in zip(lrs[:top], lrs[1:top + 1]))
+    assert all(b <= a * (1 + 1e-12) for a, b in zip(lrs[top:], lrs[top + 1:]))
+    assert min(lrs[:-1]) > floor and lrs[-1] == pytest.approx(floor, abs=1e-12)
+    third = make(300)  # resuming the restarted plan unchanged keeps it
+    third.optimizer.load_state_dict(second.optimizer.state_dict())
+    third.load_state_dict(second.state_dict())
+    assert third.plan.__dict__ == second.plan.__dict__
