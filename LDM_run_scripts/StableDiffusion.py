@@ -12,7 +12,6 @@ decoded x0 prediction at evenly spaced steps), init_and_results.png (image-to-im
 config.json (everything needed to reproduce) and metrics.json (seconds per component and per
 UNet step, peak memory).
 """
-import json
 
 import torch
 
@@ -23,7 +22,7 @@ from utils.config import check_choice, check_positive, resolve_constants, save_c
 from utils.errors import UserError, run_cli
 from utils.plots import save_grid, save_labelled_grid
 from utils.run_index import write_indexes
-from utils.runs import new_run
+from utils.runs import new_run, write_json
 
 WEIGHTS = None  # v1.5 single file (.safetensors / .ckpt) or a diffusers model folder
 TOKENIZER = None  # vocab folder or bpe_simple_vocab_16e6.txt.gz (None: the folder's tokenizer/)
@@ -93,7 +92,7 @@ def write_outputs(run, const, pipe: StableDiffusion, result, init) -> None:
     metrics = {"seconds": result.seconds, **peak_memory_mb(pipe.device),
                "device": str(pipe.device), "dtype": str(pipe.dtype).replace("torch.", ""),
                "notes": pipe.parts.notes}
-    (run.plots / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_json(run.plots / "metrics.json", metrics)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ axes), comparison.md and comparison.json (final test reconstruction MSE, KL, act
 import json
 
 from train.vae import LOG_PANELS, LOSS_PANELS
+from utils import files
 from utils.config import resolve_constants
 from utils.errors import UserError, run_cli
 from utils.plots import save_run_curves
@@ -63,9 +64,9 @@ def main(argv=None) -> None:
                    for title, keys in LOSS_PANELS]
     save_run_curves(runs, test_panels, out / "overlay.png", LOG_PANELS, overlay=True,
                     title=f"{experiment.name}: runs on shared axes (test; beta as used)")
-    (out / "comparison.json").write_text(json.dumps(rows, indent=2))
+    files.write_json(out / "comparison.json", rows)
     table = markdown(rows)
-    (out / "comparison.md").write_text(table)
+    files.write_text(out / "comparison.md", table)
     print(table + f"done: figures in {out}")
 
 

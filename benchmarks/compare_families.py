@@ -27,6 +27,7 @@ import torch
 
 from models.autoencoder import PatchDiscriminator
 from train.checkpoints import Loaded, load_run
+from utils import files
 from utils.config import check_positive, resolve_constants
 from utils.device import resolve_device, resolve_precision
 from utils.errors import INTERRUPTED_STATUS, Interrupted, UserError, run_cli
@@ -260,9 +261,8 @@ def main(argv=None) -> list[dict]:
         except UserError as err:  # e.g. a diverged GAN: the other families still run
             print(f"{family} failed: {err}")
             rows.append({"family": family, "label": _LABELS[family], "error": str(err)})
-        (out / "results.json").write_text(json.dumps({"constants": vars(const), "rows": rows},
-                                                     indent=2, default=str))
-    (out / "results.md").write_text(markdown(rows, const))
+        files.write_json(out / "results.json", {"constants": vars(const), "rows": rows})
+    files.write_text(out / "results.md", markdown(rows, const))
     done = {r["label"]: {**r, "params_m": r["params_sampling"] / 1e6}
             for r in rows if "error" not in r}
     save_bar_charts(done, _PANELS, out / "bars.png", log_y=["sampling_ms", "fid"],

@@ -22,6 +22,7 @@ from types import SimpleNamespace
 
 from benchmarks.compare_families import (call, class_mix, class_mix_cell, eval_args, train,
                                          train_args)
+from utils import files
 from utils.config import check_positive, resolve_constants
 from utils.errors import Interrupted, UserError, run_cli
 from utils.plots import save_bar_charts
@@ -154,9 +155,8 @@ def main(argv=None) -> list[dict]:
             except UserError as err:  # a diverged recipe: the others still run
                 rows.append({"family": family, "dataset": dataset, "recipe": name,
                              "args": list(args), "error": str(err)})
-            (out.plots / "results.json").write_text(json.dumps(
-                {"constants": vars(const), "rows": rows}, indent=2, default=str))
-    (out.plots / "results.md").write_text(markdown(rows, const))
+            files.write_json(out.plots / "results.json", {"constants": vars(const), "rows": rows})
+    files.write_text(out.plots / "results.md", markdown(rows, const))
     done = {f"{r['family']}/{r['dataset']}/{r['recipe']}": r for r in rows if "error" not in r}
     save_bar_charts(done, _PANELS, out.plots / "bars.png", log_y=["fid_ratio"],
                     fractions=["precision", "recall", "class_tv", "class_accuracy"],

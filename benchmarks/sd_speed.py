@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from utils import files
 from utils.config import resolve_constants
 from utils.device import bf16_is_fast
 from utils.errors import run_cli
@@ -169,8 +170,7 @@ def main(argv=None) -> list[dict]:
                   f"{r['peak_rss_mb']:.0f} |")
     out = Path(const.SAVE_ROOT) / "saved_plots" / "benchmarks"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sd_speed.json").write_text(json.dumps({"constants": vars(const), "rows": rows},
-                                                  indent=2, default=str))
+    files.write_json(out / "sd_speed.json", {"constants": vars(const), "rows": rows})
     return rows
 
 

@@ -21,6 +21,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from benchmarks.compare_families import call
+from utils import files
 from utils.config import check_positive, resolve_constants
 from utils.errors import Interrupted, UserError, run_cli
 from utils.plots import save_spread_chart
@@ -126,11 +127,10 @@ def main(argv=None) -> list[dict]:
             except UserError as err:  # a diverged run: the others still run
                 rows.append({"setting": name, "args": list(args), "seed": seed,
                              "error": str(err)})
-            (out.plots / "results.json").write_text(json.dumps(
-                {"constants": vars(const), "rows": rows}, indent=2, default=str))
+            files.write_json(out.plots / "results.json", {"constants": vars(const), "rows": rows})
     summary = summarise(rows)
     text = markdown(summary, rows, const)
-    (out.plots / "results.md").write_text(text)
+    files.write_text(out.plots / "results.md", text)
     save_spread_chart(summary, SCORES, out.plots / "spread.png",
                       title=f"beta-VAE settings on {const.DATASET}, {const.EPOCHS} epochs")
     write_results_page(out.plots, text)

@@ -169,3 +169,147 @@ def test_tile_lays_images_out_like_torchvision_make_grid(n, channels, nrow, padd
     top, left = (k // columns) * (5 + padding) + padding, (k % columns) * (4 + padding) + padding
     shown = images[k].expand(max(channels, 3), -1, -1)  # grey as RGB
     assert torch.equal(ours[:, top:top + 5, left:left + 4], shown)
+
+
+@pytest.mark.parametrize("tag", ["x/..", "/../../../tmp/X", "..", "a b", "-x", "x\n", "é" * 3,
+                                 "a" * 101])
+def test_a_tag_is_one_safe_path_component(tmp_path, tag):
+    """--TAG=x/.. looped forever making folders; --TAG=/../../../tmp/X wrote outside
+    SAVE_ROOT."""
+    with pytest.raises(UserError, match="cannot be part of a run's folder name"):
+        new_run(tmp_path, "vae", "shapes", tag)
+    assert not (tmp_path / "saved_plots").exists()  # refused before anything was made
+
+
+def test_vaemain_refuses_a_bad_tag_with_exit_status_2(tmp_path, monkeypatch, capsys):
+    from utils.errors import run_cli
+    from VAE_run_scripts import vaemain
+    monkeypatch.setattr("sys.argv", ["vaemain", f"--SAVE_ROOT={tmp_path}", "--TAG=x/.."])
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(vaemain.main)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "TAG 'x/..'" in err[0]
+
+
+def test_atomic_writes_replace_whole_files_and_clean_up_after_a_killed_writer(tmp_path):
+    import subprocess
+    import sys
+    import threading
+
+    from utils import files
+    path = tmp_path / "index.html"
+    files.write_text(path, "old")
+    with pytest.raises(RuntimeError):
+        with files.atomic_open(path) as handle:
+            handle.write(b"half")
+            raise RuntimeError
+    assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "index.html"]
+    # two writers at once (two runs finishing together): the file is one page, never two
+    pages = [f"<page {k}>" + "x" * 20000 for k in range(8)]
+    threads = [threading.Thread(target=lambda p=p: [files.write_text(path, p)
+                                                    for _ in range(20)]) for p in pages]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert path.read_text() in pages
+    # temporary files left by a killed writer (gone process; the older format) are removed
+    # at the next save of the same file; a live writer's is kept
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    stale = tmp_path / f".latest.pt.{dead}.abc123.tmp"
+    older = tmp_path / "latest.ptq1w2e3.tmp"
+    live = tmp_path / f".latest.pt.{__import__('os').getpid()}.zzz.tmp"
+    other = tmp_path / f".index.html.{dead}.abc.tmp"
+    for temp in (stale, older, live, other):
+        temp.write_bytes(b"partial")
+    save_checkpoint({"epoch": 1, "config": {}}, tmp_path / "latest.pt")
+    assert not stale.exists() and not older.exists() and live.exists() and other.exists()
+
+
+def test_config_metrics_and_samples_are_written_atomically(tmp_path, monkeypatch):
+    """Every file a run writes goes through utils.files.atomic_open (so a kill mid-write
+    leaves the old file): config.json, JSON reports, the metrics log's rewrite, figures and
+    samples.npz."""
+    import matplotlib.pyplot as plt
+
+    from utils import files
+    from utils.config import save_config
+    from utils.plots import _save
+    from utils.runs import write_json
+    from utils.samples import save_samples_npz
+    written = []
+    real = files.atomic_open
+
+    def spy(path):
+        written.append(path.name)
+        return real(path)
+    monkeypatch.setattr(files, "atomic_open", spy)
+    save_config({"A": 1}, tmp_path / "config.json")
+    write_json(tmp_path / "report.json", {"b": 2})
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    log.append({"epoch": 1})
+    log.truncate(1)
+    _save(plt.figure(), tmp_path / "fig.png")
+    save_samples_npz(torch.zeros(2, 1, 4, 4, dtype=torch.uint8), tmp_path / "samples.npz")
+    assert written == ["config.json", "report.json", "metrics.jsonl", "fig.png", "samples.npz"]
+    assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_run_in_use_by_another_process_is_refused(tiny_gan, tmp_path):
+    """Two --RESUME of one run at once interleaved their metrics and raced the checkpoint;
+    the second is refused in one line, and a killed holder leaves no stale lock."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from GAN_run_scripts import ganmain
+    ganmain.main(tiny_gan)
+    run = find_run(tmp_path, "gan")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from utils.files import lock_run; "
+         "lock_run(sys.argv[1], 'x'); print('locked', flush=True); time.sleep(120)",
+         str(run.models)], cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
+        text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(UserError, match=f"run {run.name} is in use by process "
+                                            f"{holder.pid}"):
+            ganmain.main([*tiny_gan, "--RESUME=latest", "--EPOCHS=2"])
+        assert [r["epoch"] for r in MetricsLog(run.metrics_path).read()] == [1]
+    finally:
+        holder.kill()
+        holder.wait()
+    ganmain.main([*tiny_gan, "--RESUME=latest", "--EPOCHS=2"])  # the lock died with it
+    assert [r["epoch"] for r in MetricsLog(run.metrics_path).read()] == [1, 2]
+
+
+def test_sigterm_saves_a_checkpoint_like_ctrl_c(tiny_gan, tmp_path):
+    """What a cluster scheduler sends before it kills a job: the epoch's checkpoint is saved,
+    one line says so, and the exit status is 130 as for Ctrl-C."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+    args = [a for a in tiny_gan if not a.startswith(("--EPOCHS", "--CHECKPOINT_EVERY"))]
+    proc = subprocess.Popen([sys.executable, "-m", "GAN_run_scripts.ganmain", *args,
+                             "--EPOCHS=10000", "--CHECKPOINT_EVERY=10000"],
+                            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "saved_plots" / "gan" / "001-gan-shapes-z16" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while (not MetricsLog(metrics).read() and time.monotonic() < deadline
+           and proc.poll() is None):  # until an epoch is logged
+        time.sleep(0.2)
+    assert MetricsLog(metrics).read(), (proc.stderr.read() if proc.poll() is not None
+                                        else "too slow")
+    checkpoint = tmp_path / "saved_models" / "gan" / "001-gan-shapes-z16" / "latest.pt"
+    assert not checkpoint.exists()  # none is due before epoch 10000
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("error: interrupted; checkpoint saved")
+    assert load_checkpoint(checkpoint, "gan")["epoch"] >= 1

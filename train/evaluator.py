@@ -3,7 +3,6 @@ against held-out real images with it: FID, KID, precision/recall, class accuracy
 real-vs-real floor of each (Heusel et al. 2017 note FID's bias at small sample counts), the mix
 of classes the classifier sees in the samples and how surely, and for colour images the hue
 histograms of samples and real images."""
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,8 @@ from utils.errors import UserError
 from utils.metrics import (class_balance, feature_statistics, frechet_distance,
                            hue_histograms, kernel_inception_distance, precision_recall)
 from utils.plots import save_hue_histogram
-from utils.runs import CHECKPOINT_VERSION, load_checkpoint, load_state, save_checkpoint
+from utils.runs import (CHECKPOINT_VERSION, load_checkpoint, load_state, save_checkpoint,
+                        write_json)
 
 # held-out accuracy an evaluator must reach
 THRESHOLDS = {"shapes": 0.98, "shapes-arc": 0.98, "digits": 0.95}
@@ -253,8 +253,7 @@ def write_metrics(images: torch.Tensor, labels: torch.Tensor | None, dataset: st
                               save_root=save_root, data_root=data_root, seed=seed)
     if sampling:
         result["sampling"] = sampling
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    write_json(out / "metrics.json", result)
     if "hue" in result:
         save_hue_histogram(result["hue"], out / "hue_histogram.png")
     log_final_metrics(out.parent, result)

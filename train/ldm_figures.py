@@ -1,6 +1,5 @@
 """The latent diffusion model's evaluation figures and report (LDMEval): the guidance sweep, the
 forward and noised-then-denoised strips of test latents, and the autoencoder's held-out report."""
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -15,6 +14,7 @@ from train.diffusion_figures import forward_strip, noised_and_denoised, strip_ti
 from train.latents import class_samples, decode_latents, guided
 from utils.data import ImageData
 from utils.plots import save_labelled_grid
+from utils.runs import write_json
 
 
 def write_cfg_sweep(denoiser: Denoiser, net, ae: Autoencoder, scale: float, latent_shape: tuple,
@@ -73,5 +73,5 @@ def write_autoencoder_report(ae: Autoencoder, scale: float, stage1: Loaded, test
               "held_out_images": len(test_x)}
     if classify is not None:
         report["reconstruction_class_accuracy"] = classify(recon)
-    (out / "latent_stats.json").write_text(json.dumps(report, indent=2))
+    write_json(out / "latent_stats.json", report)
     return report

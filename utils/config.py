@@ -2,14 +2,13 @@
 import ast
 import difflib
 import inspect
-import json
 import re
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Sequence
 
-from utils import distributed
+from utils import distributed, files
 from utils.errors import UserError
 
 _CONSTANT_LINE = re.compile(r"^([A-Z][A-Z0-9_]*)\s*=\s*(.*?)(?:\s*#\s*(.*))?$")
@@ -158,7 +157,7 @@ def save_config(config: SimpleNamespace | dict, path: Path) -> None:
     """Write the resolved constants as JSON."""
     data = vars(config) if isinstance(config, SimpleNamespace) else config
     if distributed.is_main():
-        Path(path).write_text(json.dumps(data, indent=2, default=str) + "\n")
+        files.write_json(path, data)
 
 
 def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:

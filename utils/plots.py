@@ -10,7 +10,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from utils import distributed  # noqa: E402
+from utils import distributed, files  # noqa: E402
 from utils.data import to_uint8  # noqa: E402
 
 MAX_COLUMNS = 12  # progression figures show at most this many epochs, evenly spaced
@@ -48,8 +48,9 @@ def _save(fig, path: Path) -> Path:
     """Save and close a figure (under torchrun rank 0 alone writes)."""
     path = Path(path)
     if distributed.is_main():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100, bbox_inches="tight")
+        with files.atomic_open(path) as handle:
+            fig.savefig(handle, format=path.suffix.lstrip(".") or "png", dpi=100,
+                        bbox_inches="tight")
     plt.close(fig)
     return path
 

@@ -4,22 +4,21 @@ A run `NNN-<family>-<dataset>-<tag>` has figures, config.json and metrics.jsonl 
 `<SAVE_ROOT>/saved_plots/<family>/<run>/` and checkpoints under `<SAVE_ROOT>/saved_models/...`.
 """
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from utils import board, distributed
+from utils import board, distributed, files
 from utils.errors import UserError
 
 CHECKPOINT = "latest.pt"
 # Version 2: one documented dict per family (kind, model_args, data, training state, extras).
 CHECKPOINT_VERSION = 2
 _RUN_NAME = re.compile(r"^(\d{3,})-")
+_NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=,-]{0,99}$")  # one safe path component
 
 
 @dataclass(frozen=True)
@@ -63,11 +62,18 @@ def existing_runs(save_root, family: str) -> list[str]:
 
 
 def new_run(save_root: str | Path, family: str, dataset: str, tag: str = "") -> Run:
-    """Create the next numbered run; never reuses or overwrites an existing one."""
+    """Create the next numbered run; never reuses or overwrites an existing one. The data set
+    and tag become part of a folder name, so each must be one plain path component."""
+    for what, part in (("TAG", tag), ("the data set name", dataset)):
+        part = "" if part is None else str(part)
+        if part and not _NAME_PART.fullmatch(part):
+            raise UserError(f"{what} {part!r} cannot be part of a run's folder name: use up to "
+                            f"100 letters, digits and . _ + = , - (starting with a letter or "
+                            f"digit), no / or spaces")
     existing = existing_runs(save_root, family)
     number = int(_RUN_NAME.match(existing[-1]).group(1)) + 1 if existing else 1
     while True:
-        name = "-".join(p for p in (f"{number:03d}", family, dataset, tag) if p)
+        name = "-".join(str(p) for p in (f"{number:03d}", family, dataset, tag) if p)
         run = _run(save_root, family, name)
         try:
             run.plots.mkdir(parents=True, exist_ok=False)
@@ -107,24 +113,15 @@ def save_checkpoint(state: dict, path: Path) -> None:
     if not distributed.is_main():
         distributed.barrier()
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with files.atomic_open(path) as handle:
+        torch.save(state, handle)
     distributed.barrier()
 
 
 def write_json(path: Path, obj) -> None:
-    """A JSON file of the run (rank 0 only under torchrun)."""
+    """A JSON file of the run, written atomically (rank 0 only under torchrun)."""
     if distributed.is_main():
-        Path(path).write_text(json.dumps(obj, indent=2))
+        files.write_json(path, obj)
 
 
 def load_checkpoint(path: Path, kind: str | None = None, map_location: Any = "cpu") -> dict:
@@ -161,6 +158,24 @@ def load_state(module: torch.nn.Module | Any, state: dict, what: str) -> None:
                         f"({first}); use the constants the run was trained with") from err
 
 
+def read_records(path: Path) -> list[dict]:
+    """The JSON-object lines of a metrics.jsonl (none if it is missing or unreadable); lines
+    that do not parse (the torn last line a kill leaves) are skipped."""
+    try:
+        lines = Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
 class MetricsLog:
     """Append-only metrics.jsonl: one JSON object per epoch; with a TensorBoard writer
     (utils.board) each record's numbers and the epoch's sample images go there too."""
@@ -170,9 +185,9 @@ class MetricsLog:
         self.writer = writer
 
     def read(self) -> list[dict]:
-        if not self.path.is_file():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        """The records that are whole: a line a killed process tore, or that is not a JSON
+        object, is skipped."""
+        return read_records(self.path)
 
     def append(self, record: dict, images: torch.Tensor | None = None) -> None:
         """Log an epoch's record (and, given, its uint8 sample images at its step)."""
@@ -189,7 +204,7 @@ class MetricsLog:
         """Drop records past the checkpoint being resumed, so a resumed run logs each epoch once."""
         keep = [r for r in self.read() if r.get("epoch", 0) <= epochs_done]
         if distributed.is_main():
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+            files.write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
 
 
 def find_resume(save_root, family: str, which: str) -> tuple[Run, dict]:

@@ -6,6 +6,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from utils import files
 from utils.device import synchronize
 
 
@@ -36,8 +37,8 @@ def save_samples_npz(images: torch.Tensor, path: Path, labels: torch.Tensor | No
     if labels is not None:
         arrays["labels"] = labels.cpu().numpy().astype(np.int64)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, **arrays)
+    with files.atomic_open(path) as handle:
+        np.savez_compressed(handle, **arrays)
     return path
 
 
