@@ -5,6 +5,7 @@ import shutil
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 
@@ -23,8 +24,8 @@ class _Links(HTMLParser):
         self.tags.append(tag)
         attrs = dict(attrs)
         target = attrs.get("src") if tag == "img" else attrs.get("href") if tag == "a" else None
-        if target:
-            self.targets.append(target)
+        if target:  # links are './'-relative and percent-encoded: compare them as paths
+            self.targets.append(unquote(target).removeprefix("./"))
 
 
 def _check_page(page: Path) -> _Links:
@@ -60,6 +61,65 @@ def test_pages_of_runs_and_benchmarks(tiny_gan, tmp_path):
     assert len(runs) == 2 and all(f"gan/{r}/index.html" in links.targets for r in runs)
     assert "compare/001-compare-x/results.html" in links.targets
     assert everything.read_text().count("<tr>") == 3 and "<script>" in everything.read_text()
+
+
+def test_a_damaged_run_is_marked_and_every_other_run_still_indexed(tiny_gan, tmp_path):
+    """A torn last line in one run's metrics.jsonl (what a kill leaves), a string where its
+    eval FID should be, or a config.json that is not an object, crashed every other run's
+    checkpoint through the all-runs page; now each is read as far as it is whole."""
+    from GAN_run_scripts import ganmain
+    ganmain.main(tiny_gan)
+    first = find_run(tmp_path, "gan")
+    with (first.plots / "metrics.jsonl").open("a") as handle:
+        handle.write('{"epoch": 2, "train_g_lo')  # torn
+    (first.plots / "eval").mkdir()
+    (first.plots / "eval" / "metrics.json").write_text('{"fid": "n/a", "real_vs_real": 3, '
+                                                        '"class_accuracy": [1]}')
+    ganmain.main(tiny_gan)  # a healthy run in the same SAVE_ROOT writes its pages
+    page = (tmp_path / "saved_plots" / "index.html").read_text()
+    assert page.count("<tr>") == 3 and first.name in page
+    assert (first.plots / "index.html").is_file()
+    assert ganmain.main([*tiny_gan, f"--RESUME={first.name}", "--EPOCHS=2"]) is not None
+    from utils.runs import read_records
+    assert [r["epoch"] for r in read_records(first.metrics_path)] == [1, 2]  # the torn line gone
+    (first.plots / "config.json").write_text("[1, 2]")
+    (first.plots / "metrics.jsonl").write_bytes(b"\xff\xfe{]\n")
+    monkey = run_index.run_summary
+    try:  # and a run whose summary fails outright is listed as damaged, not fatal
+        run_index.run_summary = lambda plots: 1 / 0 if plots == first.plots else monkey(plots)
+        page = run_index.write_all_runs_index(tmp_path).read_text()
+    finally:
+        run_index.run_summary = monkey
+    assert "damaged: ZeroDivisionError" in page and page.count("<tr>") == 3
+
+
+def test_pages_escape_what_they_show(tmp_path):
+    """A metrics value with markup, and folders named like a javascript: link, stay text and
+    paths: no tag, attribute or scheme gets through."""
+    root = tmp_path / "saved_plots"
+    evil = root / "javascript:alert(1)" / "001-x-<b>"
+    (evil / "eval").mkdir(parents=True)
+    (evil / "config.json").write_text('{"DATASET": "<script>alert(1)</script>"}')
+    (evil / "eval" / "metrics.json").write_text(
+        '{"fid": 1.5, "note": "<img src=x onerror=alert(1)>", "class_accuracy": 0.5}')
+    (evil / "metrics.jsonl").write_text('{"epoch": 1, "<i>loss</i>": 0.5}\n')
+    shutil.copy(Path(__file__).parent.parent / "saved_plots" / "showcase" /
+                next(p.name for p in (Path(__file__).parent.parent / "saved_plots" /
+                                      "showcase").glob("*.png")), evil / "javascript:x.png")
+    run_index.write_run_index(evil)
+    everything = run_index.write_all_runs_index(tmp_path)
+    for page in (everything, evil / "index.html"):
+        text = page.read_text()
+        parsed = _Links()
+        parsed.feed(text)
+        raw = re.findall(r"(?:href|src)='([^']*)'", text)
+        assert raw and all(t.startswith(("./", "../")) for t in raw), raw
+        assert "<script>alert" not in text and "<img src=x" not in text and "<i>" not in text
+        assert set(parsed.tags) <= {"html", "head", "meta", "title", "style", "body", "p", "a",
+                                    "h1", "h2", "table", "thead", "tbody", "tr", "th", "td",
+                                    "ul", "li", "img", "figure", "figcaption", "b", "script"}
+    _check_page(evil / "index.html")
+    _check_page(everything)
 
 
 def test_captions_use_the_readme_words():

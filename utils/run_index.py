@@ -9,8 +9,10 @@ import html
 import json
 import time
 from pathlib import Path
+from urllib.parse import quote
 
-from utils import distributed
+from utils import distributed, files
+from utils.runs import read_records
 
 # (family or "*", file name) -> what the figure shows (the words of the README's output table)
 CAPTIONS = {
@@ -80,18 +82,30 @@ def _page(title: str, body: str, script: str = "") -> str:
             f"</title><style>{_STYLE}</style></head><body>\n{body}\n{script}</body></html>\n")
 
 
-def _read_json(path: Path):
+def _read_json(path: Path) -> dict | None:
+    """A JSON object file, or None when it is missing, unreadable, torn or not an object."""
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    return value if isinstance(value, dict) else None
 
 
 def _records(plots: Path) -> list[dict]:
-    path = plots / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_records(plots / "metrics.jsonl")
+
+
+def _number(value) -> float | None:
+    """A JSON value as a number to show, or None (strings, booleans, lists: a damaged file)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    return None
+
+
+def _href(relative: str) -> str:
+    """A relative link that cannot carry a scheme (a folder named 'javascript:...' stays a
+    path): './' and every path character percent-encoded, then HTML-escaped."""
+    return html.escape("./" + quote(relative, safe="/"), quote=True)
 
 
 def run_summary(plots: Path) -> dict:
@@ -99,13 +113,16 @@ def run_summary(plots: Path) -> dict:
     eval scores (FID, its floor, class accuracy), thumbnail."""
     config = _read_json(plots / "config.json") or {}
     records, metrics = _records(plots), _read_json(plots / "eval" / "metrics.json") or {}
+    floor = metrics.get("real_vs_real")
     thumb = next((t for t in _THUMBNAILS if (plots / t).is_file()), None)
-    return {"family": plots.parent.name, "run": plots.name, "dataset": config.get("DATASET", ""),
+    return {"family": plots.parent.name, "run": plots.name,
+            "dataset": str(config.get("DATASET", "")),
             "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(plots.stat().st_mtime)),
-            "epochs": records[-1]["epoch"] if records else 0,
-            "minutes": sum(r.get("seconds", 0) for r in records) / 60,
-            "fid": metrics.get("fid"), "fid_floor": (metrics.get("real_vs_real") or {}).get("fid"),
-            "class_accuracy": metrics.get("class_accuracy"), "thumbnail": thumb}
+            "epochs": (_number(records[-1].get("epoch")) or 0) if records else 0,
+            "minutes": sum(_number(r.get("seconds")) or 0 for r in records) / 60,
+            "fid": _number(metrics.get("fid")),
+            "fid_floor": _number(floor.get("fid")) if isinstance(floor, dict) else None,
+            "class_accuracy": _number(metrics.get("class_accuracy")), "thumbnail": thumb}
 
 
 def _metric_rows(records: list[dict]) -> str:
@@ -132,7 +149,7 @@ def write_run_index(plots: Path) -> Path:
              f"{summary['epochs']} epochs, {summary['minutes']:.1f} training minutes</p>"]
     scores = _read_json(plots / "eval" / "metrics.json")
     if scores:
-        keys = [k for k, v in scores.items() if isinstance(v, (int, float))]
+        keys = [k for k, v in scores.items() if _number(v) is not None]
         parts.append("<h2>Scores (eval)</h2><table>" + "".join(
             f"<tr><td>{html.escape(k)}</td><td class=num>{scores[k]:.4g}</td></tr>"
             for k in keys) + "</table>")
@@ -143,8 +160,8 @@ def write_run_index(plots: Path) -> Path:
     figures = sorted((p for folder in (plots, plots / "eval") if folder.is_dir()
                       for p in folder.glob("*.png")), key=lambda p: -p.stat().st_mtime)
     parts.append("<h2>Figures, newest first</h2>" + "".join(
-        f"<figure><a href='{html.escape(p.relative_to(plots).as_posix())}'><img src='"
-        f"{html.escape(p.relative_to(plots).as_posix())}' alt='{html.escape(p.name)}'></a>"
+        f"<figure><a href='{_href(p.relative_to(plots).as_posix())}'><img src='"
+        f"{_href(p.relative_to(plots).as_posix())}' alt='{html.escape(p.name)}'></a>"
         f"<figcaption><b>{html.escape(p.relative_to(plots).as_posix())}</b>: "
         f"{html.escape(caption(summary['family'], p.name))}</figcaption></figure>"
         for p in figures))
@@ -152,14 +169,16 @@ def write_run_index(plots: Path) -> Path:
         f"<tr><td>{html.escape(k)}</td><td>{html.escape(repr(v))}</td></tr>"
         for k, v in config.items()) + "</table>")
     path = plots / "index.html"
-    path.write_text(_page(plots.name, "\n".join(parts)))
+    files.write_text(path, _page(plots.name, "\n".join(parts)))
     return path
 
 
 def _cell(value, fmt: str = "{:.3g}") -> str:
+    value = _number(value)
     if value is None:
         return "<td data-v=''></td>"
-    return f"<td class=num data-v='{value}'>{fmt.format(value)}</td>"
+    return (f"<td class=num data-v='{html.escape(str(value), quote=True)}'>"
+            f"{html.escape(fmt.format(value))}</td>")
 
 
 def _result_page(folder: Path) -> Path | None:
@@ -195,14 +214,32 @@ def write_results_page(folder: Path, markdown: str) -> Path:
     """folder/results.html: a benchmark's results.md as HTML, with its PNG charts, linked from
     the all-runs page."""
     folder = Path(folder)
-    charts = "".join(f"<figure><img src='{html.escape(p.name)}' alt='{html.escape(p.name)}'>"
+    charts = "".join(f"<figure><img src='{_href(p.name)}' alt='{html.escape(p.name)}'>"
                      f"<figcaption>{html.escape(caption('*', p.name))}</figcaption></figure>"
                      for p in sorted(folder.glob("*.png")))
     path = folder / "results.html"
-    path.write_text(_page(folder.name, "<p><a href='../../index.html'>all runs</a></p>"
+    files.write_text(path, _page(folder.name, "<p><a href='../../index.html'>all runs</a></p>"
                           + markdown_to_html(markdown) + charts))
     write_all_runs_index(folder.parent.parent.parent)
     return path
+
+
+def _run_row(plots: Path, rel: str) -> str:
+    """One run's row of the all-runs page; a run whose files cannot be read is marked so,
+    never a reason to fail the page of every other run."""
+    link = f"<a href='{_href(rel + '/index.html')}'>{html.escape(plots.name)}</a>"
+    try:
+        s = run_summary(plots)
+    except Exception as err:  # noqa: BLE001 - one damaged run must not hide the others
+        return (f"<tr><td>{html.escape(plots.parent.name)}</td><td>{link}</td><td colspan=8>"
+                f"damaged: {html.escape(f'{type(err).__name__}: {err}')}</td></tr>")
+    thumb = (f"<img class=thumb src='{_href(rel + '/' + s['thumbnail'])}' alt=''>"
+             if s["thumbnail"] else "")
+    return (f"<tr><td>{html.escape(s['family'])}</td><td>{link}</td><td>"
+            f"{html.escape(s['dataset'])}</td><td>{s['date']}</td>"
+            f"{_cell(s['epochs'], '{}')}{_cell(s['minutes'], '{:.1f}')}"
+            f"{_cell(s['fid'])}{_cell(s['fid_floor'])}{_cell(s['class_accuracy'])}"
+            f"<td>{thumb}</td></tr>")
 
 
 def write_all_runs_index(save_root) -> Path:
@@ -214,27 +251,17 @@ def write_all_runs_index(save_root) -> Path:
     head = ("<tr><th>family</th><th>run</th><th>data set</th><th>date</th><th>epochs</th>"
             "<th>training minutes</th><th>FID</th><th>floor</th><th>class accuracy</th>"
             "<th>samples</th></tr>")
-    rows = []
-    for plots in runs:
-        s, rel = run_summary(plots), plots.relative_to(root).as_posix()
-        thumb = (f"<img class=thumb src='{html.escape(rel)}/{s['thumbnail']}' alt=''>"
-                 if s["thumbnail"] else "")
-        rows.append(f"<tr><td>{html.escape(s['family'])}</td><td><a href='{html.escape(rel)}/"
-                    f"index.html'>{html.escape(s['run'])}</a></td><td>"
-                    f"{html.escape(s['dataset'])}</td><td>{s['date']}</td>"
-                    f"{_cell(s['epochs'], '{}')}{_cell(s['minutes'], '{:.1f}')}"
-                    f"{_cell(s['fid'])}{_cell(s['fid_floor'])}{_cell(s['class_accuracy'])}"
-                    f"<td>{thumb}</td></tr>")
+    rows = [_run_row(plots, plots.relative_to(root).as_posix()) for plots in runs]
     pages = [_result_page(p) for p in sorted(root.glob("*/*"))
              if p.is_dir() and not (p / "config.json").is_file()]
-    links = "".join(f"<li><a href='{html.escape(page.relative_to(root).as_posix())}'>"
+    links = "".join(f"<li><a href='{_href(page.relative_to(root).as_posix())}'>"
                     f"{html.escape(page.parent.relative_to(root).as_posix())}</a></li>"
                     for page in pages if page is not None)
     body = (f"<h1>All runs ({len(rows)})</h1><p>Click a column to sort.</p><table><thead>"
             f"{head}</thead><tbody>{''.join(rows)}</tbody></table>"
             f"<h2>Benchmark results</h2><ul>{links or '<li>none yet</li>'}</ul>")
     path = root / "index.html"
-    path.write_text(_page("All runs", body, _SORT))
+    files.write_text(path, _page("All runs", body, _SORT))
     return path
 
 
@@ -248,5 +275,5 @@ def write_indexes(plots: Path) -> None:
         write_run_index(plots)
         if plots.parent.parent.name == "saved_plots":  # saved_plots/<family>/<run>
             write_all_runs_index(plots.parent.parent.parent)
-    except OSError as err:
-        print(f"note: could not write the run's index.html ({err})")
+    except Exception as err:  # noqa: BLE001 - a page is never worth a run
+        print(f"note: could not write the run's index.html ({type(err).__name__}: {err})")
