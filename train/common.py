@@ -11,6 +11,8 @@ Each family's loop in train/<family>.py reads top to bottom with these:
             if end_epoch(...):  # log, checkpoint when due, stop at the deadline
                 break
 """
+import signal
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ from utils import board, distributed
 from utils.data import DataSpec, ImageData, batches_per_epoch, iterate_batches
 from utils.device import rng_state, set_rng_state
 from utils.errors import Interrupted, UserError
+from utils.files import unlock_run
 from utils.run_index import write_indexes
 from utils.runs import CHECKPOINT_VERSION, MetricsLog, Run, load_state
 
@@ -164,14 +167,35 @@ class Progress:
         return self.step
 
 
+def _terminate_as_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 @contextmanager
-def stop_guard(run: Run, progress: Progress, save: Callable[[], None]):
-    """Ctrl-C saves a checkpoint (the interrupted epoch reruns on resume) and raises Interrupted
-    (under torchrun it keeps the last checkpoint instead: saving takes a collective, and the
-    other ranks may already have stopped, so no rank can wait on another); a NaN/inf loss raises
-    a UserError without saving, so the last good checkpoint stays."""
+def _sigterm_like_ctrl_c():
+    """SIGTERM (what a cluster scheduler, `kill` or torchrun's agent sends) raises
+    KeyboardInterrupt inside the block, as Ctrl-C does; the previous handler comes back after.
+    Signal handlers can be set only in the main thread: elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     try:
         yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def stop_guard(run: Run, progress: Progress, save: Callable[[], None]):
+    """Ctrl-C or SIGTERM saves a checkpoint (the interrupted epoch reruns on resume) and
+    raises Interrupted (under torchrun it keeps the last checkpoint instead: saving takes a
+    collective, and the other ranks may already have stopped, so no rank can wait on another);
+    a NaN/inf loss raises a UserError without saving, so the last good checkpoint stays. The
+    run's lock is released when the loop ends, however it ends."""
+    try:
+        with _sigterm_like_ctrl_c():
+            yield
     except KeyboardInterrupt:
         if distributed.is_distributed():  # a save needs every rank, and some may be gone
             raise Interrupted(f"interrupted; the last checkpoint {run.checkpoint} is kept "
@@ -183,6 +207,8 @@ def stop_guard(run: Run, progress: Progress, save: Callable[[], None]):
         kept = f"the last good checkpoint {run.checkpoint} is kept" if run.checkpoint.is_file() \
             else "no checkpoint had been written yet"
         raise UserError(f"training stopped: {err} (epoch {progress.epoch + 1}); {kept}") from None
+    finally:
+        unlock_run(run.models)
 
 
 def open_log(run: Run, progress: Progress, config: dict) -> MetricsLog:

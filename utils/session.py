@@ -11,6 +11,7 @@ from utils.config import check_choice, given_constants, like_default, save_confi
 from utils.data import DataSpec, ImageData, load_dataset
 from utils.device import resolve_precision, seed_everything
 from utils.errors import UserError
+from utils.files import lock_run
 from utils.runs import Run, find_resume, new_run, run_named
 
 
@@ -100,23 +101,30 @@ def resume_run(const: SimpleNamespace, family: str, argv: Sequence[str] | None =
                             f"started with {old!r}); start a new run for a different {name}")
         values[name] = new
         changes.append(f"{name} {old!r} -> {new!r}")
-    print(f"resuming {run.name} after epoch {state['epoch']} of {values['EPOCHS']}"
-          + (f"; changed: {', '.join(changes)}" if changes else ""))
+    if distributed.is_main():  # before seed_and_device quietens the other ranks
+        print(f"resuming {run.name} after epoch {state['epoch']} of {values['EPOCHS']}"
+              + (f"; changed: {', '.join(changes)}" if changes else ""))
     return run, state, SimpleNamespace(**values)
 
 
 def open_run(const: SimpleNamespace, family: str, tag: str, resumed: Run | None = None,
              dataset: str | None = None) -> Run:
     """The resumed run with its config.json brought up to date, or a new numbered run folder
-    named after `dataset` (default DATASET) with the constants saved as config.json. Under
-    torchrun rank 0 creates it and every rank gets its name."""
-    if resumed is not None:
-        save_config(const, resumed.plots / "config.json")
-        return resumed
-    name = None
+    named after `dataset` (default DATASET) with the constants saved as config.json; either
+    locked for this process (a second process resuming the same run is refused in one line).
+    Under torchrun rank 0 creates and locks it and every rank gets its name (or the error)."""
+    name, problem = None, None
     if distributed.is_main():
-        run = new_run(const.SAVE_ROOT, family, dataset or const.DATASET, tag)
-        save_config(const, run.plots / "config.json")
-        print(f"run {run.name}: figures in {run.plots}, weights in {run.models}")
-        name = run.name
-    return run_named(const.SAVE_ROOT, family, distributed.broadcast_object(name))
+        try:
+            run = resumed or new_run(const.SAVE_ROOT, family, dataset or const.DATASET, tag)
+            lock_run(run.models, run.name)
+            save_config(const, run.plots / "config.json")
+            if resumed is None:
+                print(f"run {run.name}: figures in {run.plots}, weights in {run.models}")
+            name = run.name
+        except UserError as err:
+            problem = str(err)
+    name, problem = distributed.broadcast_object((name, problem))
+    if problem:
+        raise UserError(problem)
+    return run_named(const.SAVE_ROOT, family, name)
