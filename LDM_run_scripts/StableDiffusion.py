@@ -16,8 +16,8 @@ UNet step, peak memory).
 import torch
 
 from train.sd_loading import load_components
-from train.stable_diffusion import (StableDiffusion, denoising_strip, load_init_image,
-                                    peak_memory_mb, sd_device, sd_dtype)
+from train.stable_diffusion import (StableDiffusion, denoising_strip, img2img_steps,
+                                    load_init_image, peak_memory_mb, sd_device, sd_dtype)
 from utils.config import check_choice, check_positive, resolve_constants, save_config
 from utils.errors import UserError, run_cli
 from utils.plots import save_grid, save_labelled_grid
@@ -54,20 +54,23 @@ def main(argv=None):
     check_choice("OFFLOAD", const.OFFLOAD, ("none", "model"))
     if not 0 <= const.STRENGTH <= 1:
         raise UserError(f"STRENGTH={const.STRENGTH} must be in [0, 1]")
+    if const.INIT_IMAGE is not None:
+        img2img_steps(const.STEPS, const.STRENGTH)  # a strength that leaves no step: stop now
     device = sd_device(const.DEVICE)
     dtype = sd_dtype(const.PRECISION, device)
     init = None if const.INIT_IMAGE is None else load_init_image(const.INIT_IMAGE, const.HEIGHT,
                                                                  const.WIDTH)
     parts = load_components(const.WEIGHTS, const.TOKENIZER, dtype=dtype,
                             lazy=const.OFFLOAD == "model" and device.type == "cpu")
+    # the run folder and its config before generating: an unwritable SAVE_ROOT stops here
+    run = new_run(const.SAVE_ROOT, "stable_diffusion", "img2img" if init is not None else "txt2img")
+    save_config(const, run.plots / "config.json")
     pipe = StableDiffusion(parts, device, dtype, const.OFFLOAD)
     result = pipe.generate(const.PROMPT, const.NEGATIVE_PROMPT, steps=const.STEPS,
                            guidance=const.GUIDANCE, sampler=const.SAMPLER, height=const.HEIGHT,
                            width=const.WIDTH, n_images=const.N_IMAGES, seed=const.SEED,
                            init_image=init, strength=const.STRENGTH,
                            snapshots=const.STRIP_STEPS)
-    run = new_run(const.SAVE_ROOT, "stable_diffusion", "img2img" if init is not None else "txt2img")
-    save_config(const, run.plots / "config.json")
     write_outputs(run, const, pipe, result, init)
     write_indexes(run.plots)
     print(f"{result.seconds['unet_per_step']:.2f} s per UNet step on {device} "

@@ -14,6 +14,7 @@ from train.diffusion import load_diffusion_networks
 from train.gan import load_gan
 from train.vae import load_vae
 from utils.data import DataSpec
+from utils.errors import UserError
 from utils.runs import Run, find_run, load_checkpoint
 
 LOADERS = {"gan": load_gan, "vae": load_vae, "diffusion": load_diffusion_networks,
@@ -37,4 +38,10 @@ def load_run(save_root: str | Path, family: str, which: str, device: torch.devic
     """The run named `which` (or the latest with a checkpoint) of a family, rebuilt on device."""
     run = find_run(save_root, family, which)
     state = load_checkpoint(run.checkpoint, family)
-    return Loaded(run, state, LOADERS[family](state, device), DataSpec.of(state))
+    try:
+        return Loaded(run, state, LOADERS[family](state, device), DataSpec.of(state))
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+        # model_args a network cannot be built from, or a part of the dict missing
+        raise UserError(f"checkpoint {run.checkpoint} cannot be rebuilt ({type(err).__name__}: "
+                        f"{str(err).strip()[:100]}): it is damaged or was written by another "
+                        f"version") from None

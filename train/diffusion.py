@@ -80,7 +80,7 @@ def evaluate(setup: DiffusionSetup, meter: LossMeter, quarters: torch.Tensor, te
 def write_figures(run: Run, frames: list[torch.Tensor], records: list[dict], sample_title: str,
                   row_labels: tuple = ()) -> None:
     """The progression of EMA samples from fixed noise and the loss curves."""
-    save_progression(frames, [r["epoch"] for r in records], run.plots / "progression.png",
+    save_progression(frames, run.plots / "progression.png",
                      title=sample_title, row_labels=row_labels)
     save_curves(records, LOSS_PANELS, run.plots / "losses.png", log_y=["loss"],
                 title=f"diffusion {run.name}")

@@ -259,6 +259,9 @@ def write_figures(folder: Path, frames: list[torch.Tensor], records: list[dict],
                   ) -> None:
     """The progression grid (fixed latents across epochs) and the loss curves."""
     if frames:
-        save_progression(frames, [r["epoch"] for r in records], folder / "progression.png",
+        save_progression(frames, folder / "progression.png",
                          title="Generator on fixed latents across training")
-    save_curves(records, LOSS_PANELS, folder / "losses.png", title=f"DCGAN {name}")
+    if records:  # a run whose metrics.jsonl is missing or cut short still gets its samples
+        save_curves(records, LOSS_PANELS, folder / "losses.png", title=f"DCGAN {name}")
+    else:
+        print(f"note: {name} has no readable metrics.jsonl records; no losses.png")

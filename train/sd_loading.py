@@ -53,8 +53,9 @@ def read_state_dict(path: str | Path, prefixes: tuple[str, ...] = (),
             state = torch.load(path, map_location="cpu", weights_only=True)
         state = state.get("state_dict", state) if isinstance(state, dict) else state
     except Exception as err:  # a truncated or foreign file: one line
-        raise UserError(f"WEIGHTS: {path} could not be read ({type(err).__name__}: {err})"
-                        ) from None
+        first = (str(err).strip().splitlines() or [""])[0][:160]
+        raise UserError(f"WEIGHTS: {path} could not be read as weights ({type(err).__name__}: "
+                        f"{first})") from None
     if not isinstance(state, dict):
         raise UserError(f"WEIGHTS: {path} holds no tensors by name")
     return {k: convert(v) for k, v in state.items() if wanted(k)}
@@ -155,7 +156,17 @@ def _read_diffusers(folder: Path, component: str, dtype: torch.dtype,
 
 def folder_model_args(folder: Path) -> dict:
     """Constructor arguments from a diffusers folder's config.json files (a v1-style model of
-    another size loads too); v1.5's sizes where a file is missing."""
+    another size loads too); v1.5's sizes where a file is missing. A config.json that does not
+    parse or lacks a size is one line naming it."""
+    try:
+        return _folder_model_args(folder)
+    except (ValueError, KeyError, TypeError, IndexError, ZeroDivisionError, AttributeError
+            ) as err:
+        raise UserError(f"WEIGHTS: a config.json in {folder} is not a diffusers v1 config this "
+                        f"code reads ({type(err).__name__}: {str(err).strip()[:100]})") from None
+
+
+def _folder_model_args(folder: Path) -> dict:
     import json
 
     def config(sub):

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from models.diffusion import Denoiser, NoiseSchedule, q_sample
@@ -155,9 +156,7 @@ class StableDiffusion:
             x = torch.randn(shape, generator=generator).to(self.device)
         else:
             z0 = self.encode_image(init_image.expand(n_images, -1, -1, -1), generator, seconds)
-            run_steps = int(steps * strength)  # the tail of the text-to-image grid
-            if run_steps == 0:
-                return Generated(self.decode(z0, seconds), z0, [], seconds)
+            run_steps = img2img_steps(steps, strength)  # the tail of the text-to-image grid
             start_t = timestep_subset(self.schedule.timesteps, steps, first_t)[steps - run_steps]
             noise = torch.randn(z0.shape, generator=generator).to(self.device)
             x = q_sample(self.schedule, z0, torch.full((n_images,), start_t,
@@ -168,6 +167,19 @@ class StableDiffusion:
                          generator=generator)
         seconds["unet_per_step"] = seconds["unet"] / max(run_steps, 1)
         return Generated(self.decode(out.x, seconds), out.x, out.frames, seconds)
+
+
+def img2img_steps(steps: int, strength: float) -> int:
+    """The denoising steps image-to-image runs: int(steps * strength), the tail of the
+    text-to-image grid (as diffusers' img2img); a strength that leaves none is one line."""
+    if not 0 < strength <= 1:
+        raise UserError(f"STRENGTH={strength} must be in (0, 1] for image-to-image")
+    run = int(steps * strength)
+    if run < 1:
+        raise UserError(f"STRENGTH={strength} with STEPS={steps} leaves no denoising step "
+                        f"(int({steps} x {strength}) = 0); raise STRENGTH to at least "
+                        f"{1 / steps:.3g} or STEPS")
+    return run
 
 
 def sd_device(name: str) -> torch.device:
@@ -183,13 +195,14 @@ def sd_device(name: str) -> torch.device:
 
 def load_init_image(path: str | Path, height: int, width: int) -> torch.Tensor:
     """An image file as a (1, 3, HEIGHT, WIDTH) tensor in [-1, 1] (resized with Lanczos)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
     try:
-        image = Image.open(path).convert("RGB").resize((width, height), Image.LANCZOS)
-    except (OSError, UnidentifiedImageError) as err:
-        raise UserError(f"INIT_IMAGE {path}: not a readable image ({type(err).__name__})"
-                        ) from None
-    array = torch.tensor(list(image.getdata()), dtype=torch.float32).view(height, width, 3)
+        with Image.open(path) as opened:
+            image = opened.convert("RGB").resize((width, height), Image.LANCZOS)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise UserError(f"INIT_IMAGE {path}: not a readable image ({type(err).__name__}: "
+                        f"{str(err).strip()[:120]})") from None
+    array = torch.from_numpy(np.asarray(image, dtype=np.float32))  # (H, W, 3)
     return (array.permute(2, 0, 1)[None] / 127.5 - 1).contiguous()
 
 

@@ -194,7 +194,7 @@ def prior_frame(model: VAE, z: torch.Tensor) -> torch.Tensor:
 def write_figures(run: Run, beta_mode: str, frames: list[torch.Tensor], records: list[dict]
                   ) -> None:
     """The progression of fixed prior samples and the loss curves."""
-    save_progression(frames, [r["epoch"] for r in records], run.plots / "progression.png",
+    save_progression(frames, run.plots / "progression.png",
                      title="decoded fixed prior samples z ~ N(0, I)")
     save_curves(records, LOSS_PANELS, run.plots / "losses.png", log_y=LOG_PANELS,
                 title=f"beta-VAE {run.name} ({beta_mode} beta)")

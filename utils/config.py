@@ -2,6 +2,7 @@
 import ast
 import difflib
 import inspect
+import math
 import re
 import sys
 from pathlib import Path
@@ -123,8 +124,65 @@ def help_text(namespace: dict) -> str:
     return "\n".join(lines)
 
 
+# Constants with one meaning in every script that has them, checked where they are parsed:
+# sizes and counts that must be at least 1 (or 0), caps where None means "no cap", paths, and
+# lists that must not be empty. A constant whose default is None takes any literal from the
+# command line, so these rules are its only type check.
+_AT_LEAST_ONE = ("BATCH_SIZE", "PROGRESSION_ROWS", "GRID_SIZE", "STEPS", "STRIP_IMAGES",
+                 "STRIP_COLUMNS", "COMPARE_IMAGES", "N_FIXED", "N_PAIRS", "N_RECON", "N_VALUES",
+                 "N_IMAGES", "SAMPLE_STEPS", "TIMESTEPS", "CHECKPOINT_EVERY", "RECON_EVERY",
+                 "IMAGE_SIZE", "LATENT_DIM", "LATENT_CHANNELS", "BASE", "BLOCKS", "HEADS",
+                 "WIDTH", "HEIGHT", "PATCH", "UNET_PATCH", "DIT_WIDTH", "DIT_DEPTH", "DIT_HEADS")
+_AT_LEAST_ZERO = ("EPOCHS", "SEED", "N_SAMPLES", "PER_CLASS", "COMPARE_FID", "STRIP_STEPS",
+                  "GUIDE_EPOCH", "WARMUP_STEPS", "MBSTD_GROUP")
+_CAPS = ("N_TRAIN", "N_TEST", "DIM")  # None (no cap / automatic) or a whole number
+_POSITIVE_OR_NONE = ("MINUTES", "LR_D")
+_NAMES = ("RESUME", "TAG", "WEIGHTS", "TOKENIZER", "INIT_IMAGE")  # None or a name / path
+_NOT_EMPTY = ("SCALES", "COMPARE", "NOISED_T", "RUNS")
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_common(c: SimpleNamespace) -> None:
+    """Raise a one-line UserError for a constant that breaks its rule above, or a float
+    constant that is not finite (nan, inf)."""
+    values = vars(c)
+    for name, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{name} must be a finite number, got {value!r}")
+    for names, low in ((_AT_LEAST_ONE, 1), (_AT_LEAST_ZERO, 0)):
+        for name in (n for n in names if n in values):  # a number, or a list of them
+            value = values[name]
+            each = value if isinstance(value, (tuple, list)) and value else [value]
+            if not all(_whole(v) and low <= v < 2 ** 63 for v in each):
+                raise UserError(f"{name} must be a whole number >= {low}, got {value!r}")
+    for name in _CAPS:
+        value = values.get(name)
+        low = 0 if name == "DIM" else 1  # N_TRAIN=0 meant all images; say None for that
+        if value is not None and not (_whole(value) and value >= low):
+            raise UserError(f"{name} must be None or a whole number >= {low}, got {value!r}")
+    for name in _POSITIVE_OR_NONE:
+        value = values.get(name)
+        if value is not None and not (_number(value) and value > 0):
+            raise UserError(f"{name} must be None or a number > 0, got {value!r}")
+    for name in _NAMES:
+        value = values.get(name)
+        if value is not None and not isinstance(value, (str, int)) or isinstance(value, bool):
+            raise UserError(f"{name} must be None or a name, got {value!r}")
+    for name in _NOT_EMPTY:
+        if name in values and not values[name]:
+            raise UserError(f"{name} must list at least one value, got {values[name]!r}")
+
+
 def resolve_constants(namespace: dict, argv: Sequence[str] | None = None) -> SimpleNamespace:
-    """The module's constants with command-line overrides applied (the module is not modified)."""
+    """The module's constants with command-line overrides applied (the module is not modified)
+    and checked (check_common)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--help" in argv or "-h" in argv:
         print(help_text(namespace))
@@ -136,7 +194,9 @@ def resolve_constants(namespace: dict, argv: Sequence[str] | None = None) -> Sim
             hint = f"; did you mean --{close[0]}?" if close else ""
             raise UserError(f"unknown constant --{name}{hint} (--help lists them)")
         values[name] = _parse_value(name, text, values[name])
-    return SimpleNamespace(**values)
+    const = SimpleNamespace(**values)
+    check_common(const)
+    return const
 
 
 def given_constants(argv: Sequence[str] | None = None) -> set[str]:

@@ -182,8 +182,29 @@ def _external(name: str, split: str, size: int, channels: int, root: Path, downl
         images = images[:, None] if images.ndim == 3 else images.permute(0, 3, 1, 2)
         images = _set_channels(_resize_uint8(images, size), channels)
     else:
-        images = torch.stack([dataset[i][0] for i in range(count)])  # decoded once
+        images = _decode_all(dataset, count)  # decoded once
     return ImageData(name, images.contiguous(), labels, classes, shape=shape)
+
+
+def _decode_all(dataset, count: int) -> torch.Tensor:
+    """The first `count` images of a torchvision dataset, stacked; files that cannot be decoded
+    (corrupt, empty, truncated, a decompression bomb) are one UserError naming the first and how
+    many others, so they can be fixed or removed."""
+    from PIL import Image
+    images, bad = [], []
+    for i in range(count):
+        try:
+            images.append(dataset[i][0])
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            bad.append((i, err))
+    if bad:
+        index, err = bad[0]
+        samples = getattr(dataset, "samples", None)
+        where = samples[index][0] if samples else f"image {index}"
+        others = f" and {len(bad) - 1} other file(s)" if len(bad) > 1 else ""
+        raise UserError(f"{where}{others}: not a readable image ({type(err).__name__}: "
+                        f"{str(err).strip()[:120]}); fix or remove them")
+    return torch.stack(images)
 
 
 def load_dataset(name: str = "shapes", split: str = "train", image_size: int = 32,

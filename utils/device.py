@@ -24,6 +24,13 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise UserError(f"DEVICE={name!r} is not a device (use 'auto', 'cpu' or 'cuda')") from err
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("DEVICE='cuda' but no CUDA GPU is available; use DEVICE='auto' or 'cpu'")
+    if device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise UserError("DEVICE='mps' but Apple's MPS is not available here; use "
+                            "DEVICE='auto' or 'cpu'")
+    elif device.type not in ("cpu", "cuda"):
+        raise UserError(f"DEVICE={name!r} is not supported (use 'auto', 'cpu', 'cuda' or 'mps')")
     return device
 
 

@@ -102,13 +102,14 @@ def pick_columns(n: int, max_columns: int = MAX_COLUMNS) -> list[int]:
     return sorted({round(i * (n - 1) / (max_columns - 1)) for i in range(max_columns)})
 
 
-def save_progression(frames: Sequence[torch.Tensor], epochs: Sequence[int], path: Path,
+def save_progression(frames: Sequence[torch.Tensor], path: Path,
                      title: str = "Fixed inputs across training",
                      row_labels: Sequence[str] = ()) -> Path:
-    """Rows: fixed latents (or noise); columns: epochs (evenly thinned to bound the width)."""
+    """Rows: fixed latents (or noise); columns: epochs (frames[k] is epoch k + 1, evenly
+    thinned to bound the width)."""
     cols = pick_columns(len(frames))
     rows = torch.stack([_as_uint8(frames[c]) for c in cols], dim=1)  # (R, K, C, H, W)
-    return save_labelled_grid(rows, path, col_labels=[f"ep {epochs[c]}" for c in cols],
+    return save_labelled_grid(rows, path, col_labels=[f"ep {c + 1}" for c in cols],
                               row_labels=list(row_labels) or [f"z{i}" for i in
                                                               range(rows.shape[0])],
                               title=title, xlabel="epoch")

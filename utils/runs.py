@@ -17,6 +17,10 @@ from utils.errors import UserError
 CHECKPOINT = "latest.pt"
 # Version 2: one documented dict per family (kind, model_args, data, training state, extras).
 CHECKPOINT_VERSION = 2
+# Keys every checkpoint of a kind holds (train/common.checkpoint_frame; the evaluator's cache).
+REQUIRED_KEYS = {None: ("kind", "model_args", "data", "epoch", "step", "config"),
+                 "evaluator": ("kind", "model_args", "model", "info"),
+                 "latent_cache": ("kind", "mean", "logvar", "labels")}
 _RUN_NAME = re.compile(r"^(\d{3,})-")
 _NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=,-]{0,99}$")  # one safe path component
 
@@ -145,6 +149,12 @@ def load_checkpoint(path: Path, kind: str | None = None, map_location: Any = "cp
     if kind is not None and state.get("kind") != kind:
         raise UserError(f"checkpoint {path} is a {state.get('kind')!r} checkpoint, not "
                         f"{kind!r}")
+    required = REQUIRED_KEYS.get(state.get("kind"), REQUIRED_KEYS[None])
+    missing = [k for k in required if k not in state]
+    if missing or not isinstance(state.get("model_args", {}), dict):
+        what = f"has no {', '.join(missing)}" if missing else "has model_args of the wrong type"
+        raise UserError(f"checkpoint {path} {what}: it is damaged or was not written by this "
+                        f"project")
     return state
 
 

@@ -56,6 +56,9 @@ def load_splits(const: SimpleNamespace) -> tuple[DataSpec, ImageData, ImageData]
     train = load_dataset(const.DATASET, "train", n=getattr(const, "N_TRAIN", None), **kwargs)
     test = load_dataset(const.DATASET, "test", n=getattr(const, "N_TEST", None),
                         channels=train.shape[0], **kwargs)
+    if len(train) < 2:  # batch statistics, the TC estimator and a held-out split need two
+        raise UserError(f"{const.DATASET} gives {len(train)} training image(s); every family "
+                        f"needs at least 2 (raise N_TRAIN or add images)")
     print(f"{const.DATASET}: {len(train)} train / {len(test)} test images of shape {train.shape}")
     return DataSpec(const.DATASET, const.IMAGE_SIZE, train.shape[0], const.SEED), train, test
 
