@@ -57,3 +57,23 @@ def test_rng_state_round_trip_restores_every_generator():
     again = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1])
     assert first[2] == again[2]
+
+
+def test_a_saved_gpu_stream_lands_on_the_gpu_this_process_draws_on(monkeypatch):
+    """Resuming with another number of processes, rank r (on cuda:r) takes rank 0's state: the
+    state of the GPU rank 0 drew on (cuda:0) must go to cuda:r, or rank r's shared stream would
+    part from the others' (it got rank 0's unused copy of cuda:r before)."""
+    import torch
+
+    from utils.device import rng_state, set_rng_state
+    state = rng_state()
+    saved_by_rank0 = {**state, "cuda": [torch.tensor([0]), torch.tensor([1])], "cuda_device": 0}
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, d: calls.append((int(s), d)))
+    set_rng_state(saved_by_rank0)
+    assert calls == [(0, 1)]
+    calls.clear()
+    set_rng_state({**saved_by_rank0, "cuda_device": 1})  # saved by rank 1 itself
+    assert calls == [(1, 1)]

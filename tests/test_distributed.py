@@ -101,8 +101,10 @@ def test_two_processes_compute_what_one_computes(tmp_path, script, family, args,
 
 
 def test_two_process_run_resumes_exactly(tmp_path):
+    """With dropout, so that each rank's own stream (its dropout masks) is restored too."""
     script = "Diffusion_run_scripts.DiffusionMain"
-    args = [*DIFFUSION, "--LR_SCHEDULE=constant"]  # a plan that does not depend on EPOCHS
+    args = [*DIFFUSION, "--LR_SCHEDULE=constant",  # a plan that does not depend on EPOCHS
+            "--DROPOUT=0.2"]
     straight, split = f"--SAVE_ROOT={tmp_path / 'a'}", f"--SAVE_ROOT={tmp_path / 'b'}"
     _spawn(script, [*args, straight, "--EPOCHS=2"])
     _spawn(script, [*args, split, "--EPOCHS=1"])
@@ -146,3 +148,47 @@ def test_a_global_batch_that_does_not_divide_is_refused(tmp_path):
                                            "--BATCH_SIZE=15"])
     assert failed.value.exit_code == 2  # the one-line UserError of run_cli
     assert not (tmp_path / "saved_plots").exists()
+
+
+def _rng_worker(rank: int, world: int, port: int, out: dict) -> None:
+    import torch.distributed as dist
+
+    from utils import distributed
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(5)  # the same SEED on every rank
+    cpu = torch.device("cpu")
+    shared_before = torch.rand(4)
+    with distributed.own_rng(cpu):
+        own_first = torch.rand(4)
+    shared_after = torch.rand(4)
+    with distributed.own_rng(cpu):
+        own_second = torch.rand(4)
+    states = distributed.own_rng_states()
+    distributed.set_own_rng_states(states)  # what a resume with the same world restores
+    with distributed.own_rng(cpu):
+        own_third = torch.rand(4)
+    out[rank] = dict(shared=(shared_before, shared_after), own=(own_first, own_second, own_third))
+    dist.destroy_process_group()
+
+
+def test_each_rank_draws_dropout_from_its_own_stream_and_the_shared_one_is_untouched():
+    """Under torchrun, own_rng gives every rank different draws (dropout masks were the same on
+    every rank), the shared stream continues as if nothing had been drawn, and a rank's own
+    stream continues from its saved state; without a process group it is a no-op."""
+    from utils import distributed
+    out = mp.Manager().dict()
+    mp.start_processes(_rng_worker, args=(2, _free_port(), out), nprocs=2, start_method="spawn")
+    torch.manual_seed(5)
+    expected_shared = (torch.rand(4), torch.rand(4))  # one process, nothing drawn in between
+    for rank in (0, 1):
+        assert all(torch.equal(a, b) for a, b in zip(out[rank]["shared"], expected_shared))
+    first0, second0, third0 = out[0]["own"]
+    first1, second1, third1 = out[1]["own"]
+    assert not torch.equal(first0, first1) and not torch.equal(second0, second1)
+    assert not torch.equal(first0, second0)  # the own stream moves on
+    assert not torch.equal(third0, second0) and not torch.equal(third0, first0)
+    torch.manual_seed(5)
+    with distributed.own_rng(torch.device("cpu")):  # one process: the shared stream itself
+        alone = torch.rand(4)
+    assert torch.equal(alone, expected_shared[0])

@@ -260,6 +260,7 @@ def checkpoint_frame(kind: str, model_args: dict, data: DataSpec, progress: Prog
     return {"version": CHECKPOINT_VERSION, "kind": kind, "model_args": model_args,
             "data": data.as_dict(), "epoch": progress.epoch, "step": progress.step,
             "images": progress.images, "rng": rng, "rng_ranks": distributed.gather_objects(rng),
+            "own_rng_ranks": distributed.gather_objects(distributed.own_rng_states()),
             "processes": distributed.world_size(), "config": config, **states}
 
 
@@ -281,8 +282,11 @@ def resume_point(modules: dict, state: dict | None) -> tuple[Progress, list[torc
     saved_world, world = state["processes"], distributed.world_size()
     if saved_world == world:
         set_rng_state(state["rng_ranks"][distributed.rank()])
+        own = state.get("own_rng_ranks")  # absent in runs saved before per-rank streams
+        distributed.set_own_rng_states(own[distributed.rank()] if own else None)
     else:
         set_rng_state(state["rng"])
+        distributed.set_own_rng_states(None)
         if distributed.is_main():
             print(f"note: the run was trained with {saved_world} process(es) and continues "
                   f"with {world}; each global batch keeps its images and noise, but dropout "

@@ -2,6 +2,7 @@
 flow velocity, min-SNR weights, label dropout for classifier-free guidance, the AdamW step with
 warm-up, clipping and EMA, and the Denoiser of the EMA weights that samplers take.
 """
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -119,7 +120,9 @@ def diffusion_loss(setup: DiffusionSetup, x0: torch.Tensor, labels: torch.Tensor
         labels = drop_labels(labels, setup.label_dropout, setup.model.null_class, generator)
     else:
         labels = None
-    with autocast(setup.device, setup.amp_dtype):
+    # dropout masks from this rank's own stream under torchrun (utils/distributed.py)
+    own = distributed.own_rng(setup.device) if generator is None else contextlib.nullcontext()
+    with own, autocast(setup.device, setup.amp_dtype):
         out = net(x_t, net_t, labels)
     target = training_target(schedule, x0, t, eps, setup.prediction_type)
     per_sample = F.mse_loss(out.float(), target, reduction="none").flatten(1).mean(1)

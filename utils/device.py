@@ -87,6 +87,7 @@ def rng_state() -> dict:
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda_device"] = torch.cuda.current_device()  # the GPU this process draws on
     return state
 
 
@@ -98,4 +99,11 @@ def set_rng_state(state: dict) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # The state of the GPU the saving process drew on goes to the GPU this process draws
+        # on: under torchrun rank r uses cuda:r, so a state saved by rank 0 (a resume with
+        # another number of processes) must land on cuda:r, not on cuda:0 (whose copy of it in
+        # rank 0's process was the only one in use).
+        saved = list(state["cuda"])
+        source = int(state.get("cuda_device", 0))
+        if source < len(saved):
+            torch.cuda.set_rng_state(saved[source], torch.cuda.current_device())

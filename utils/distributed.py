@@ -10,7 +10,15 @@ the global batch, then sliced), so rank r's share of a global step is exactly th
 what one process would draw for the whole batch: the images of a step, their noise, timesteps
 and label dropout are those of a single-process run with the same BATCH_SIZE. Gradients are
 averaged by DistributedDataParallel; BatchNorm statistics are taken over the global batch.
+
+Randomness drawn inside a network's forward pass (dropout masks) cannot be drawn for the global
+batch, and with one shared stream every rank would draw the same mask for its own images. The
+training forward therefore runs under own_rng(): each rank draws it from a stream of its own
+(seeded from SEED and the rank, saved in the checkpoint per rank), and the shared stream is left
+exactly where it was. Without a process group own_rng does nothing, so a single process draws
+as it always did; a 2-process run equals a 1-process run where there is no dropout.
 """
+import contextlib
 import datetime
 import os
 
@@ -102,6 +110,55 @@ def rand(shape, device=None) -> torch.Tensor:
 def randint(high: int, size: int, device=None) -> torch.Tensor:
     """Integers in [0, high) for this rank's batch of `size`, sliced from a global draw."""
     return shard(torch.randint(0, high, (size * world_size(),), device=device))
+
+
+_OWN: dict[str, torch.Tensor] = {}  # this rank's own RNG state per device ("cpu", "cuda:1")
+
+
+def _device_state(device: torch.device) -> torch.Tensor:
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _set_device_state(device: torch.device, state: torch.Tensor) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
+
+
+@contextlib.contextmanager
+def own_rng(device: torch.device):
+    """Inside: `device`'s default generator draws from this rank's own stream (dropout masks
+    that differ between ranks); after: the shared stream continues as if nothing was drawn.
+    A no-op without a process group."""
+    if not is_distributed():
+        yield
+        return
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    key, shared = str(device), _device_state(device)
+    own = _OWN.get(key)
+    if own is None:  # seeded from SEED (the shared stream's seed) and the rank
+        seed = (torch.initial_seed() * 1_000_003 + rank() + 1) % 2 ** 63
+        own = torch.Generator(device=device).manual_seed(seed).get_state()
+    _set_device_state(device, own)
+    try:
+        yield
+    finally:
+        _OWN[key] = _device_state(device)
+        _set_device_state(device, shared)
+
+
+def own_rng_states() -> dict[str, torch.Tensor]:
+    """This rank's own streams, for its checkpoint."""
+    return {key: state.clone() for key, state in _OWN.items()}
+
+
+def set_own_rng_states(states: dict[str, torch.Tensor] | None) -> None:
+    """Restore this rank's own streams (None or {}: start them afresh from SEED and the rank,
+    as when a run resumes with another number of processes)."""
+    _OWN.clear()
+    _OWN.update(states or {})
 
 
 def all_sum(x: torch.Tensor) -> torch.Tensor:
