@@ -192,3 +192,18 @@ def test_each_rank_draws_dropout_from_its_own_stream_and_the_shared_one_is_untou
     with distributed.own_rng(torch.device("cpu")):  # one process: the shared stream itself
         alone = torch.rand(4)
     assert torch.equal(alone, expected_shared[0])
+
+
+def test_the_collective_timeout_comes_from_the_environment(monkeypatch):
+    import datetime
+
+    from utils.distributed import collective_timeout
+    from utils.errors import UserError
+    monkeypatch.delenv("DDP_TIMEOUT_MINUTES", raising=False)
+    assert collective_timeout() == datetime.timedelta(minutes=10)
+    monkeypatch.setenv("DDP_TIMEOUT_MINUTES", "1.5")
+    assert collective_timeout() == datetime.timedelta(seconds=90)
+    for bad in ("0", "-2", "nan", "soon"):
+        monkeypatch.setenv("DDP_TIMEOUT_MINUTES", bad)
+        with pytest.raises(UserError, match="DDP_TIMEOUT_MINUTES"):
+            collective_timeout()

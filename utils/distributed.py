@@ -27,7 +27,21 @@ import torch.distributed as dist
 
 from utils.errors import UserError
 
-TIMEOUT = datetime.timedelta(minutes=10)  # a collective waiting longer than this fails
+TIMEOUT_MINUTES = 10.0  # a collective waiting longer than this fails (env DDP_TIMEOUT_MINUTES)
+
+
+def collective_timeout() -> datetime.timedelta:
+    """How long a rank waits in a collective for a peer that hangs: DDP_TIMEOUT_MINUTES from
+    the environment (every rank gets torchrun's), else TIMEOUT_MINUTES. Long enough for rank 0
+    to write an epoch's figures while the others wait at the checkpoint barrier."""
+    text = os.environ.get("DDP_TIMEOUT_MINUTES", "").strip()
+    try:
+        minutes = float(text) if text else TIMEOUT_MINUTES
+    except ValueError:
+        minutes = -1.0
+    if not 0 < minutes < float("inf"):
+        raise UserError(f"DDP_TIMEOUT_MINUTES={text!r} must be a number of minutes > 0")
+    return datetime.timedelta(minutes=minutes)
 
 
 def torchrun_world() -> int:
@@ -68,7 +82,7 @@ def init(device_name: str) -> torch.device:
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, timeout=TIMEOUT)
+    dist.init_process_group(backend, timeout=collective_timeout())
     return device
 
 
