@@ -18,6 +18,7 @@ import torch
 from train.sd_loading import load_components
 from train.stable_diffusion import (StableDiffusion, denoising_strip, img2img_steps,
                                     load_init_image, peak_memory_mb, sd_device, sd_dtype)
+from utils.clip_tokenizer import CONVENTIONS
 from utils.config import check_choice, check_positive, resolve_constants, save_config
 from utils.errors import UserError, run_cli
 from utils.plots import save_grid, save_labelled_grid
@@ -28,6 +29,8 @@ WEIGHTS = None  # v1.5 single file (.safetensors / .ckpt) or a diffusers model f
 TOKENIZER = None  # vocab folder or bpe_simple_vocab_16e6.txt.gz (None: the folder's tokenizer/)
 PROMPT = "a red fox in the snow, photograph"  # what to draw
 NEGATIVE_PROMPT = ""  # the guidance's unconditional branch ("" is the empty prompt)
+TEXT_CLEANING = "clip"  # clip (OpenAI CLIP's: ftfy, HTML entities) or transformers (its fast
+#                         CLIPTokenizer's, as diffusers pipelines): utils/clip_tokenizer.py
 INIT_IMAGE = None  # None: text-to-image; an image path: image-to-image
 STRENGTH = 0.75  # image-to-image: how far up the noise grid the init image is taken (0 to 1)
 STEPS = 30  # sampler steps
@@ -52,6 +55,7 @@ def main(argv=None):
     check_positive(const, "STEPS", "HEIGHT", "WIDTH", "N_IMAGES")
     check_choice("SAMPLER", const.SAMPLER, ("ddim", "ddpm", "heun", "dpmpp2m"))
     check_choice("OFFLOAD", const.OFFLOAD, ("none", "model"))
+    check_choice("TEXT_CLEANING", const.TEXT_CLEANING, CONVENTIONS)
     if not 0 <= const.STRENGTH <= 1:
         raise UserError(f"STRENGTH={const.STRENGTH} must be in [0, 1]")
     if const.INIT_IMAGE is not None:
@@ -62,6 +66,7 @@ def main(argv=None):
                                                                  const.WIDTH)
     parts = load_components(const.WEIGHTS, const.TOKENIZER, dtype=dtype,
                             lazy=const.OFFLOAD == "model" and device.type == "cpu")
+    parts.tokenizer.convention = const.TEXT_CLEANING
     # the run folder and its config before generating: an unwritable SAVE_ROOT stops here
     run = new_run(const.SAVE_ROOT, "stable_diffusion", "img2img" if init is not None else "txt2img")
     save_config(const, run.plots / "config.json")

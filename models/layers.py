@@ -92,14 +92,17 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Double the resolution: nearest-neighbour, then a 3x3 convolution."""
+    """Double the resolution (or reach `size`, the skip connection's, where an odd size was
+    halved on the way down): nearest-neighbour, then a 3x3 convolution."""
 
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    def forward(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        if size is None:
+            return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return self.conv(F.interpolate(x, size=size, mode="nearest"))
 
 
 class BatchNorm2d(nn.BatchNorm2d):

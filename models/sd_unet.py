@@ -115,13 +115,15 @@ class _Level(nn.Module):
         h = self.res[i](h, emb)
         return self.attn[i](h, context) if len(self.attn) else h
 
-    def resample(self, h: torch.Tensor) -> torch.Tensor:
+    def resample(self, h: torch.Tensor, *size) -> torch.Tensor:
         module = getattr(self, self._resample)
-        return h if module is None else module(h)
+        return h if module is None else module(h, *size)
 
 
 class SDUNet(nn.Module):
-    """eps(x_t, t, text context): (B, 4, H/8, W/8) latents, (B,) timesteps, (B, 77, 768)."""
+    """eps(x_t, t, text context): (B, 4, H/8, W/8) latents, (B,) timesteps, (B, 77, 768). Any
+    latent size: an odd size halved on the way down is met again by upsampling to the skip
+    connection's size."""
 
     def __init__(self, in_channels: int = 4, out_channels: int = 4, base: int = 320,
                  channel_mult: tuple = (1, 2, 4, 4), blocks: int = 2,
@@ -183,5 +185,6 @@ class SDUNet(nn.Module):
         for level in self.up:
             for i in range(self.blocks + 1):
                 h = level.block(i, torch.cat([h, skips.pop()], dim=1), emb, context)
-            h = level.resample(h)
+            if level.upsample is not None:  # to the next skip's size: any multiple of 8 px
+                h = level.resample(h, tuple(skips[-1].shape[-2:]))  # (as diffusers' UNet)
         return self.conv_out(F.silu(self.norm_out(h)))

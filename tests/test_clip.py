@@ -129,3 +129,32 @@ def test_full_size_text_encoder_has_sd_v15s_parameters_and_keys():
     keys = set(model.state_dict())
     assert "text_model.encoder.layers.11.mlp.fc2.bias" in keys and len(keys) == 196
     assert "text_model.final_layer_norm.weight" in keys
+
+
+EDGE_CASES = ["\u201ccurly\u201d \u2018quotes\u2019", "fish &amp; chips", "&lt;b&gt;", "ﬁne ﬂowers",
+              "ＦＵＬＬ ｗｉｄｔｈ", "bell\x07 and\x00 nul", "Cafe\u0301 (combining accent)",
+              "tab\tand\u00a0nbsp", "\u2014 em dash \u2026", "ÀÉÎÕÜ"]
+
+
+def test_the_transformers_convention_equals_its_fast_tokenizer_on_edge_cases(tokenizer,
+                                                                          tmp_path):
+    """CLIP's own cleaning (the default) and transformers' fast CLIPTokenizer differ on
+    entities, ligatures, full-width letters, control characters; the "transformers" convention
+    gives the fast tokenizer's ids on all of them, and on the ordinary strings as well."""
+    transformers = pytest.importorskip("transformers")
+    folder = _folder(tokenizer, tmp_path / "tokenizer")
+    fast = transformers.CLIPTokenizerFast(str(folder / "vocab.json"), str(folder / "merges.txt"),
+                                          pad_token="<|endoftext|>")
+    ours = CLIPTokenizer.load(tmp_path)
+    ours.convention = "transformers"
+    strings = EDGE_CASES + _strings(100)
+    expected = fast(strings, padding="max_length", max_length=CONTEXT_LENGTH, truncation=True,
+                    return_tensors="pt").input_ids
+    for text, a, b in zip(strings, ours(strings), expected):
+        assert a.tolist() == b.tolist(), text
+    clip = CLIPTokenizer.load(tmp_path)  # CLIP's own convention: differs on some of them
+    differ = sum(a.tolist() != b.tolist() for a, b in zip(clip(EDGE_CASES),
+                                                          expected[:len(EDGE_CASES)]))
+    assert differ >= 3
+    with pytest.raises(UserError, match="convention"):
+        CLIPTokenizer(tokenizer.vocab, [], convention="hf")

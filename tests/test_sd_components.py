@@ -43,6 +43,29 @@ def test_unet_equals_diffusers_through_the_single_file_layout():
         assert (ours(x, t, context) - expected).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("size", [(6, 10), (5, 7), (12, 8)])
+def test_unet_sizes_that_do_not_halve_evenly_equal_diffusers(size):
+    """Latents of 64x96 px at full size (8x12, halved to 4x6, 2x3, then 1x2) failed; as
+    diffusers, the way up meets each skip connection at its size."""
+    ours = _randomise(SDUNet(**{**TINY_UNET, "channel_mult": (1, 2, 2),
+                                "attention_levels": (0, 2)}))
+    table = unet_key_table(ours)
+    exported = {UNET_PREFIX + table[k][0]: v for k, v in ours.state_dict().items()}
+    reference = diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64, 64),
+        layers_per_block=2, cross_attention_dim=16, attention_head_dim=4, norm_num_groups=32,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "CrossAttnUpBlock2D")).eval()
+    converted = single_file.convert_ldm_unet_checkpoint(exported, dict(reference.config))
+    missing, unexpected = reference.load_state_dict(converted, strict=False)
+    assert not missing and not unexpected
+    x, t, context = torch.randn(2, 4, *size), torch.tensor([10, 900]), torch.randn(2, 7, 16)
+    with torch.no_grad():
+        expected = reference(x, t, encoder_hidden_states=context).sample
+        got = ours(x, t, context)
+    assert got.shape == x.shape and (got - expected).abs().max() <= 1e-5
+
+
 def test_full_size_components_have_sd_v15s_parameters_and_keys():
     """On the meta device: parameter counts of v1.5's UNet and VAE, and the project's keys,
     exported to the original layout, are exactly the keys diffusers' single-file converter

@@ -6,6 +6,13 @@ digits, runs of other non-space characters), each piece's UTF-8 bytes mapped to 
 characters, and merged by byte-pair encoding with `</w>` marking the end of a word. A prompt
 becomes start (49406), at most 75 tokens, end (49407), padded with the end token to 77.
 
+That cleaning is OpenAI CLIP's own (convention "clip", the default, what SD v1 was trained with).
+transformers' fast CLIPTokenizer (what AutoTokenizer gives a diffusers pipeline) normalises
+differently: Unicode NFC, whitespace collapsed, lower-cased, no ftfy and no HTML unescaping. The
+two agree on ordinary prompts and differ on curly quotes, `&amp;`-style entities, ligatures,
+full-width letters and control characters; convention "transformers" follows the fast
+tokenizer, for comparing images with a diffusers pipeline token for token.
+
 The vocabulary comes from a diffusers/transformers folder (`vocab.json` + `merges.txt`) or from
 CLIP's original `bpe_simple_vocab_16e6.txt.gz` (merges only; the vocabulary is built from them
 the way CLIP builds it).
@@ -13,6 +20,7 @@ the way CLIP builds it).
 import gzip
 import html
 import json
+import unicodedata
 from functools import lru_cache
 from pathlib import Path
 
@@ -42,9 +50,15 @@ def byte_to_char() -> dict[int, str]:
     return table
 
 
-def clean(text: str) -> str:
-    """ftfy.fix_text, HTML entities unescaped (twice, as CLIP does), whitespace collapsed,
-    lower-cased."""
+CONVENTIONS = ("clip", "transformers")  # how text is cleaned before it is split
+
+
+def clean(text: str, convention: str = "clip") -> str:
+    """clip: ftfy.fix_text, HTML entities unescaped (twice, as CLIP does), whitespace
+    collapsed, lower-cased. transformers: the fast CLIPTokenizer's normaliser (NFC, whitespace
+    collapsed, lower-cased)."""
+    if convention == "transformers":
+        return regex.sub(r"\s+", " ", unicodedata.normalize("NFC", text)).lower()
     import ftfy
     text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
     return regex.sub(r"\s+", " ", text).strip().lower()
@@ -53,8 +67,12 @@ def clean(text: str) -> str:
 class CLIPTokenizer:
     """encode(text) -> BPE ids; __call__(prompts) -> (B, 77) int64 tensor for the text model."""
 
-    def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]]):
-        self.vocab = vocab
+    def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]],
+                 convention: str = "clip"):
+        if convention not in CONVENTIONS:
+            raise UserError(f"tokenizer convention {convention!r} is not one of "
+                            f"{', '.join(CONVENTIONS)}")
+        self.vocab, self.convention = vocab, convention
         self.ranks = {pair: i for i, pair in enumerate(merges)}
         self.start, self.end = vocab[START], vocab[END]
         self._cache = {START: START, END: END}
@@ -118,7 +136,7 @@ class CLIPTokenizer:
         """Token ids of the cleaned text, without start and end."""
         table = byte_to_char()
         ids = []
-        for piece in _PATTERN.findall(clean(text)):
+        for piece in _PATTERN.findall(clean(text, self.convention)):
             chars = "".join(table[b] for b in piece.encode("utf-8"))
             ids += [self.vocab[t] for t in self.bpe(chars).split(" ")]
         return ids
