@@ -6,7 +6,9 @@
         --INIT_IMAGE=photo.png --STRENGTH=0.6 --PROMPT="an oil painting"
 
 WEIGHTS is a v1.5 single-file checkpoint (.safetensors or .ckpt, EMA-only or full) or a
-diffusers-format model folder; nothing is downloaded (the README says where to get them).
+diffusers-format model folder; nothing is downloaded (the README says where to get them). With
+--TIMESTEP_SPACING=leading (v1.5's scheduler config) and --TEXT_CLEANING=transformers the
+DDIM and DPM-Solver++ images equal diffusers' pipeline's for the same prompt, seed and steps.
 Writes saved_plots/stable_diffusion/<run>/: image_<i>.png, grid.png, denoising_strip.png (the
 decoded x0 prediction at evenly spaced steps), init_and_results.png (image-to-image),
 config.json (everything needed to reproduce) and metrics.json (seconds per component and per
@@ -15,6 +17,7 @@ UNet step, peak memory).
 
 import torch
 
+from models.grids import DEFAULT_SPACING, SD_SPACINGS
 from train.sd_loading import load_components
 from train.stable_diffusion import (StableDiffusion, denoising_strip, img2img_steps,
                                     load_init_image, peak_memory_mb, sd_device, sd_dtype)
@@ -36,6 +39,8 @@ STRENGTH = 0.75  # image-to-image: how far up the noise grid the init image is t
 STEPS = 30  # sampler steps
 GUIDANCE = 7.5  # classifier-free guidance scale (1: no guidance)
 SAMPLER = "dpmpp2m"  # ddim, ddpm, heun, dpmpp2m (the project's samplers)
+TIMESTEP_SPACING = DEFAULT_SPACING  # karras, leading (v1.5's config: diffusers' images), trailing
+#                                     or linspace: the timesteps visited (models/grids.py)
 HEIGHT = 512  # pixels, a multiple of 8
 WIDTH = 512  # pixels, a multiple of 8
 N_IMAGES = 1  # images drawn for the prompt
@@ -56,6 +61,7 @@ def main(argv=None):
     check_choice("SAMPLER", const.SAMPLER, ("ddim", "ddpm", "heun", "dpmpp2m"))
     check_choice("OFFLOAD", const.OFFLOAD, ("none", "model"))
     check_choice("TEXT_CLEANING", const.TEXT_CLEANING, CONVENTIONS)
+    check_choice("TIMESTEP_SPACING", const.TIMESTEP_SPACING, SD_SPACINGS)
     if not 0 <= const.STRENGTH <= 1:
         raise UserError(f"STRENGTH={const.STRENGTH} must be in [0, 1]")
     if const.INIT_IMAGE is not None:
@@ -75,7 +81,7 @@ def main(argv=None):
                            guidance=const.GUIDANCE, sampler=const.SAMPLER, height=const.HEIGHT,
                            width=const.WIDTH, n_images=const.N_IMAGES, seed=const.SEED,
                            init_image=init, strength=const.STRENGTH,
-                           snapshots=const.STRIP_STEPS)
+                           snapshots=const.STRIP_STEPS, spacing=const.TIMESTEP_SPACING)
     write_outputs(run, const, pipe, result, init)
     write_indexes(run.plots)
     print(f"{result.seconds['unet_per_step']:.2f} s per UNet step on {device} "

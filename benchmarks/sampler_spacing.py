@@ -4,8 +4,10 @@ the exact denoiser (the oracle of tests/test_samplers.py), for every spacing and
 
     python -m benchmarks.sampler_spacing                 # a few seconds
 
-Prints one markdown table (max absolute error over 61 starting points; lower is better); the
-README's table and models.samplers.DEFAULT_SPACING come from it.
+Prints two markdown tables (max absolute error over 61 starting points; lower is better): the
+project's spacings (the README's table and models.samplers.DEFAULT_SPACING come from it), and
+Stable Diffusion's grids (models.grids, as diffusers builds them) on SD's scaled-linear schedule,
+from which StableDiffusion's TIMESTEP_SPACING default comes.
 """
 import math
 
@@ -13,11 +15,13 @@ import torch
 
 from models.diffusion import Denoiser, NoiseSchedule
 from models.flow import FlowSchedule
+from models.grids import SD_SPACINGS, sd_timesteps
 from models.samplers import SPACINGS, sample
 from utils.config import resolve_constants
 from utils.errors import run_cli
 
 STEPS = (5, 10, 20, 50)  # step counts compared
+SD_STEPS = (10, 20, 30, 50)  # step counts compared on Stable Diffusion's grids
 MU, STD = 0.4, 0.5  # the Gaussian data N(MU, STD^2)
 X_T = torch.linspace(-3, 3, 61, dtype=torch.float64)  # deterministic starting points
 
@@ -62,6 +66,26 @@ def main(argv=None) -> list[dict]:
                              "errors": errors})
                 print(f"| {kind} | {name} | {spacing} | "
                       + " | ".join(f"{e:.3g}" for e in errors) + " |")
+    return rows + sd_grids(const.SD_STEPS)
+
+
+def sd_grids(steps: tuple) -> list[dict]:
+    """The same error for SD's samplers on SD's schedule and timestep grids: x_T ~ N(0, 1) is
+    the noise of t = T - 1, and a grid that starts lower (leading) treats it as less noisy."""
+    denoiser, exact = noise_schedule_case("scaled_linear")
+    alphas_cumprod, rows = denoiser.schedule.alphas_cumprod, []
+    print("\n| SD sampler | spacing | first t at 30 steps | "
+          + " | ".join(f"{n} steps" for n in steps) + " |\n|---|---|---|" + "---|" * len(steps))
+    for name in ("ddim", "dpmpp2m"):
+        for spacing in SD_SPACINGS:
+            grids = [sd_timesteps(alphas_cumprod, n, spacing, name) for n in steps]
+            errors = [(sample(denoiser, X_T.clone(), name, len(g), timesteps=g).x - exact)
+                      .abs().max().item() for g in grids]
+            first = sd_timesteps(alphas_cumprod, 30, spacing, name)[0]
+            rows.append({"schedule": "scaled_linear", "sampler": name, "spacing": spacing,
+                         "errors": errors, "first_t": first})
+            print(f"| {name} | {spacing} | {first} | "
+                  + " | ".join(f"{e:.3g}" for e in errors) + " |")
     return rows
 
 

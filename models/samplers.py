@@ -80,6 +80,21 @@ def spaced_timesteps(schedule, steps: int, start_t: int | None = None,
     return sorted({start, 0, *nearest.tolist()}, reverse=True)
 
 
+def _grid(timesteps: list[int] | None, schedule, steps: int, start_t: int | None,
+          spacing: str) -> list[int]:
+    """The visited steps: `timesteps` as given (a caller's grid, e.g. models.grids'; a repeated
+    entry, which a rounded Karras grid can hold, is a step of length 0 and visited once),
+    checked to descend within the schedule, or else spaced_timesteps."""
+    if timesteps is None:
+        return spaced_timesteps(schedule, steps, start_t, spacing)
+    ts = list(dict.fromkeys(int(t) for t in timesteps))
+    if not ts or any(not 0 <= t < schedule.timesteps for t in ts) \
+            or any(a <= b for a, b in zip(ts, ts[1:])):
+        raise ValueError(f"timesteps must descend within [0, {schedule.timesteps - 1}], "
+                         f"got {ts}")
+    return ts
+
+
 def classifier_free_guidance(denoiser: Denoiser, scale: float, null_label: int) -> Denoiser:
     """The denoiser whose network output is out_u + scale * (out_c - out_u) (Ho & Salimans 2022),
     both from one batched forward pass. Scale 0 is unconditional, scale 1 conditional.
@@ -172,12 +187,14 @@ def _require_noise_schedule(denoiser: Denoiser, name: str) -> None:
 @torch.no_grad()
 def ddpm_sample(denoiser: Denoiser, x_t: torch.Tensor, *, steps: int | None = None,
                 start_t: int | None = None, labels=None, snapshots: int = 0,
-                generator: torch.Generator | None = None) -> Sampled:
-    """Ancestral sampling over all T steps or an evenly strided subset of them, on the respaced
-    schedule that keeps alpha_bar at the visited steps (Nichol & Dhariwal 2021, section 4)."""
+                generator: torch.Generator | None = None,
+                timesteps: list[int] | None = None) -> Sampled:
+    """Ancestral sampling over all T steps or an evenly strided subset of them (or the given
+    `timesteps`), on the respaced schedule that keeps alpha_bar at the visited steps (Nichol &
+    Dhariwal 2021, section 4)."""
     _require_noise_schedule(denoiser, "ddpm")
     schedule = denoiser.schedule
-    ts = timestep_subset(schedule.timesteps, steps or schedule.timesteps, start_t)
+    ts = _grid(timesteps, schedule, steps or schedule.timesteps, start_t, "uniform")
     respaced = schedule.respace(torch.tensor(ts[::-1]))  # index k <-> original step ts[-1-k]
     record, frames = _snapshot_steps(ts, snapshots), []
     for i, t in enumerate(ts):
@@ -201,14 +218,17 @@ def _coefficients(denoiser: Denoiser, t: int) -> tuple[float, float]:
 @torch.no_grad()
 def ddim_sample(denoiser: Denoiser, x_t: torch.Tensor, *, steps: int = 50, eta: float = 0.0,
                 start_t: int | None = None, labels=None, snapshots: int = 0,
-                generator: torch.Generator | None = None, spacing: str = "uniform") -> Sampled:
-    """DDIM (Song et al. 2021) with any number of steps and eta; the last step lands on x0. On
-    the flow path (eta 0) it is Euler's method in t. `spacing`: see spaced_timesteps."""
+                generator: torch.Generator | None = None, spacing: str = "uniform",
+                timesteps: list[int] | None = None, last_t: int = -1) -> Sampled:
+    """DDIM (Song et al. 2021) with any number of steps and eta; the last step lands on x0
+    (last_t -1), or on grid index last_t (0: SD's set_alpha_to_one=False, alpha_bar[0]). On the
+    flow path (eta 0) it is Euler's method in t. `spacing`: see spaced_timesteps; `timesteps`:
+    a grid to visit instead."""
     if eta > 0 and _flow(denoiser):
         raise ValueError("flow models sample deterministically (eta must be 0)")
-    ts = spaced_timesteps(denoiser.schedule, steps, start_t, spacing)
+    ts = _grid(timesteps, denoiser.schedule, steps, start_t, spacing)
     record, frames = _snapshot_steps(ts, snapshots), []
-    for t, t_prev in zip(ts, ts[1:] + [-1]):
+    for t, t_prev in zip(ts, ts[1:] + [last_t]):
         x0, eps = denoiser(x_t, t, labels)
         if t in record:
             frames.append((t, x_t.clone(), x0))
@@ -224,17 +244,17 @@ def ddim_sample(denoiser: Denoiser, x_t: torch.Tensor, *, steps: int = 50, eta: 
 @torch.no_grad()
 def heun_sample(denoiser: Denoiser, x_t: torch.Tensor, *, steps: int = 20,
                 start_t: int | None = None, labels=None, snapshots: int = 0,
-                generator: torch.Generator | None = None, spacing: str | None = None) -> Sampled:
+                generator: torch.Generator | None = None, spacing: str | None = None,
+                timesteps: list[int] | None = None) -> Sampled:
     """Heun's method (Karras et al. 2022, algorithm 1) on the probability-flow ODE, `steps`
     intervals (2 * steps - 1 network evaluations) spread by `spacing` (spaced_timesteps;
-    None: DEFAULT_SPACING).
+    None: DEFAULT_SPACING), or over the given `timesteps`.
 
     Noise schedules: state y = x / alpha, time tau = sigma / alpha, dy/dtau = eps. Flow path:
     y = x, tau = t, dy/dtau = eps - x0. The last interval, to the clean end, is an Euler step.
     """
-    ts = spaced_timesteps(denoiser.schedule, steps, start_t,
-                          spacing or DEFAULT_SPACING.get(("heun", denoiser.schedule.kind),
-                                                         "uniform"))
+    ts = _grid(timesteps, denoiser.schedule, steps, start_t,
+               spacing or DEFAULT_SPACING.get(("heun", denoiser.schedule.kind), "uniform"))
     record, frames = _snapshot_steps(ts, snapshots), []
     flow = _flow(denoiser)
 
@@ -262,18 +282,17 @@ def heun_sample(denoiser: Denoiser, x_t: torch.Tensor, *, steps: int = 20,
 @torch.no_grad()
 def dpmpp_2m_sample(denoiser: Denoiser, x_t: torch.Tensor, *, steps: int = 20,
                     start_t: int | None = None, labels=None, snapshots: int = 0,
-                    generator: torch.Generator | None = None, spacing: str | None = None
-                    ) -> Sampled:
+                    generator: torch.Generator | None = None, spacing: str | None = None,
+                    timesteps: list[int] | None = None) -> Sampled:
     """DPM-Solver++(2M) (Lu et al. 2022, algorithm 2): with lambda = log(alpha / sigma) and
     h_i = lambda_i - lambda_{i-1},
         x_i = (sigma_i / sigma_{i-1}) x_{i-1} - alpha_i (e^{-h_i} - 1) D_i,
         D_i = (1 + 1 / (2 r_i)) x0_{i-1} - x0_{i-2} / (2 r_i),  r_i = h_{i-1} / h_i;
     the first step (D = x0, which is DDIM) and the last (to sigma = 0, x = x0) are first order.
-    `spacing`: see spaced_timesteps (None: DEFAULT_SPACING)."""
+    `spacing`: see spaced_timesteps (None: DEFAULT_SPACING); `timesteps`: a grid to visit."""
     _require_noise_schedule(denoiser, "dpmpp2m")
-    ts = spaced_timesteps(denoiser.schedule, steps, start_t,
-                          spacing or DEFAULT_SPACING.get(("dpmpp2m", denoiser.schedule.kind),
-                                                         "uniform"))
+    ts = _grid(timesteps, denoiser.schedule, steps, start_t,
+               spacing or DEFAULT_SPACING.get(("dpmpp2m", denoiser.schedule.kind), "uniform"))
     record, frames = _snapshot_steps(ts, snapshots), []
     x0_before, h_before = None, None
     for t, t_prev in zip(ts, ts[1:] + [-1]):

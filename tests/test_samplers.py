@@ -260,5 +260,50 @@ def test_default_spacings_beat_the_uniform_grid_on_the_cosine_schedule():
 
 def test_sampler_spacing_benchmark_smoke():
     from benchmarks import sampler_spacing
-    rows = sampler_spacing.main(["--STEPS=(4,)"])
-    assert len(rows) == (2 * 3 + 2) * 3 and all(r["errors"][0] >= 0 for r in rows)
+    rows = sampler_spacing.main(["--STEPS=(4,)", "--SD_STEPS=(4, 8)"])
+    ours = [r for r in rows if r["schedule"] != "scaled_linear"]
+    sd = [r for r in rows if r["schedule"] == "scaled_linear"]
+    assert len(ours) == (2 * 3 + 2) * 3 and all(r["errors"][0] >= 0 for r in rows)
+    assert len(sd) == 2 * 4 and all(len(r["errors"]) == 2 for r in sd)
+    # more steps, less error, on every SD grid
+    assert all(r["errors"][1] < r["errors"][0] for r in sd)
+    # the leading grid starts below T - 1 (T / steps + 1 below at 30 DDIM steps: 958)
+    assert {r["spacing"]: r["first_t"] for r in sd if r["sampler"] == "ddim"}["leading"] == 958
+
+
+def test_samplers_follow_a_given_grid_and_ddim_can_land_on_alpha_bar_0():
+    """timesteps= replaces the spacing (the grid models.grids builds for SD); a repeated entry
+    is visited once; a grid that does not descend is refused; DDIM's last_t=0 lands on
+    alpha_bar[0] (v1.5's set_alpha_to_one False): x = sqrt(a0) x0 + sqrt(1 - a0) eps of the
+    last evaluation."""
+    from models.diffusion import Denoiser, NoiseSchedule
+    from models.samplers import sample, spaced_timesteps
+    schedule = NoiseSchedule("scaled_linear", 1000)
+    seen = []
+
+    def net(x, t, labels):
+        seen.append(int(t.reshape(-1)[0]))
+        return 0.5 * x
+    denoiser = Denoiser(net, schedule, "epsilon")
+    x = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    grid = spaced_timesteps(schedule, 7, spacing="logsnr")
+    for name in ("ddim", "heun", "dpmpp2m", "ddpm"):
+        by_spacing = None if name == "ddpm" else sample(denoiser, x.clone(), name, 7,
+                                                       spacing="logsnr").x
+        seen.clear()
+        given = sample(denoiser, x.clone(), name, len(grid), timesteps=grid).x
+        assert seen[0] == grid[0] and set(seen) <= set(grid), name
+        if by_spacing is not None:
+            assert torch.equal(given, by_spacing), name
+    seen.clear()
+    sample(denoiser, x.clone(), "dpmpp2m", 4, timesteps=[900, 500, 1, 1])
+    assert seen == [900, 500, 1]
+    with pytest.raises(ValueError, match="descend"):
+        sample(denoiser, x.clone(), "ddim", 2, timesteps=[10, 500])
+    a0, a = schedule.alphas_cumprod[0], schedule.alphas_cumprod[300]
+    out = sample(denoiser, x.clone(), "ddim", 1, timesteps=[300], last_t=0).x
+    eps = 0.5 * x
+    x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+    assert torch.allclose(out, a0.sqrt() * x0 + (1 - a0).sqrt() * eps, atol=1e-12)
+    assert torch.allclose(sample(denoiser, x.clone(), "ddim", 1, timesteps=[300]).x, x0,
+                          atol=1e-12)  # the default lands on x0

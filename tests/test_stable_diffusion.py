@@ -32,13 +32,21 @@ def _vocabulary(folder: Path) -> Path:
     return folder
 
 
-def _scheduler():
-    """SD's training schedule; "leading" steps (900, 800, ..., 0 for 10) and a last step to
-    alpha_bar = 1, which is the project's DDIM on the grid from first_t = 900."""
-    return diffusers.DDIMScheduler(beta_start=0.00085, beta_end=0.012,
-                                   beta_schedule="scaled_linear", clip_sample=False,
-                                   set_alpha_to_one=True, steps_offset=0,
-                                   timestep_spacing="leading", prediction_type="epsilon")
+V15 = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+           set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")  # v1.5's config
+
+
+def _scheduler(sampler: str = "ddim", spacing: str = "leading"):
+    """SD v1.5's shipped scheduler configuration for the sampler diffusers runs it with."""
+    if sampler == "dpmpp2m":
+        config = {k: v for k, v in V15.items() if k not in ("clip_sample", "set_alpha_to_one")}
+        return diffusers.DPMSolverMultistepScheduler(
+            **config, timestep_spacing="leading" if spacing == "karras" else spacing,
+            use_karras_sigmas=spacing == "karras", algorithm_type="dpmsolver++", solver_order=2)
+    if sampler == "ddpm":
+        config = {k: v for k, v in V15.items() if k != "set_alpha_to_one"}
+        return diffusers.DDPMScheduler(**config, timestep_spacing=spacing)
+    return diffusers.DDIMScheduler(**V15, timestep_spacing=spacing)
 
 
 @pytest.fixture(scope="module")
@@ -76,37 +84,65 @@ def _ours(folder: Path) -> StableDiffusion:
                            torch.float32)
 
 
-def test_text_to_image_latents_equal_diffusers(saved_pipeline):
+@pytest.mark.parametrize("sampler, spacing", [(s, p) for s in ("ddim", "ddpm", "dpmpp2m")
+                                               for p in ("leading", "trailing", "linspace")]
+                         + [("dpmpp2m", "karras")])
+def test_timestep_grids_equal_diffusers_schedulers(sampler, spacing):
+    from models.diffusion import NoiseSchedule
+    from models.grids import sd_timesteps
+    alphas_cumprod = NoiseSchedule("scaled_linear", 1000).alphas_cumprod
+    for steps in (1, 4, 7, 10, 25, 30, 50):
+        if spacing == "karras" and steps < 2:
+            continue
+        reference = _scheduler(sampler, spacing)
+        reference.set_timesteps(steps)
+        expected = [int(t) for t in reference.timesteps]
+        assert sd_timesteps(alphas_cumprod, steps, spacing, sampler) == expected, steps
+
+
+def _pipelines(saved_pipeline, sampler):
     ours = _ours(saved_pipeline)
-    pipe = diffusers.StableDiffusionPipeline.from_pretrained(saved_pipeline)
-    pipe.scheduler = _scheduler()  # the pipeline rewrites steps_offset to 1 when it loads
-    pipe.set_progress_bar_config(disable=True)
+    pipes = []
+    for kind in (diffusers.StableDiffusionPipeline, diffusers.StableDiffusionImg2ImgPipeline):
+        pipe = kind.from_pretrained(saved_pipeline)
+        pipe.scheduler = _scheduler(sampler)
+        pipe.set_progress_bar_config(disable=True)
+        pipes.append(pipe)
+    return ours, *pipes
+
+
+@pytest.mark.parametrize("sampler, steps", [("ddim", 4), ("ddim", 10), ("dpmpp2m", 4),
+                                            ("dpmpp2m", 10)])
+def test_leading_spacing_gives_diffusers_v15_images(saved_pipeline, sampler, steps):
+    """The same prompt, seed, guidance, sampler and steps as diffusers' v1.5 pipeline (its
+    shipped scheduler config: leading, steps_offset 1, set_alpha_to_one False): the same
+    latents and images, text-to-image and image-to-image."""
+    ours, txt2img, img2img = _pipelines(saved_pipeline, sampler)
     start = torch.randn((2, 4, 8, 8), generator=torch.Generator().manual_seed(3))
-    expected = pipe("a red fox in the snow", negative_prompt="blurry", num_inference_steps=10,
-                    guidance_scale=7.5, num_images_per_prompt=2, latents=start.clone(),
-                    output_type="latent", height=16, width=16).images
-    got = ours.generate("a red fox in the snow", "blurry", steps=10, guidance=7.5, height=16,
-                        width=16, n_images=2, seed=3, first_t=900)
+    expected = txt2img("a red fox in the snow", negative_prompt="blurry",
+                       num_inference_steps=steps, guidance_scale=7.5, num_images_per_prompt=2,
+                       latents=start.clone(), output_type="latent", height=16, width=16).images
+    got = ours.generate("a red fox in the snow", "blurry", steps=steps, guidance=7.5,
+                        height=16, width=16, n_images=2, seed=3, sampler=sampler,
+                        spacing="leading")
     assert (got.latents - expected).abs().max() <= 1e-4
     assert got.images.shape == (2, 3, 16, 16)  # the tiny VAE downsamples by 2
-    decoded = pipe.vae.decode(expected / 0.18215).sample.clamp(-1, 1)
-    assert (got.images - decoded).abs().max() <= 1e-4
-
-
-def test_image_to_image_latents_equal_diffusers_and_a_strength_with_no_step_is_refused(
-        saved_pipeline):
-    ours = _ours(saved_pipeline)
-    pipe = diffusers.StableDiffusionImg2ImgPipeline.from_pretrained(saved_pipeline)
-    pipe.scheduler = _scheduler()
-    pipe.set_progress_bar_config(disable=True)
+    decoded = txt2img.vae.decode(expected / 0.18215).sample.clamp(-1, 1)
+    assert (got.images - decoded).abs().max() <= 2e-3
     image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))  # [0, 1]
-    expected = pipe("a castle", image=image, strength=0.5, num_inference_steps=10,
-                    guidance_scale=5.0, generator=torch.Generator().manual_seed(7),
-                    output_type="latent").images
-    got = ours.generate("a castle", steps=10, guidance=5.0, height=16, width=16, seed=7,
-                        init_image=image * 2 - 1, strength=0.5, first_t=900)
+    expected = img2img("a castle", image=image, strength=0.5, num_inference_steps=steps,
+                       guidance_scale=5.0, generator=torch.Generator().manual_seed(7),
+                       output_type="latent").images
+    got = ours.generate("a castle", steps=steps, guidance=5.0, height=16, width=16, seed=7,
+                        init_image=image * 2 - 1, strength=0.5, sampler=sampler,
+                        spacing="leading")
     assert (got.latents - expected).abs().max() <= 1e-4
+
+
+def test_a_strength_with_no_step_is_refused(saved_pipeline):
     from utils.errors import UserError
+    ours = _ours(saved_pipeline)
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     for strength in (0.0, 0.05):  # int(10 x strength) = 0: as diffusers, no run without a step
         with pytest.raises(UserError, match="leaves no denoising step|must be in"):
             ours.generate("a castle", steps=10, height=16, width=16, seed=7,

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from models.diffusion import Denoiser, NoiseSchedule, q_sample
-from models.samplers import sample, timestep_subset
+from models.grids import DEFAULT_SPACING, sd_timesteps
+from models.samplers import sample
 from models.sd_vae import SCALE_FACTOR
 from train.sd_loading import Components
 from utils.device import bf16_is_fast, synchronize
@@ -138,11 +139,12 @@ class StableDiffusion:
                  guidance: float = 7.5, sampler: str = "ddim", height: int = 512,
                  width: int = 512, n_images: int = 1, seed: int = 0,
                  init_image: torch.Tensor | None = None, strength: float = 0.8,
-                 snapshots: int = 0, first_t: int | None = None) -> Generated:
+                 snapshots: int = 0, spacing: str = DEFAULT_SPACING) -> Generated:
         """Sample n_images for the prompt. Noise is drawn on the CPU from one generator seeded
         with `seed` (the same images on every device); image-to-image draws the posterior
-        sample first, then the forward-process noise. first_t is the grid's noisiest step
-        (None: T - 1; diffusers' "leading" grids start lower, at T - T / steps)."""
+        sample first, then the forward-process noise, and runs the tail of the text-to-image
+        grid. `spacing`: the timestep grid (models.grids; leading, v1.5's scheduler config,
+        visits what diffusers' v1.5 pipeline visits and gives its images)."""
         factor = 2 ** (len(self.parts.vae.decoder.up) - 1)  # 8 for SD's VAE
         if height % factor or width % factor:
             raise UserError(f"HEIGHT and WIDTH must be multiples of {factor}, got "
@@ -151,21 +153,22 @@ class StableDiffusion:
         context = self.encode_prompts([prompt] * n_images + [negative] * n_images, seconds)
         cond, uncond = context.chunk(2)
         shape = (n_images, 4, height // factor, width // factor)
-        start_t, run_steps = first_t, steps
+        grid = sd_timesteps(self.schedule.alphas_cumprod, steps, spacing, sampler)
         if init_image is None:
             x = torch.randn(shape, generator=generator).to(self.device)
         else:
             z0 = self.encode_image(init_image.expand(n_images, -1, -1, -1), generator, seconds)
-            run_steps = img2img_steps(steps, strength)  # the tail of the text-to-image grid
-            start_t = timestep_subset(self.schedule.timesteps, steps, first_t)[steps - run_steps]
+            grid = grid[steps - img2img_steps(steps, strength):]  # as diffusers' img2img
             noise = torch.randn(z0.shape, generator=generator).to(self.device)
-            x = q_sample(self.schedule, z0, torch.full((n_images,), start_t,
+            x = q_sample(self.schedule, z0, torch.full((n_images,), grid[0],
                                                        device=self.device), noise)
         denoiser = self.denoiser(cond, uncond, guidance)
+        # DDIM's last step lands on alpha_bar[0], not 1 (v1.5's set_alpha_to_one False)
+        extra = {"last_t": 0} if sampler == "ddim" else {}
         with self._running("unet", "unet", seconds):
-            out = sample(denoiser, x, sampler, run_steps, start_t=start_t, snapshots=snapshots,
-                         generator=generator)
-        seconds["unet_per_step"] = seconds["unet"] / max(run_steps, 1)
+            out = sample(denoiser, x, sampler, len(grid), timesteps=grid, snapshots=snapshots,
+                         generator=generator, **extra)
+        seconds["unet_per_step"] = seconds["unet"] / len(grid)
         return Generated(self.decode(out.x, seconds), out.x, out.frames, seconds)
 
 
