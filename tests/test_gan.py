@@ -162,13 +162,13 @@ def test_ganmain_and_evalgan_write_their_outputs(tmp_path, tiny_gan):
 
 
 BAD_CONSTANTS = [("--IMAGE_SIZE=24", "power of two"),
-                 ("--BATCH_SIZE=0", "BATCH_SIZE must be a positive number"),
+                 ("--BATCH_SIZE=0", "BATCH_SIZE must be a whole number >= 1"),
                  ("--DATASET=shapez", "unknown dataset"),
                  ("--UPSAMPLE=bilinear", "UPSAMPLE='bilinear' is not one of"),
-                 ("--LR_D=0", "LR_D must be a positive number"),
+                 ("--LR_D=0", "LR_D must be None or a number > 0"),
                  ("--LR_SCHEDULE=linear", "LR_SCHEDULE='linear' is not one of"),
                  ("--D_NORM=layer", "D_NORM='layer' is not one of"),
-                 ("--MBSTD_GROUP=-1", "MBSTD_GROUP must be >= 0"),
+                 ("--MBSTD_GROUP=-1", "MBSTD_GROUP must be a whole number >= 0"),
                  ("--D_WIDTH_FACTOR=0", "D_WIDTH_FACTOR must be a positive number"),
                  ("--BETAS=(1.5, 0.9)", "BETAS must be two numbers in"),
                  ("--BETAS=(0.5,)", "BETAS must be two numbers in")]

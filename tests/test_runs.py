@@ -11,7 +11,8 @@ from utils.runs import (CHECKPOINT_VERSION, MetricsLog, find_run, load_checkpoin
 def test_checkpoint_round_trip(tmp_path):
     model = torch.nn.Linear(3, 2)
     state = {"model": model.state_dict(), "epoch": 4, "config": {"LR": 0.1}, "rng":
-             {"python": [3, [1, 2], None]}, "version": CHECKPOINT_VERSION, "kind": "gan"}
+             {"python": [3, [1, 2], None]}, "version": CHECKPOINT_VERSION, "kind": "gan",
+             "model_args": {}, "data": {}, "step": 8}
     save_checkpoint(state, tmp_path / "a" / "latest.pt")
     loaded = load_checkpoint(tmp_path / "a" / "latest.pt")
     assert loaded["epoch"] == 4 and loaded["config"] == {"LR": 0.1}
@@ -48,8 +49,8 @@ def test_older_and_foreign_checkpoints_are_one_line_errors(tmp_path):
     save_checkpoint({"epoch": 1, "config": {}, "model_args": {}}, tmp_path / "v1.pt")
     with pytest.raises(UserError, match="format version 1, this code reads version 2"):
         load_checkpoint(tmp_path / "v1.pt")
-    save_checkpoint({"epoch": 1, "config": {}, "version": CHECKPOINT_VERSION, "kind": "vae"},
-                    tmp_path / "vae.pt")
+    save_checkpoint({"epoch": 1, "config": {}, "version": CHECKPOINT_VERSION, "kind": "vae",
+                     "model_args": {}, "data": {}, "step": 2}, tmp_path / "vae.pt")
     assert load_checkpoint(tmp_path / "vae.pt", "vae")["kind"] == "vae"
     with pytest.raises(UserError, match="is a 'vae' checkpoint, not 'gan'"):
         load_checkpoint(tmp_path / "vae.pt", "gan")
@@ -184,7 +185,8 @@ def test_a_tag_is_one_safe_path_component(tmp_path, tag):
 def test_vaemain_refuses_a_bad_tag_with_exit_status_2(tmp_path, monkeypatch, capsys):
     from utils.errors import run_cli
     from VAE_run_scripts import vaemain
-    monkeypatch.setattr("sys.argv", ["vaemain", f"--SAVE_ROOT={tmp_path}", "--TAG=x/.."])
+    monkeypatch.setattr("sys.argv", ["vaemain", f"--SAVE_ROOT={tmp_path}", "--TAG=x/..",
+                                     "--N_TRAIN=64", "--IMAGE_SIZE=16"])
     with pytest.raises(SystemExit) as exit_info:
         run_cli(vaemain.main)
     assert exit_info.value.code == 2
