@@ -35,7 +35,7 @@ NEGATIVE_PROMPT = ""  # the guidance's unconditional branch ("" is the empty pro
 TEXT_CLEANING = "clip"  # clip (OpenAI CLIP's: ftfy, HTML entities) or transformers (its fast
 #                         CLIPTokenizer's, as diffusers pipelines): utils/clip_tokenizer.py
 INIT_IMAGE = None  # None: text-to-image; an image path: image-to-image
-STRENGTH = 0.75  # image-to-image: how far up the noise grid the init image is taken (0 to 1)
+STRENGTH = 0.75  # image-to-image: the share of the STEPS grid run from the noised init (0-1]
 STEPS = 30  # sampler steps
 GUIDANCE = 7.5  # classifier-free guidance scale (1: no guidance)
 SAMPLER = "dpmpp2m"  # ddim, ddpm, heun, dpmpp2m (the project's samplers)
