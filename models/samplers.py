@@ -1,7 +1,8 @@
 """Samplers: functions of a Denoiser (models/diffusion.py), so they can be driven by an exact
-denoiser in tests. Any number of steps, any start t (to denoise a noised real image), optional
-snapshots of x_t and the predicted x0 (for reverse-diffusion strips), classifier-free guidance
-and autoguidance.
+denoiser in tests. Any number of steps, any start t (to denoise a noised real image) or a given
+grid of timesteps (`timesteps=`, e.g. models.grids' for Stable Diffusion), optional snapshots of
+x_t and the predicted x0 (for reverse-diffusion strips), classifier-free guidance and
+autoguidance.
 
     ddpm     ancestral sampling (noise schedules only)
     ddim     deterministic first-order steps x' = alpha' x0 + sigma' eps (eta > 0: stochastic);
