@@ -94,7 +94,7 @@ class DiT(nn.Module):
             nn.init.zeros_(layer.bias)
         nn.init.normal_(self.time_mlp[0].weight, std=0.02)
         nn.init.normal_(self.time_mlp[2].weight, std=0.02)
-        if self.class_emb is not None:
+        if self.class_emb is not None and class_std != 1.0:  # nn.Embedding starts N(0, 1)
             # class_std 0.02 is DiT's label table (Peebles & Xie 2023); 1.0, the default, was
             # measured far better at a CPU budget (README, "DiT"): from 0.02 the labels barely
             # reach the zero-initialised adaLN in a few hundred steps, so guidance has nothing
