@@ -3,7 +3,8 @@ weights the run kept at GUIDE_EPOCH (Karras et al. 2024): every figure, samples.
 metrics come from the guided model (AUTOGUIDANCE=1 turns it off).
 
     python -m Diffusion_run_scripts.DiffusionEval                  # the latest run
-    python -m Diffusion_run_scripts.DiffusionEval --RUN=003 --SAMPLER=ddpm --STEPS=1000
+    python -m Diffusion_run_scripts.DiffusionEval --RUN=003 --SAMPLER=heun --STEPS=20
+    python -m Diffusion_run_scripts.DiffusionEval --SAMPLER=ddpm --STEPS=1000  # a noise run
 
 Writes to saved_plots/diffusion/<run>/eval/: samples_grid.png, forward_schedules.png (linear and
 cosine forward strips of one test image with their log-SNR curves), reverse_diffusion.png (x_t
@@ -31,7 +32,7 @@ from utils.run_index import write_indexes
 from utils.samples import draw_samples, sampling_chunk, save_samples_npz
 
 RUN = "latest"  # run name or number (e.g. 003), or latest
-SAMPLER = "ddim"  # ddim or ddpm, for the grid, the strips and samples.npz
+SAMPLER = "ddim"  # ddim, ddpm, heun, dpmpp2m (a flow run: ddim/euler, heun): every figure
 STEPS = 50  # its number of steps
 ETA = 0.0  # DDIM eta (0: deterministic)
 AUTOGUIDANCE = 2.0  # w in guide + w (model - guide), the guide the run's GUIDE_EPOCH EMA; 1: off
@@ -40,7 +41,7 @@ GRID_SIZE = 8  # the sample grid is GRID_SIZE x GRID_SIZE
 STRIP_IMAGES = 3  # images in the reverse and noised-real strips
 STRIP_COLUMNS = 10  # timesteps shown per strip
 NOISED_T = (50, 150, 300, 450, 600, 750, 900, 999)  # t a test image is noised to, then denoised
-COMPARE = ("ddpm-1000", "ddim-50", "ddim-10", "heun-10", "dpmpp2m-10")  # sampler-steps to compare
+COMPARE = ("ddpm-1000", "ddim-50", "ddim-10", "heun-10", "dpmpp2m-10")  # flow: no ddpm, dpmpp2m
 COMPARE_FID = 0  # samples per compared sampler scored with FID, same noise for each (0: none)
 COMPARE_IMAGES = 8  # images per sampler in the comparison
 N_SAMPLES = 500  # images saved to samples.npz (0: none)

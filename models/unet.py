@@ -8,8 +8,9 @@ from models.layers import (Attention, Downsample, ResBlock, Upsample, group_norm
 
 
 class UNet(nn.Module):
-    """eps/x0/v predictor: time embedding, residual levels with skip concatenation, attention
-    at chosen resolutions, optional class embedding with one extra "null" class for CFG.
+    """eps/x0/v/flow-velocity predictor: time embedding, residual levels with skip
+    concatenation, attention at chosen resolutions, optional class embedding with one extra
+    "null" class for CFG.
 
     With patch > 1 the input's patch x patch pixel blocks are folded into channels first
     (space-to-depth: 3x32x32 becomes 12x16x16 at patch 2) and the output unfolded the same way,
