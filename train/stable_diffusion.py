@@ -22,6 +22,7 @@ from models.grids import DEFAULT_SPACING, sd_timesteps
 from models.samplers import sample
 from models.sd_vae import SCALE_FACTOR
 from train.sd_loading import Components
+from utils.data import image_decode_errors
 from utils.device import bf16_is_fast, synchronize
 from utils.errors import UserError
 
@@ -202,7 +203,7 @@ def load_init_image(path: str | Path, height: int, width: int) -> torch.Tensor:
     try:
         with Image.open(path) as opened:
             image = opened.convert("RGB").resize((width, height), Image.LANCZOS)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+    except image_decode_errors() as err:
         raise UserError(f"INIT_IMAGE {path}: not a readable image ({type(err).__name__}: "
                         f"{str(err).strip()[:120]})") from None
     array = torch.from_numpy(np.asarray(image, dtype=np.float32))  # (H, W, 3)

@@ -141,11 +141,11 @@ _NAMES = ("RESUME", "TAG", "WEIGHTS", "TOKENIZER", "INIT_IMAGE")  # None or a na
 _NOT_EMPTY = ("SCALES", "COMPARE", "NOISED_T", "RUNS")
 
 
-def _whole(value) -> bool:
+def _is_whole(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _number(value) -> bool:
+def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -160,20 +160,20 @@ def check_common(c: SimpleNamespace) -> None:
         for name in (n for n in names if n in values):  # a number, or a list of them
             value = values[name]
             each = value if isinstance(value, (tuple, list)) and value else [value]
-            if not all(_whole(v) and low <= v < 2 ** 63 for v in each):
+            if not all(_is_whole(v) and low <= v < 2 ** 63 for v in each):
                 raise UserError(f"{name} must be a whole number >= {low}, got {value!r}")
     for name in _CAPS:
         value = values.get(name)
         low = 0 if name == "DIM" else 1  # N_TRAIN=0 meant all images; say None for that
-        if value is not None and not (_whole(value) and value >= low):
+        if value is not None and not (_is_whole(value) and value >= low):
             raise UserError(f"{name} must be None or a whole number >= {low}, got {value!r}")
     for name in _POSITIVE_OR_NONE:
         value = values.get(name)
-        if value is not None and not (_number(value) and value > 0):
+        if value is not None and not (_is_number(value) and value > 0):
             raise UserError(f"{name} must be None or a number > 0, got {value!r}")
     for name in _NAMES:
         value = values.get(name)
-        if value is not None and not isinstance(value, (str, int)) or isinstance(value, bool):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int))):
             raise UserError(f"{name} must be None or a name, got {value!r}")
     for name in _NOT_EMPTY:
         if name in values and not values[name]:

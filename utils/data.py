@@ -186,16 +186,22 @@ def _external(name: str, split: str, size: int, channels: int, root: Path, downl
     return ImageData(name, images.contiguous(), labels, classes, shape=shape)
 
 
+def image_decode_errors() -> tuple[type[BaseException], ...]:
+    """What Pillow raises on a file it cannot decode: empty, corrupt, truncated, not an image,
+    or a decompression bomb (more pixels than Image.MAX_IMAGE_PIXELS allows)."""
+    from PIL import Image
+    return OSError, ValueError, SyntaxError, Image.DecompressionBombError
+
+
 def _decode_all(dataset, count: int) -> torch.Tensor:
     """The first `count` images of a torchvision dataset, stacked; files that cannot be decoded
     (corrupt, empty, truncated, a decompression bomb) are one UserError naming the first and how
     many others, so they can be fixed or removed."""
-    from PIL import Image
-    images, bad = [], []
+    images, bad, errors = [], [], image_decode_errors()
     for i in range(count):
         try:
             images.append(dataset[i][0])
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        except errors as err:
             bad.append((i, err))
     if bad:
         index, err = bad[0]

@@ -128,8 +128,7 @@ def run_summary(plots: Path) -> dict:
 def _metric_rows(records: list[dict]) -> str:
     rows = []
     for key in dict.fromkeys(k for r in records for k in r):
-        values = [r[key] for r in records if isinstance(r.get(key), (int, float))
-                  and not isinstance(r.get(key), bool)]
+        values = [r[key] for r in records if _number(r.get(key)) is not None]
         if key in ("epoch", "step") or not values:
             continue
         lower = any(word in key for word in ("loss", "mse", "seconds"))
