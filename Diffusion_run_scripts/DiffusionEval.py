@@ -16,9 +16,10 @@ from pathlib import Path
 import torch
 
 from models.diffusion import Denoiser
-from models.samplers import FLOW_SAMPLERS, SAMPLERS, autoguidance, check_interval, sample
-from train.checkpoints import load_run
-from train.diffusion import checkpoint_denoiser
+from models.guidance import autoguidance, check_interval
+from models.samplers import FLOW_SAMPLERS, SAMPLERS, sample
+from train.inference import load_run
+from train.inference import checkpoint_denoiser
 from train.diffusion_figures import (compared_samplers, noised_and_denoised, parse_sampler,
                                      reverse_strip, write_forward_schedules,
                                      write_sampler_comparison)
@@ -26,7 +27,8 @@ from train.evaluator import evaluate_samples, write_metrics
 from utils.config import check_choice, check_positive, resolve_constants
 from utils.data import to_uint8
 from utils.device import resolve_device, resolve_precision, seed_everything
-from utils.errors import UserError, run_cli
+from utils.cli import run_cli
+from utils.errors import UserError
 from utils.plots import save_grid, save_labelled_grid
 from utils.run_index import write_indexes
 from utils.samples import draw_samples, sampling_chunk, save_samples_npz

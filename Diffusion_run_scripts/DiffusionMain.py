@@ -14,12 +14,15 @@ forward_diffusion.png, config.json, metrics.jsonl; weights to saved_models/diffu
 import torch
 
 from models.diffusion import NoiseSchedule, q_sample
-from train.common import Deadline
+from train.options import Deadline
 from train.diffusion import train_diffusion
-from train.diffusion_step import build_diffusion, build_schedule, ema_samples
+from train.diffusion_step import build_diffusion, ema_samples
+from train.inference import build_schedule
+from train.options import LoopOptions
 from utils.config import check_betas, check_choice, check_positive, resolve_constants
 from utils.data import batches_per_epoch, iterate_batches
-from utils.errors import UserError, run_cli
+from utils.cli import run_cli
+from utils.errors import UserError
 from utils.plots import save_labelled_grid
 from utils.run_index import write_indexes
 from utils.session import denoiser_args, load_splits, open_run, resume_run, seed_and_device
@@ -115,11 +118,9 @@ def main(argv=None):
     train_diffusion(
         setup, lambda epoch: iterate_batches(train, const.BATCH_SIZE, device, flip=const.FLIP,
                                              shard=True),
-        steps_per_epoch, test.first(512)[0], run, kind="diffusion", data=data,
-        epochs=const.EPOCHS, batch_size=const.BATCH_SIZE, fixed_noise=noise,
+        steps_per_epoch, test.first(512)[0], run, LoopOptions.of(const, data, state, deadline),
+        kind="diffusion", fixed_noise=noise,
         snapshot=lambda: ema_samples(setup, noise, const.SAMPLER, const.SAMPLE_STEPS),
-        config=vars(const),
-        deadline=deadline, checkpoint_every=const.CHECKPOINT_EVERY, state=state,
         sample_title=f"EMA samples from fixed noise ({const.SAMPLER}, {const.SAMPLE_STEPS} steps)",
         guide_epoch=const.GUIDE_EPOCH)
     write_indexes(run.plots)  # the run's index.html and saved_plots/index.html

@@ -10,12 +10,13 @@ with its averaged generator; USE_EMA=False scores the raw one instead, into eval
 """
 import torch
 
-from train.checkpoints import load_run
+from train.inference import load_run
 from train.evaluator import write_metrics
-from train.gan import generate, recalibrate_batchnorm, write_figures
+from train.gan_figures import write_figures
+from train.inference import generate, recalibrate_batchnorm
 from utils.config import resolve_constants
 from utils.device import resolve_device, seed_everything
-from utils.errors import run_cli
+from utils.cli import run_cli
 from utils.plots import save_grid, save_labelled_grid
 from utils.run_index import write_indexes
 from utils.runs import MetricsLog, load_state

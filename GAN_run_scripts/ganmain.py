@@ -10,12 +10,15 @@ samples.png, config.json, metrics.jsonl; weights to saved_models/gan/<run>/lates
 import torch
 
 from models.gan import ADVERSARIAL_LOSSES, D_NORMS, UPSAMPLING
-from train.common import Deadline
-from train.gan import build_gan, generate, train_gan
+from train.options import Deadline
+from train.gan import build_gan, train_gan
+from train.inference import generate
 from train.lr import LR_KINDS
+from train.options import LoopOptions
 from utils.config import check_betas, check_choice, check_positive, resolve_constants
 from utils.data import batches_per_epoch
-from utils.errors import UserError, run_cli
+from utils.cli import run_cli
+from utils.errors import UserError
 from utils.plots import save_grid
 from utils.run_index import write_indexes
 from utils.session import load_splits, open_run, resume_run, seed_and_device
@@ -96,10 +99,8 @@ def main(argv=None):
                       total_steps=const.EPOCHS * batches_per_epoch(train, const.BATCH_SIZE))
     run = open_run(const, "gan", f"z{const.LATENT_DIM}", run)
     fixed_z = state["fixed_z"] if state else torch.randn(const.N_FIXED, const.LATENT_DIM)
-    frames = train_gan(setup, train, test, run, data=data, epochs=const.EPOCHS,
-                       batch_size=const.BATCH_SIZE, fixed_z=fixed_z.to(device), config=vars(const),
-                       deadline=deadline, checkpoint_every=const.CHECKPOINT_EVERY,
-                       progression_rows=const.PROGRESSION_ROWS, flip=const.FLIP, state=state)
+    frames = train_gan(setup, train, test, run, LoopOptions.of(const, data, state, deadline),
+                       fixed_z.to(device))
     save_grid(generate(setup.sampler, fixed_z.to(device), amp_dtype), run.plots / "samples.png",
               nrow=8, title=f"DCGAN samples after {len(frames)} epochs")
     write_indexes(run.plots)  # the run's index.html and saved_plots/index.html

@@ -11,9 +11,11 @@ latent_histogram.png (scaled latents per channel against N(0, 1)), latent_stats.
 config.json, metrics.jsonl; weights and latent_cache.pt to saved_models/ldm_autoencoder/<run>/.
 """
 from train.autoencoder import KL_MODES, AELoss, build_autoencoder, train_autoencoder
-from train.common import Deadline
+from train.options import Deadline
+from train.options import LoopOptions
 from utils.config import check_choice, check_positive, resolve_constants
-from utils.errors import UserError, run_cli
+from utils.cli import run_cli
+from utils.errors import UserError
 from utils.run_index import write_indexes
 from utils.session import load_splits, open_run, resume_run, seed_and_device
 
@@ -98,11 +100,9 @@ def main(argv=None):
     except ValueError as err:  # e.g. IMAGE_SIZE not divisible by f
         raise UserError(str(err)) from None
     run = open_run(const, "ldm_autoencoder", f"z{const.LATENT_CHANNELS}", run)
-    stats = train_autoencoder(setup, train, test.first(512)[0], run, data=data, epochs=const.EPOCHS,
-                              batch_size=const.BATCH_SIZE, config=vars(const), deadline=deadline,
-                              checkpoint_every=const.CHECKPOINT_EVERY,
-                              recon_every=const.RECON_EVERY,
-                              n_recon=const.N_RECON, state=state)
+    stats = train_autoencoder(setup, train, test.first(512)[0], run,
+                              LoopOptions.of(const, data, state, deadline),
+                              recon_every=const.RECON_EVERY, n_recon=const.N_RECON)
     write_indexes(run.plots)  # the run's index.html and saved_plots/index.html
     print(f"latents: mean {stats['mean']:.3f}, std {stats['std']:.3f}, scale factor "
           f"{stats['scale_factor']:.4f}; done: figures in {run.plots}")

@@ -12,13 +12,16 @@ metrics.jsonl; weights to saved_models/ldm/<run>/. Never runs the encoder: it re
 """
 import torch
 
-from train.common import Deadline
+from train.options import Deadline
 from train.diffusion import train_diffusion
-from train.diffusion_step import build_diffusion, build_schedule, ema_denoiser
+from train.diffusion_step import build_diffusion, ema_denoiser
+from train.inference import build_schedule
 from train.latents import (class_samples, finished_stage1, guided, held_out_latents,
                            latent_batches)
+from train.options import LoopOptions
 from utils.config import check_betas, check_choice, check_positive, resolve_constants
-from utils.errors import UserError, run_cli
+from utils.cli import run_cli
+from utils.errors import UserError
 from utils.run_index import write_indexes
 from utils.session import denoiser_args, open_run, resume_run, seed_and_device
 
@@ -113,11 +116,9 @@ def main(argv=None):
 
     train_diffusion(
         setup, lambda epoch: latent_batches(cache, scale, const.BATCH_SIZE, device),
-        steps_per_epoch, held_out_latents(stage1, const.DATA_ROOT), run, kind="ldm",
-        data=stage1.data, epochs=const.EPOCHS, batch_size=const.BATCH_SIZE, snapshot=snapshot,
-        config=vars(const), fixed_noise=noise,
-        deadline=deadline, checkpoint_every=const.CHECKPOINT_EVERY, state=state,
-        sample_title=(f"one sample per class (rows), CFG {const.GUIDANCE}, "
+        steps_per_epoch, held_out_latents(stage1, const.DATA_ROOT), run,
+        LoopOptions.of(const, stage1.data, state, deadline), kind="ldm", snapshot=snapshot,
+        fixed_noise=noise, sample_title=(f"one sample per class (rows), CFG {const.GUIDANCE}, "
                       f"DDIM {const.SAMPLE_STEPS}"),
         row_labels=tuple(cache.get("class_names", ())),
         extras={"autoencoder_run": stage1.run.name, "scale_factor": scale})

@@ -14,14 +14,15 @@ real-vs-real floor).
 """
 import torch
 
-from train.checkpoints import load_run
-from train.diffusion import checkpoint_denoiser
+from train.inference import load_run
+from train.inference import checkpoint_denoiser
 from train.evaluator import class_accuracy, write_metrics
 from train.latents import class_samples, guided
 from train.ldm_figures import write_autoencoder_report, write_cfg_sweep, write_latent_strips
 from utils.config import check_positive, resolve_constants
 from utils.device import resolve_device, resolve_precision, seed_everything
-from utils.errors import UserError, run_cli
+from utils.cli import run_cli
+from utils.errors import UserError
 from utils.run_index import write_indexes
 from utils.samples import draw_samples, save_samples_npz
 

@@ -17,13 +17,14 @@ UNet step, peak memory).
 
 import torch
 
-from models.grids import DEFAULT_SPACING, SD_SPACINGS
+from models.grids import SD_DEFAULT_SPACING, SD_SPACINGS
 from train.sd_loading import load_components
 from train.stable_diffusion import (StableDiffusion, denoising_strip, img2img_steps,
                                     load_init_image, peak_memory_mb, sd_device, sd_dtype)
 from utils.clip_tokenizer import CONVENTIONS
 from utils.config import check_choice, check_positive, resolve_constants, save_config
-from utils.errors import UserError, run_cli
+from utils.cli import run_cli
+from utils.errors import UserError
 from utils.plots import save_grid, save_labelled_grid
 from utils.run_index import write_indexes
 from utils.runs import new_run, write_json
@@ -39,8 +40,8 @@ STRENGTH = 0.75  # image-to-image: the share of the STEPS grid run from the nois
 STEPS = 30  # sampler steps
 GUIDANCE = 7.5  # classifier-free guidance scale (1: no guidance)
 SAMPLER = "dpmpp2m"  # ddim, ddpm, heun, dpmpp2m (the project's samplers)
-TIMESTEP_SPACING = DEFAULT_SPACING  # karras, leading (v1.5's config: diffusers' images), trailing
-#                                     or linspace: the timesteps visited (models/grids.py)
+TIMESTEP_SPACING = SD_DEFAULT_SPACING  # karras, leading (v1.5's config: diffusers' images),
+#                                        trailing or linspace: the timesteps visited (models/grids)
 HEIGHT = 512  # pixels, a multiple of 8
 WIDTH = 512  # pixels, a multiple of 8
 N_IMAGES = 1  # images drawn for the prompt

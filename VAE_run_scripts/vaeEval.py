@@ -11,13 +11,14 @@ active dims), samples.npz (decoded prior samples, uint8 NHWC `images`) and metri
 """
 import torch
 
-from train.checkpoints import load_run
+from train.inference import load_run
 from train.evaluator import write_metrics
 from train.vae_figures import decode, write_vae_figures
 from utils.config import check_positive, resolve_constants
 from utils.data import to_uint8
 from utils.device import resolve_device, seed_everything
-from utils.errors import UserError, run_cli
+from utils.cli import run_cli
+from utils.errors import UserError
 from utils.run_index import write_indexes
 from utils.runs import MetricsLog
 from utils.samples import draw_samples, save_samples_npz

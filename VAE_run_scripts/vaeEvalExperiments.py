@@ -12,7 +12,8 @@ import json
 from train.vae import LOG_PANELS, LOSS_PANELS
 from utils import files
 from utils.config import resolve_constants
-from utils.errors import UserError, run_cli
+from utils.cli import run_cli
+from utils.errors import UserError
 from utils.plots import save_run_curves
 from utils.runs import MetricsLog, find_run
 

@@ -9,8 +9,10 @@ comparison figures and table to saved_plots/vae_experiment/<experiment>/ (see va
 """
 from VAE_run_scripts import vaeEvalExperiments, vaemain
 from utils import distributed
+from utils.device import resolve_device
 from utils.config import check_positive, resolve_constants, save_config
-from utils.errors import UserError, run_cli
+from utils.cli import run_cli
+from utils.errors import UserError
 from utils.runs import new_run, run_named, write_json
 
 DATASET = "shapes"  # shapes, shapes-arc, digits (embedded); cifar10, mnist, ... (online)
@@ -37,7 +39,8 @@ def main(argv=None):
     shared = [f"--{k}={getattr(const, k)!r}" for k in ("DATASET", "IMAGE_SIZE", "N_TRAIN",
               "LATENT_DIM", "EPOCHS", "BATCH_SIZE", "LR", "SEED", "DEVICE", "PRECISION",
               "SAVE_ROOT", "DATA_ROOT")]
-    distributed.init(const.DEVICE)  # under torchrun: one experiment folder, made by rank 0
+    # under torchrun: one experiment folder, made by rank 0
+    distributed.init(resolve_device(const.DEVICE))
     name = None
     if distributed.is_main():
         experiment = new_run(const.SAVE_ROOT, "vae_experiment", const.DATASET)

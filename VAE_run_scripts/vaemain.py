@@ -12,12 +12,14 @@ per-dim KL), config.json, metrics.jsonl; weights to saved_models/vae/<run>/.
 """
 import torch
 
-from train.common import Deadline
+from train.options import Deadline
 from models.vae import OBJECTIVES
 from train.vae import BETA_MODES, build_vae, train_vae
 from train.vae_figures import write_vae_figures
+from train.options import LoopOptions
 from utils.config import check_choice, check_positive, resolve_constants
-from utils.errors import UserError, run_cli
+from utils.cli import run_cli
+from utils.errors import UserError
 from utils.run_index import write_indexes
 from utils.runs import MetricsLog
 from utils.session import load_splits, open_run, resume_run, seed_and_device
@@ -110,10 +112,8 @@ def main(argv=None):
     tag = const.TAG or run_tag(const)
     run = open_run(const, "vae", tag, run)
     fixed_z = state["fixed_z"] if state else torch.randn(const.PROGRESSION_ROWS, const.LATENT_DIM)
-    train_vae(setup, train, test, run, data=data, epochs=const.EPOCHS, batch_size=const.BATCH_SIZE,
-              fixed_z=fixed_z.to(device), config=vars(const), deadline=deadline,
-              checkpoint_every=const.CHECKPOINT_EVERY, progression_rows=const.PROGRESSION_ROWS,
-              flip=const.FLIP, state=state)
+    train_vae(setup, train, test, run, LoopOptions.of(const, data, state, deadline),
+              fixed_z.to(device))
     records = MetricsLog(run.metrics_path).read()
     last = records[-1] if records else {"epoch": 0, "test_kl_dims": [0.0] * const.LATENT_DIM}
     report = write_vae_figures(setup.model, test, last["test_kl_dims"], run.plots,

@@ -26,11 +26,12 @@ import time
 import torch
 
 from models.autoencoder import PatchDiscriminator
-from train.checkpoints import Loaded, load_run
+from train.inference import Loaded, load_run
 from utils import files
 from utils.config import check_positive, resolve_constants
 from utils.device import resolve_device, resolve_precision
-from utils.errors import INTERRUPTED_STATUS, Interrupted, UserError, run_cli
+from utils.cli import run_cli
+from utils.errors import INTERRUPTED_STATUS, Interrupted, UserError
 from utils.plots import save_bar_charts
 from utils.run_index import write_results_page
 from utils.runs import MetricsLog, Run, existing_runs, find_run, new_run

@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from utils.config import check_positive, resolve_constants
-from utils.errors import UserError, run_cli
+from utils.cli import run_cli
+from utils.errors import UserError
 
 PROCESSES = 2  # torchrun processes of the data-parallel configuration (1 thread each)
 THREADS = 2  # threads of the single-process configuration

@@ -24,7 +24,8 @@ from benchmarks.compare_families import (call, class_mix, class_mix_cell, eval_a
                                          train_args)
 from utils import files
 from utils.config import check_positive, resolve_constants
-from utils.errors import Interrupted, UserError, run_cli
+from utils.cli import run_cli
+from utils.errors import Interrupted, UserError
 from utils.plots import save_bar_charts
 from utils.run_index import write_results_page
 from utils.runs import new_run

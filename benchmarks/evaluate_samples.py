@@ -11,7 +11,8 @@ from pathlib import Path
 from train.evaluator import write_metrics
 from utils.config import resolve_constants
 from utils.device import resolve_device
-from utils.errors import UserError, run_cli
+from utils.cli import run_cli
+from utils.errors import UserError
 from utils.samples import load_samples_npz
 
 NPZ = "samples.npz"  # the file to score

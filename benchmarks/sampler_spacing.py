@@ -5,7 +5,7 @@ the exact denoiser (the oracle of tests/test_samplers.py), for every spacing and
     python -m benchmarks.sampler_spacing                 # a few seconds
 
 Prints two markdown tables (max absolute error over 61 starting points; lower is better): the
-project's spacings (the README's table and models.samplers.DEFAULT_SPACING come from it), and
+project's spacings (the README's table and models.grids.DEFAULT_SPACING come from it), and
 Stable Diffusion's grids (models.grids, as diffusers builds them) on SD's scaled-linear schedule,
 from which StableDiffusion's TIMESTEP_SPACING default comes.
 """
@@ -16,9 +16,10 @@ import torch
 from models.diffusion import Denoiser, NoiseSchedule
 from models.flow import FlowSchedule
 from models.grids import SD_SPACINGS, sd_timesteps
-from models.samplers import SPACINGS, sample
+from models.grids import SPACINGS
+from models.samplers import sample
 from utils.config import resolve_constants
-from utils.errors import run_cli
+from utils.cli import run_cli
 
 STEPS = (5, 10, 20, 50)  # step counts compared
 SD_STEPS = (10, 20, 30, 50)  # step counts compared on Stable Diffusion's grids

@@ -25,7 +25,7 @@ import torch
 from utils import files
 from utils.config import resolve_constants
 from utils.device import bf16_is_fast
-from utils.errors import run_cli
+from utils.cli import run_cli
 
 SIZE = 512  # image height and width (latents SIZE / 8)
 STEPS = 3  # UNet steps timed (after one warm-up step)

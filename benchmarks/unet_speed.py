@@ -21,7 +21,7 @@ from Diffusion_run_scripts import DiffusionMain as defaults
 from models.diffusion import NoiseSchedule
 from train.diffusion_step import build_diffusion, diffusion_step, ema_samples
 from utils.config import resolve_constants
-from utils.errors import run_cli
+from utils.cli import run_cli
 from utils.device import autocast, resolve_device, resolve_precision, synchronize
 
 IMAGE_SIZE = defaults.IMAGE_SIZE  # pixels

@@ -23,7 +23,8 @@ import numpy as np
 from benchmarks.compare_families import call
 from utils import files
 from utils.config import check_positive, resolve_constants
-from utils.errors import Interrupted, UserError, run_cli
+from utils.cli import run_cli
+from utils.errors import Interrupted, UserError
 from utils.plots import save_spread_chart
 from utils.run_index import write_results_page
 from utils.runs import MetricsLog, existing_runs, find_run, new_run

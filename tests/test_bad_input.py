@@ -9,7 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from utils.errors import UserError, run_cli
+from utils.cli import run_cli
+
+from utils.errors import UserError
 
 GAN = ["--IMAGE_SIZE=16", "--N_TRAIN=128", "--WIDTH=8", "--BATCH_SIZE=32", "--EPOCHS=1",
        "--N_FIXED=8", "--PROGRESSION_ROWS=4", "--LATENT_DIM=16", "--PRECISION=fp32"]

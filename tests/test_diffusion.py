@@ -7,8 +7,9 @@ import torch
 from models.diffusion import (Denoiser, NoiseSchedule, ddim_step, ddpm_step, eps_to_x0,
                               make_betas, min_snr_weight, predict_x0_eps, q_sample,
                               training_target, v_target, v_to_eps, v_to_x0, x0_to_eps)
-from models.samplers import (classifier_free_guidance, ddim_sample, ddpm_sample, sample,
-                             timestep_subset)
+from models.grids import timestep_subset
+from models.guidance import classifier_free_guidance
+from models.samplers import ddim_sample, ddpm_sample, sample
 
 KINDS = ("linear", "cosine")
 

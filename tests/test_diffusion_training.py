@@ -222,7 +222,7 @@ def test_diffusion_main_under_minutes_plans_its_lr_for_the_budget(tmp_path, monk
     budget. Faked: no time left after epoch 1, so epoch 2 already ends at the minimum rate,
     where the plan for EPOCHS=3 (6 steps) would still be at half the peak."""
     import Diffusion_run_scripts.DiffusionMain as main_script
-    from train.common import Deadline
+    from train.options import Deadline
     from utils.runs import MetricsLog
     args = [*TINY, "--EPOCHS=3", "--LR=1e-3", "--LR_SCHEDULE=cosine", "--SAVE_ROOT"]
     plain = main_script.main([*args, str(tmp_path / "a")])
@@ -238,7 +238,7 @@ def test_ema_warmup_follows_its_recursion():
     """ema_1 = p_1 (AveragedModel copies first); then ema <- d ema + (1 - d) p with
     d = min(decay, (n + 1) / (n + 10)) after n updates."""
     from torch.optim.swa_utils import AveragedModel
-    from train.common import ema_with_warmup
+    from train.ema import ema_with_warmup
     param = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
     module = torch.nn.ParameterList([param])
     ema = AveragedModel(module, multi_avg_fn=ema_with_warmup(0.9))

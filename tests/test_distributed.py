@@ -60,7 +60,7 @@ def _worker(rank: int, world: int, port: int, script: str, argv: list, fail_rank
             return real_step(setup, x0, labels)
         loop.diffusion_step = failing
     import importlib
-    from utils.errors import run_cli
+    from utils.cli import run_cli
     sys.argv = [script, *argv]
     try:
         run_cli(importlib.import_module(script).main)

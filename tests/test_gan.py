@@ -281,7 +281,7 @@ def test_cosine_learning_rates_follow_their_plan_and_resume(tmp_path, tiny_gan):
 def test_generator_ema_is_the_sampler_and_survives_resume(tmp_path, tiny_gan):
     """With EMA_DECAY the checkpoint keeps the average of G's weights, which differs from G's;
     load_gan (and so evalGan) returns it; resuming continues it exactly as an unbroken run."""
-    from train.gan import load_gan
+    from train.inference import load_gan
     straight, split = tmp_path / "straight", tmp_path / "split"
     ganmain.main([*tiny_gan, "--SAVE_ROOT", str(straight), "--EPOCHS=2", "--EMA_DECAY=0.9"])
     ganmain.main([*tiny_gan, "--SAVE_ROOT", str(split), "--EPOCHS=1", "--EMA_DECAY=0.9"])

@@ -9,7 +9,7 @@ import torch
 from models.autoencoder import (Autoencoder, PatchDiscriminator, adaptive_gan_weight,
                                 discriminator_loss, feature_matching, generator_adversarial,
                                 kl_term, reconstruction_term)
-from models.samplers import classifier_free_guidance
+from models.guidance import classifier_free_guidance
 from train.autoencoder import latent_statistics, psnr
 from utils.errors import UserError
 
@@ -89,7 +89,7 @@ def test_cfg_wiring_with_a_class_conditional_unet():
     the prediction for the network's null class, in one batched forward pass."""
     from models.diffusion import NoiseSchedule
     from models.unet import UNet
-    from train.diffusion_step import make_denoiser
+    from train.inference import make_denoiser
     torch.manual_seed(0)
     net = UNet(2, 4, base=8, channel_mult=(1,), blocks=1, attention_resolutions=(),
                num_classes=3)
@@ -153,7 +153,7 @@ def test_ldm_scripts_end_to_end(tmp_path, monkeypatch):
                                                                     for _ in range(2)]
     assert json.loads((out / "latent_stats.json").read_text())["autoencoder"] == ae_run.name
     # the reported PSNR is that of the stage-1 autoencoder on the held-out images, recomputed
-    from train.checkpoints import load_run
+    from train.inference import load_run
     from train.autoencoder import reconstruct
     stage1 = load_run(tmp_path, "ldm_autoencoder", ae_run.name, torch.device("cpu"))
     x = stage1.data.held_out(512).first(512)[0]

@@ -58,7 +58,7 @@ def test_a_constant_that_cannot_change_is_refused_and_nothing_is_written(tmp_pat
 
 
 def test_a_refused_constant_exits_with_status_2(tmp_path, tiny_gan, monkeypatch, capsys):
-    from utils.errors import run_cli
+    from utils.cli import run_cli
     ganmain.main(tiny_gan)
     capsys.readouterr()
     monkeypatch.setattr("sys.argv", ["ganmain", "--SAVE_ROOT", str(tmp_path),

@@ -145,7 +145,8 @@ def test_deadline_cuts_the_running_epoch_and_stops_the_gan_loop(tmp_path, monkey
 
 
 def test_deadline_rejects_a_non_positive_budget_and_allows_none():
-    from train.common import Deadline, until
+    from train.common import until
+    from train.options import Deadline
     with pytest.raises(UserError, match="MINUTES"):
         Deadline(0)
     assert list(until(Deadline(None), range(3))) == [0, 1, 2]  # no budget: no limit
@@ -183,7 +184,7 @@ def test_a_tag_is_one_safe_path_component(tmp_path, tag):
 
 
 def test_vaemain_refuses_a_bad_tag_with_exit_status_2(tmp_path, monkeypatch, capsys):
-    from utils.errors import run_cli
+    from utils.cli import run_cli
     from VAE_run_scripts import vaemain
     monkeypatch.setattr("sys.argv", ["vaemain", f"--SAVE_ROOT={tmp_path}", "--TAG=x/..",
                                      "--N_TRAIN=64", "--IMAGE_SIZE=16"])

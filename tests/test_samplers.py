@@ -15,8 +15,9 @@ import torch
 from models.diffusion import (Denoiser, NoiseSchedule, predict_x0_eps, q_sample,
                               training_target)
 from models.flow import FlowSchedule, flow_to_x0_eps, interpolate, velocity_target
-from models.samplers import (DEFAULT_SPACING, autoguidance, classifier_free_guidance, sample,
-                             spaced_timesteps)
+from models.grids import DEFAULT_SPACING, spaced_timesteps
+from models.guidance import autoguidance, classifier_free_guidance
+from models.samplers import sample
 
 MU, STD = 0.4, 0.5
 X_T = torch.linspace(-3, 3, 61, dtype=torch.float64)  # deterministic starting points
@@ -277,7 +278,6 @@ def test_samplers_follow_a_given_grid_and_ddim_can_land_on_alpha_bar_0():
     alpha_bar[0] (v1.5's set_alpha_to_one False): x = sqrt(a0) x0 + sqrt(1 - a0) eps of the
     last evaluation."""
     from models.diffusion import Denoiser, NoiseSchedule
-    from models.samplers import sample, spaced_timesteps
     schedule = NoiseSchedule("scaled_linear", 1000)
     seen = []
 
@@ -307,3 +307,35 @@ def test_samplers_follow_a_given_grid_and_ddim_can_land_on_alpha_bar_0():
     assert torch.allclose(out, a0.sqrt() * x0 + (1 - a0).sqrt() * eps, atol=1e-12)
     assert torch.allclose(sample(denoiser, x.clone(), "ddim", 1, timesteps=[300]).x, x0,
                           atol=1e-12)  # the default lands on x0
+
+
+@pytest.mark.parametrize("name, kind", [("ddim", "cosine"), ("heun", "cosine"),
+                                        ("dpmpp2m", "cosine"), ("ddpm", "cosine"),
+                                        ("ddim", "flow"), ("heun", "flow")])
+def test_the_callback_sees_every_grid_step_with_the_state_and_prediction_it_used(name, kind):
+    """The per-step callback (k-diffusion's interface): once per grid step, in order, with the
+    x_t the denoiser was called at and its x0; the snapshots are a subset of what it saw, and
+    watching changes nothing."""
+    schedule = FlowSchedule(1000) if kind == "flow" else NoiseSchedule(kind, 1000)
+    oracle = flow_oracle(schedule) if kind == "flow" else vp_oracle(schedule)
+    calls = []
+
+    def called_at(x, t, labels):
+        calls.append(x.clone())
+        return oracle.net(x, t, labels)
+    denoiser, seen = replace(oracle, net=called_at), []
+    rng = torch.Generator().manual_seed(0)
+    out = sample(denoiser, X_T.clone(), name, 8, snapshots=3, generator=rng,
+                 callback=lambda info: seen.append({**info, "x_t": info["x_t"].clone()}))
+    grid = [info["t"] for info in seen]
+    assert [info["i"] for info in seen] == list(range(len(grid))) and grid == sorted(grid)[::-1]
+    assert all(info["steps"] == len(grid) for info in seen) and len(grid) >= 7
+    first_calls = calls if name != "heun" else calls[::2]  # Heun's second call is its corrector
+    for info, x_called in zip(seen, first_calls):
+        assert torch.equal(info["x_t"], x_called)
+        assert torch.equal(info["x0"], oracle(info["x_t"], info["t"], None)[0])
+    frames = {t: x0 for t, _, x0 in out.frames}
+    assert len(frames) == 3 and all(torch.equal(frames[i["t"]], i["x0"]) for i in seen
+                                    if i["t"] in frames)
+    plain = sample(oracle, X_T.clone(), name, 8, generator=torch.Generator().manual_seed(0)).x
+    assert torch.equal(out.x, plain)

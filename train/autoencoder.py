@@ -1,7 +1,6 @@
 """Stage 1 of latent diffusion (kind "ldm_autoencoder"): the VAE-GAN autoencoder step
 (reconstruction + KL + adversarial + feature matching against a patch discriminator), the loop,
 its figures, and its checkpoint, which ends with the latent statistics and scale factor."""
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -12,16 +11,18 @@ from models.autoencoder import (Autoencoder, PatchDiscriminator, adaptive_gan_we
                                 discriminator_loss, feature_matching, generator_adversarial,
                                 kl_term, reconstruction_term)
 from models.vae import AdaptiveBetaScheduler, reparameterize
-from train.common import (Deadline, LossMeter, Progress, checkpoint_frame, ema_network,
-                          end_epoch, epoch_batches, epoch_range, make_ema, open_log,
-                          resume_point, stop_guard)
+from train.common import (LossMeter, Progress, checkpoint_frame, end_epoch, epoch_batches,
+                          epoch_range, open_log, resume_point, stop_guard)
+from train.ema import make_ema
+from train.inference import psnr, reconstruct
 from train.latents import encode_dataset, latent_statistics, save_cache
+from train.options import LoopOptions
 from train.lr import LRPlan, PlannedLR
 from utils import distributed
 from utils.data import DataSpec, ImageData
 from utils.device import autocast
 from utils.plots import save_curves, save_labelled_grid, save_latent_histogram
-from utils.runs import Run, load_state, save_checkpoint, write_json
+from utils.runs import Run, save_checkpoint, write_json
 
 KL_MODES = ("fixed", "warmup", "adaptive")
 
@@ -155,39 +156,22 @@ def ae_step(setup: AESetup, x: torch.Tensor, step: int, clip: float = 1.0
             "d_recon": torch.sigmoid(fake_logits.detach().float()).mean()}
 
 
-def psnr(mse_minus1_1: float) -> float:
-    """PSNR (dB) of images in [-1, 1]: 10 log10(1 / MSE) on the [0, 1] scale (MSE / 4)."""
-    return 10 * math.log10(4.0 / max(mse_minus1_1, 1e-12))
-
-
-@torch.no_grad()
-def reconstruct(ae: Autoencoder, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Decode the posterior means (deterministic reconstructions), clamped to [-1, 1]."""
-    device = next(ae.parameters()).device
-    ae.eval()
-    out = [ae.decode(ae.encode(x[i:i + batch_size].to(device))[0]).float().clamp(-1, 1).cpu()
-           for i in range(0, len(x), batch_size)]
-    return torch.cat(out)
-
-
 def held_out_mse(ae: Autoencoder, x: torch.Tensor) -> float:
     return (reconstruct(ae, x) - x.cpu()).pow(2).mean().item()
 
 
-def train_autoencoder(setup: AESetup, train_data: ImageData, test_x: torch.Tensor, run: Run, *,
-                      data: DataSpec, epochs: int, batch_size: int, config: dict,
-                      deadline: Deadline | None = None, checkpoint_every: int = 1,
-                      recon_every: int = 1, n_recon: int = 10, state: dict | None = None
-                      ) -> dict:
-    """Train for `epochs` total epochs (continuing `state`); then encode the training set into
-    the latent cache and measure the latents. Returns the latent statistics."""
-    progress, _ = resume_point(setup.modules, state)
-    log = open_log(run, progress, config)
+def train_autoencoder(setup: AESetup, train_data: ImageData, test_x: torch.Tensor, run: Run,
+                      opts: LoopOptions, *, recon_every: int = 1, n_recon: int = 10) -> dict:
+    """Train for opts.epochs total epochs (continuing opts.state); then encode the training set
+    into the latent cache and measure the latents. Returns the latent statistics."""
+    progress, _ = resume_point(setup.modules, opts.state)
+    log = open_log(run, progress, opts.config)
+    epochs, batch_size, deadline, data = opts.epochs, opts.batch_size, opts.deadline, opts.data
     train_data = train_data.to(setup.device)
     stats = None
 
     def save() -> None:
-        save_checkpoint(autoencoder_checkpoint(setup, progress, data, config, stats),
+        save_checkpoint(autoencoder_checkpoint(setup, progress, data, opts.config, stats),
                         run.checkpoint)
 
     with stop_guard(run, progress, save):
@@ -207,10 +191,10 @@ def train_autoencoder(setup: AESetup, train_data: ImageData, test_x: torch.Tenso
             write_figures(run, setup.inference_ae, records, test_x[:n_recon],
                           epoch % recon_every == 0 or epoch == epochs)
             if end_epoch(run, log, bar, progress, record, started=started, epochs=epochs,
-                         checkpoint_every=checkpoint_every, deadline=deadline, save=save,
+                         checkpoint_every=opts.checkpoint_every, deadline=deadline, save=save,
                          schedulers=[setup.sched_ae, setup.sched_d], epoch_steps=meter.count):
                 break
-        stats = measure_latents(setup.inference_ae, train_data, run, data.seed, config)
+        stats = measure_latents(setup.inference_ae, train_data, run, data.seed, opts.config)
         save()
     return stats
 
@@ -269,18 +253,6 @@ def autoencoder_checkpoint(setup: AESetup, progress: Progress, data: DataSpec, c
     if latent_stats is not None:
         state["latent_stats"] = latent_stats
     return state
-
-
-def load_autoencoder_networks(state: dict, device: torch.device) -> dict[str, torch.nn.Module]:
-    """{"autoencoder": its inference weights (EMA if trained with one)}, in eval mode. The
-    discriminator only serves training; PatchDiscriminator(**model_args["discriminator"])
-    rebuilds it."""
-    ae = Autoencoder(**state["model_args"]["autoencoder"]).to(device)
-    if "ema" in state:
-        ema_network(state, ae)
-    else:
-        load_state(ae, state["ae"], "autoencoder")
-    return {"autoencoder": ae.eval().requires_grad_(False)}
 
 
 LOSS_PANELS = [("reconstruction", ["train_rec"]), ("KL (summed over the latent)", ["train_kl"]),

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
-from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from train.lr import fit_to_budget
 from utils import board, distributed
+from train.options import Deadline
 from utils.data import DataSpec, ImageData, batches_per_epoch, iterate_batches
 from utils.device import rng_state, set_rng_state
 from utils.errors import Interrupted, UserError
@@ -95,31 +95,6 @@ def eval_generator(device: torch.device) -> torch.Generator:
     the same with or without an evaluation in between.
     """
     return torch.Generator(device=device).manual_seed(EVAL_SEED)
-
-
-class Deadline:
-    """The MINUTES wall-clock budget of one invocation (None: no limit).
-
-    The epoch in progress ends early when it passes (its evaluation, log record and checkpoint
-    still happen) and no further epoch starts, so a run stopped this way can be resumed.
-    """
-
-    def __init__(self, minutes: float | None):
-        if minutes is not None and minutes <= 0:
-            raise UserError(f"MINUTES must be > 0 (or None for no limit), got {minutes}")
-        self.minutes = minutes
-        self.at = None if minutes is None else time.monotonic() + 60.0 * minutes
-
-    def seconds_left(self) -> float | None:
-        """Seconds until the budget runs out (0 once it has; None without a budget)."""
-        return None if self.at is None else max(0.0, self.at - time.monotonic())
-
-    def passed(self) -> bool:
-        """Whether the budget has run out; under torchrun, on any rank (so all stop together).
-        Without a budget no rank asks the others (every rank has the same MINUTES)."""
-        if self.at is None:
-            return False
-        return distributed.any_rank(time.monotonic() >= self.at)
 
 
 def until(deadline: Deadline | None, batches: Iterable) -> Iterator:
@@ -300,30 +275,3 @@ def stack_frames(frames: list[torch.Tensor], epochs_done: int) -> torch.Tensor:
     done = frames[:epochs_done]
     return torch.stack(done) if done else torch.zeros(0, dtype=torch.uint8)
 
-
-def ema_with_warmup(decay: float):
-    """multi_avg_fn for AveragedModel: ema <- d ema + (1 - d) param with
-    d = min(decay, (1 + n) / (10 + n)) after n updates (the num_updates warm-up of TensorFlow's
-    ExponentialMovingAverage). Without it the zero-initialised start keeps weight decay^n: 21%
-    after 300 steps at 0.995, so early samples would come from a shrunken model.
-    n stays a device tensor: no host sync per step."""
-    def update(ema_params, params, num_averaged):
-        n = num_averaged.to(torch.float32)
-        d = torch.clamp((1 + n) / (10 + n), max=decay)
-        torch._foreach_mul_(ema_params, d)
-        torch._foreach_add_(ema_params, torch._foreach_mul(params, 1 - d))
-    return update
-
-
-def make_ema(module: torch.nn.Module, decay: float) -> AveragedModel | None:
-    """An exponential moving average of module's weights (ema_with_warmup), None if decay is 0."""
-    return AveragedModel(module, multi_avg_fn=ema_with_warmup(decay)) if decay else None
-
-
-def ema_network(state: dict, model: torch.nn.Module, key: str = "ema") -> torch.nn.Module:
-    """`model` with the EMA weights of a training checkpoint (no optimizer is built); `key`
-    names another copy of them in the same format (a diffusion run's "guide")."""
-    ema = state[key]
-    weights = {k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")}
-    load_state(model, weights, "EMA weights")
-    return model.eval().requires_grad_(False)

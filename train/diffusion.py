@@ -7,25 +7,21 @@ from typing import Callable, Iterable
 
 import torch
 
-from models.diffusion import Denoiser
-from train.common import (Deadline, LossMeter, Progress, batch_bar, checkpoint_frame,
-                          ema_network, end_epoch, epoch_range, open_log, resume_point,
-                          stack_frames, stop_guard)
-from train.diffusion_step import (QUARTERS, DiffusionSetup, build_network, build_schedule,
-                                  diffusion_step, held_out_loss, make_denoiser)
+from train.common import (LossMeter, Progress, batch_bar, checkpoint_frame, end_epoch,
+                          epoch_range, open_log, resume_point, stack_frames, stop_guard)
+from train.diffusion_step import QUARTERS, DiffusionSetup, diffusion_step, held_out_loss
+from train.options import LoopOptions
 from utils.data import DataSpec
 from utils.plots import save_curves, save_progression
 from utils.runs import Run, save_checkpoint
 
 
 def train_diffusion(setup: DiffusionSetup, batches: Callable[[int], Iterable], steps_per_epoch: int,
-                    test_x: torch.Tensor, run: Run, *, kind: str, data: DataSpec, epochs: int,
-                    batch_size: int, snapshot: Callable[[], torch.Tensor], config: dict,
-                    fixed_noise: torch.Tensor, deadline: Deadline | None = None,
-                    checkpoint_every: int = 1, state: dict | None = None,
+                    test_x: torch.Tensor, run: Run, opts: LoopOptions, *, kind: str,
+                    snapshot: Callable[[], torch.Tensor], fixed_noise: torch.Tensor,
                     sample_title: str = "EMA samples", row_labels: tuple = (),
                     extras: dict | None = None, guide_epoch: int = 0) -> list[torch.Tensor]:
-    """Train for `epochs` total epochs (continuing `state`); returns the per-epoch frames.
+    """Train for opts.epochs total epochs (continuing opts.state); returns the per-epoch frames.
 
     batches(epoch) yields (x0, labels) for one epoch (pixels or scaled latents); snapshot()
     returns that epoch's uint8 sample frame; test_x gives the held-out loss; `extras` go into
@@ -33,14 +29,16 @@ def train_diffusion(setup: DiffusionSetup, batches: Callable[[int], Iterable], s
     of that epoch are kept as the checkpoint's "guide", the weaker model autoguidance needs
     (Karras et al. 2024: the same network, trained for less time).
     """
-    progress, frames = resume_point(setup.modules, state)
-    log = open_log(run, progress, config)
-    guide = state.get("guide") if state else None
+    progress, frames = resume_point(setup.modules, opts.state)
+    log = open_log(run, progress, opts.config)
+    guide = opts.state.get("guide") if opts.state else None
+    epochs, deadline = opts.epochs, opts.deadline
 
     def save() -> None:
         kept = {"guide": guide} if guide is not None else {}
-        save_checkpoint(diffusion_checkpoint(setup, kind, progress, data, config, fixed_noise,
-                                             frames, **kept, **(extras or {})), run.checkpoint)
+        save_checkpoint(diffusion_checkpoint(setup, kind, progress, opts.data, opts.config,
+                                             fixed_noise, frames, **kept, **(extras or {})),
+                        run.checkpoint)
 
     with stop_guard(run, progress, save):
         for epoch in (bar := epoch_range(run, progress.epoch, epochs)):
@@ -51,7 +49,7 @@ def train_diffusion(setup: DiffusionSetup, batches: Callable[[int], Iterable], s
                 out = diffusion_step(setup, x0, labels)
                 quarters += out["quarters"]
                 meter.update(progress.advance(x0), {"loss": out["loss"]})
-            speed = meter.count * batch_size / (time.perf_counter() - started)
+            speed = meter.count * opts.batch_size / (time.perf_counter() - started)
             frames.append(snapshot())
             record = {"epoch": epoch, "step": progress.step,
                       **evaluate(setup, meter, quarters, test_x), "img_per_s": speed}
@@ -59,7 +57,7 @@ def train_diffusion(setup: DiffusionSetup, batches: Callable[[int], Iterable], s
             if epoch == guide_epoch and setup.ema is not None:
                 guide = {k: v.detach().clone() for k, v in setup.ema.state_dict().items()}
             if end_epoch(run, log, bar, progress, record, started=started, epochs=epochs,
-                         checkpoint_every=checkpoint_every, deadline=deadline, save=save,
+                         checkpoint_every=opts.checkpoint_every, deadline=deadline, save=save,
                          images=frames[-1], schedulers=[setup.lr_sched],
                          epoch_steps=meter.count):
                 break
@@ -103,26 +101,6 @@ def diffusion_checkpoint(setup: DiffusionSetup, kind: str, progress: Progress, d
     return {**checkpoint_frame(kind, setup.model_args, data, progress, config, setup.modules),
             "diffusion": process, "fixed_noise": fixed_noise.cpu(),
             "frames": stack_frames(frames, progress.epoch), **extras}
-
-
-def load_diffusion_networks(state: dict, device: torch.device) -> dict[str, torch.nn.Module]:
-    """{"net": the denoising network with the checkpoint's EMA weights, and "guide": the same
-    network with the guide's weights where the run kept one}, in eval mode."""
-    nets = {"net": ema_network(state, build_network(state["model_args"]).to(device))}
-    if state.get("guide") is not None:
-        nets["guide"] = ema_network(state, build_network(state["model_args"]).to(device),
-                                    "guide")
-    return nets
-
-
-def checkpoint_denoiser(state: dict, net: torch.nn.Module, *, amp_dtype=None,
-                        clip_x0: bool = True) -> Denoiser:
-    """The Denoiser of a loaded network with the schedule and prediction type it trained with."""
-    process = state["diffusion"]
-    schedule = build_schedule(process["prediction"], process["schedule"], process["timesteps"],
-                              process.get("logit_mean", 0.0), process.get("logit_std", 1.0))
-    return make_denoiser(net, schedule, process["prediction"], amp_dtype=amp_dtype,
-                         clip_x0=clip_x0)
 
 
 LOSS_PANELS = [("loss", ["train_loss", "test_loss"]),

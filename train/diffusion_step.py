@@ -9,19 +9,17 @@ import torch
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel
 
-from models.diffusion import (PREDICTION_TYPES, Denoiser, NoiseSchedule, min_snr_weight,
-                              q_sample, sample_timesteps, training_target)
+from models.diffusion import (Denoiser, NoiseSchedule, min_snr_weight, q_sample, sample_timesteps,
+                              training_target)
 from models.flow import FlowSchedule, interpolate
-from models.samplers import FLOW_SAMPLERS, SAMPLERS, sample
-from models.dit import DiT
-from models.unet import UNet
-from train.common import eval_generator, make_ema
+from models.samplers import sample
+from train.common import eval_generator
+from train.ema import make_ema
+from train.inference import build_network, make_denoiser
 from train.lr import LRPlan, PlannedLR
 from utils import distributed
 from utils.data import to_uint8
-from utils.config import check_choice
 from utils.device import autocast
-from utils.errors import UserError
 
 QUARTERS = 4  # the loss is also logged per quarter of the timestep range
 
@@ -50,19 +48,6 @@ class DiffusionSetup:
     @property
     def modules(self) -> dict:
         return {"model": self.model, "ema": self.ema, "opt": self.opt, "lr_sched": self.lr_sched}
-
-
-NETWORKS = {"unet": UNet, "dit": DiT}  # model_args names the denoising network's class
-
-
-def build_network(model_args: dict) -> torch.nn.Module:
-    """The denoising network of model_args ({"unet": kwargs} or {"dit": kwargs}); sizes that do
-    not fit together are one UserError line."""
-    (name, kwargs), = model_args.items()
-    try:
-        return NETWORKS[name](**kwargs)
-    except ValueError as err:
-        raise UserError(f"{name}: {err}") from None
 
 
 def build_diffusion(model_args: dict, schedule: NoiseSchedule, device: torch.device, *,
@@ -133,26 +118,6 @@ def diffusion_loss(setup: DiffusionSetup, x0: torch.Tensor, labels: torch.Tensor
     return (weight * per_sample).mean(), per_sample.detach(), quarter
 
 
-def build_schedule(prediction_type: str, kind: str, timesteps: int, logit_mean: float = 0.0,
-                   logit_std: float = 1.0, *, min_snr_gamma: float = 0.0,
-                   sampler: str = "ddim") -> NoiseSchedule | FlowSchedule:
-    """The flow path for prediction 'flow', else the linear or cosine noise schedule; a choice
-    that does not fit (an unknown kind, min-SNR or a noise-schedule sampler with flow) is one
-    UserError line."""
-    check_choice("PREDICTION", prediction_type, PREDICTION_TYPES)
-    if prediction_type != "flow":
-        check_choice("SCHEDULE", kind, ("linear", "cosine"))
-        check_choice("SAMPLER", sampler, tuple(SAMPLERS))
-        return NoiseSchedule(kind, timesteps)
-    check_choice("SAMPLER (flow)", sampler, FLOW_SAMPLERS)
-    if min_snr_gamma:
-        raise UserError("MIN_SNR_GAMMA weights a noise schedule's SNR; use 0 with flow")
-    try:
-        return FlowSchedule(timesteps, logit_mean, logit_std)
-    except ValueError as err:
-        raise UserError(str(err)) from None
-
-
 def diffusion_step(setup: DiffusionSetup, x0: torch.Tensor, labels=None, clip: float = 1.0
                    ) -> dict[str, torch.Tensor]:
     """One optimiser step with gradient clipping, LR schedule and EMA update.
@@ -170,19 +135,6 @@ def diffusion_step(setup: DiffusionSetup, x0: torch.Tensor, labels=None, clip: f
     sums = torch.zeros(QUARTERS, device=x0.device).index_add_(0, quarter, per_sample)
     counts = torch.bincount(quarter, minlength=QUARTERS).float()
     return {"loss": loss.detach(), "quarters": torch.stack([sums, counts])}
-
-
-def make_denoiser(net: torch.nn.Module, schedule: NoiseSchedule, prediction_type: str, *,
-                  amp_dtype: torch.dtype | None = None, clip_x0: bool = True) -> Denoiser:
-    """The Denoiser of a network used for inference (eval mode, autocast, float32 output).
-    clip_x0 for pixels in [-1, 1]; off for latents."""
-    device = next(net.parameters()).device
-    net.eval()
-
-    def net_fn(x, t, labels):
-        with autocast(device, amp_dtype):
-            return net(x, t, labels).float()
-    return Denoiser(net_fn, schedule, prediction_type, clip_x0)
 
 
 def ema_denoiser(setup: DiffusionSetup, clip_x0: bool = True) -> Denoiser:

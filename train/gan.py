@@ -2,28 +2,23 @@
 per-epoch held-out losses and progression frames), its figures and its checkpoint."""
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-from models.gan import (Discriminator, Generator, discriminator_loss, generator_loss,
-                        r1_penalty)
-from train.common import (Deadline, LossMeter, Progress, checkpoint_frame, ema_network,
-                          end_epoch, epoch_batches, epoch_range, eval_generator, make_ema,
-                          open_log, resume_point, stack_frames, stop_guard)
+from models.gan import Discriminator, Generator, discriminator_loss, generator_loss, r1_penalty
+from train.common import (LossMeter, Progress, checkpoint_frame, end_epoch, epoch_batches,
+                          epoch_range, eval_generator, open_log, resume_point, stack_frames,
+                          stop_guard)
+from train.ema import make_ema
+from train.gan_figures import write_figures
+from train.inference import generate, recalibrate_batchnorm
+from train.options import LoopOptions
 from train.lr import LRPlan, PlannedLR
 from utils import distributed
-from utils.data import DataSpec, ImageData, to_uint8
+from utils.data import DataSpec, ImageData
 from utils.device import autocast
-from utils.plots import save_curves, save_progression
-from utils.runs import Run, load_state, save_checkpoint
-
-LOSS_PANELS = [("losses", ["train_d_loss", "train_g_loss", "test_d_loss", "test_g_loss",
-                           "train_r1"]),
-               ("discriminator outputs", ["train_d_real", "train_d_fake", "test_d_real",
-                                          "test_d_fake"])]
-
+from utils.runs import Run, save_checkpoint
 
 @dataclass
 class GANSetup:
@@ -154,69 +149,34 @@ def evaluate_gan(setup: GANSetup, real: torch.Tensor, batch_size: int = 128) -> 
     return meter.means()
 
 
-@torch.no_grad()
-def recalibrate_batchnorm(generator: Generator, batches: int = 16, batch_size: int = 256,
-                          seed: int = 0) -> None:
-    """Set the generator's BatchNorm running statistics to their average over z ~ N(0, I).
-
-    Training updates them with momentum 0.1 while G keeps changing, so they lag behind; the
-    exact population statistics make eval-mode samples match the current generator. A private
-    RNG keeps the global one (and so resumed runs) untouched.
-    """
-    device = next(generator.parameters()).device
-    rng = torch.Generator(device=device).manual_seed(seed)
-    norms = [m for m in generator.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    saved = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average
-    generator.train()
-    for _ in range(batches):
-        generator(torch.randn(batch_size, generator.latent_dim, device=device, generator=rng))
-    for m, momentum in zip(norms, saved):
-        m.momentum = momentum
-
-
-@torch.no_grad()
-def generate(generator: Generator, z: torch.Tensor, amp_dtype=None) -> torch.Tensor:
-    """Images for latents z, generator in eval mode, as uint8 on the CPU."""
-    was_training = generator.training
-    generator.eval()
-    with autocast(z.device, amp_dtype):
-        images = to_uint8(generator(z).float()).cpu()
-    generator.train(was_training)
-    return images
-
-
-def train_gan(setup: GANSetup, train_data: ImageData, test_data: ImageData, run: Run, *,
-              data: DataSpec, epochs: int, batch_size: int, fixed_z: torch.Tensor, config: dict,
-              deadline: Deadline | None = None, checkpoint_every: int = 5,
-              progression_rows: int = 8, flip: bool = False, state: dict | None = None
-              ) -> list[torch.Tensor]:
-    """Train for `epochs` total epochs (continuing `state` if given); returns progression frames."""
-    progress, frames = resume_point(setup.modules, state)
-    log = open_log(run, progress, config)
+def train_gan(setup: GANSetup, train_data: ImageData, test_data: ImageData, run: Run,
+              opts: LoopOptions, fixed_z: torch.Tensor) -> list[torch.Tensor]:
+    """Train for opts.epochs total epochs (continuing opts.state if given); returns the
+    progression frames."""
+    progress, frames = resume_point(setup.modules, opts.state)
+    log = open_log(run, progress, opts.config)
+    epochs, batch_size, deadline = opts.epochs, opts.batch_size, opts.deadline
     train_data = train_data.to(setup.device)
     test_x, _ = test_data.first(1000)
 
     def save() -> None:
-        save_checkpoint(gan_checkpoint(setup, progress, data, config, fixed_z, frames),
+        save_checkpoint(gan_checkpoint(setup, progress, opts.data, opts.config, fixed_z, frames),
                         run.checkpoint)
 
     with stop_guard(run, progress, save):
         for epoch in (bar := epoch_range(run, progress.epoch, epochs)):
             meter, started = LossMeter(), time.perf_counter()
-            for real, _ in epoch_batches(train_data, batch_size, setup.device, flip, epoch, epochs,
-                                         deadline):
+            for real, _ in epoch_batches(train_data, batch_size, setup.device, opts.flip, epoch,
+                                         epochs, deadline):
                 losses = gan_step(setup, real)
                 meter.update(progress.advance(real), losses)
             record = evaluate(setup, meter, test_x, batch_size / (time.perf_counter() - started))
             recalibrate_batchnorm(setup.sampler)
-            frames.append(generate(setup.sampler, fixed_z[:progression_rows], setup.amp_dtype))
+            frames.append(generate(setup.sampler, fixed_z[:opts.progression_rows], setup.amp_dtype))
             record = {"epoch": epoch, "step": progress.step, **record}
             write_figures(run.plots, frames, [*log.read(), record], run.name)
             if end_epoch(run, log, bar, progress, record, started=started, epochs=epochs,
-                         checkpoint_every=checkpoint_every, deadline=deadline, save=save,
+                         checkpoint_every=opts.checkpoint_every, deadline=deadline, save=save,
                          images=frames[-1], schedulers=setup.schedulers,
                          epoch_steps=meter.count):
                 break
@@ -239,29 +199,3 @@ def gan_checkpoint(setup: GANSetup, progress: Progress, data: DataSpec, config: 
     the completed epochs)."""
     return {**checkpoint_frame("gan", setup.model_args, data, progress, config, setup.modules),
             "fixed_z": fixed_z.cpu(), "frames": stack_frames(frames, progress.epoch)}
-
-
-def load_gan(state: dict, device: torch.device) -> dict[str, torch.nn.Module]:
-    """The networks of a GAN checkpoint, weights loaded, in eval mode (no optimizer); the
-    generator holds the EMA weights when the run kept them."""
-    args = state["model_args"]
-    nets = {"generator": Generator(**args["generator"]),
-            "discriminator": Discriminator(**args["discriminator"])}
-    for name, net in nets.items():
-        load_state(net, state[name], name)
-        net.to(device).eval().requires_grad_(False)
-    if state.get("ema") is not None:
-        ema_network(state, nets["generator"])
-    return nets
-
-
-def write_figures(folder: Path, frames: list[torch.Tensor], records: list[dict], name: str
-                  ) -> None:
-    """The progression grid (fixed latents across epochs) and the loss curves."""
-    if frames:
-        save_progression(frames, folder / "progression.png",
-                         title="Generator on fixed latents across training")
-    if records:  # a run whose metrics.jsonl is missing or cut short still gets its samples
-        save_curves(records, LOSS_PANELS, folder / "losses.png", title=f"DCGAN {name}")
-    else:
-        print(f"note: {name} has no readable metrics.jsonl records; no losses.png")

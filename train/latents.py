@@ -2,21 +2,20 @@
 of stage 1), the finished stage-1 run and its held-out latents, scaled latent batches for stage 2,
 and decoding (class-conditional, guided) samples.
 """
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 import torch
 
 from models.autoencoder import Autoencoder
 from models.diffusion import Denoiser
-from models.samplers import classifier_free_guidance, sample
+from models.guidance import classifier_free_guidance
+from models.samplers import sample
 from models.vae import reparameterize
+from train.inference import Loaded, load_run
 from utils import distributed
 from utils.data import ImageData, iterate_batches, to_uint8
 from utils.errors import UserError
 from utils.runs import CHECKPOINT_VERSION, Run, load_checkpoint, save_checkpoint
-
-if TYPE_CHECKING:
-    from train.checkpoints import Loaded
 
 CACHE = "latent_cache.pt"  # in the autoencoder run's saved_models folder
 
@@ -91,9 +90,8 @@ def class_samples(denoiser: Denoiser, ae: Autoencoder, scale: float, noise: torc
     return to_uint8(decode_latents(ae, z, scale)).cpu()
 
 
-def finished_stage1(save_root: str, which: str, device: torch.device) -> tuple["Loaded", dict]:
+def finished_stage1(save_root: str, which: str, device: torch.device) -> tuple[Loaded, dict]:
     """The stage-1 run (its frozen autoencoder, latent statistics and data) and its cache."""
-    from train.checkpoints import load_run  # here: it imports train.autoencoder, which imports us
     stage1 = load_run(save_root, "ldm_autoencoder", which, device)
     if "latent_stats" not in stage1.state:
         raise UserError(f"{stage1.run.name} has not finished training (no latent statistics); "
@@ -106,7 +104,7 @@ def finished_stage1(save_root: str, which: str, device: torch.device) -> tuple["
 
 
 @torch.no_grad()
-def held_out_latents(stage1: "Loaded", data_root: str, n: int = 512) -> torch.Tensor:
+def held_out_latents(stage1: Loaded, data_root: str, n: int = 512) -> torch.Tensor:
     """Scaled posterior means of held-out images (for the held-out loss), encoded once."""
     ae = stage1.nets["autoencoder"]
     x = stage1.data.held_out(n, data_root).first(n)[0].to(next(ae.parameters()).device)

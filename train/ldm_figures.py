@@ -8,8 +8,8 @@ import torch
 from models.autoencoder import Autoencoder
 from models.diffusion import Denoiser
 from models.vae import reparameterize
-from train.autoencoder import psnr, reconstruct
-from train.checkpoints import Loaded
+from train.inference import psnr, reconstruct
+from train.inference import Loaded
 from train.diffusion_figures import forward_strip, noised_and_denoised, strip_timesteps
 from train.latents import class_samples, decode_latents, guided
 from utils.data import ImageData

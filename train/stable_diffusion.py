@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from models.diffusion import Denoiser, NoiseSchedule, q_sample
-from models.grids import DEFAULT_SPACING, sd_timesteps
+from models.grids import SD_DEFAULT_SPACING, sd_timesteps
 from models.samplers import sample
 from models.sd_vae import SCALE_FACTOR
 from train.sd_loading import Components
@@ -140,7 +140,7 @@ class StableDiffusion:
                  guidance: float = 7.5, sampler: str = "ddim", height: int = 512,
                  width: int = 512, n_images: int = 1, seed: int = 0,
                  init_image: torch.Tensor | None = None, strength: float = 0.8,
-                 snapshots: int = 0, spacing: str = DEFAULT_SPACING) -> Generated:
+                 snapshots: int = 0, spacing: str = SD_DEFAULT_SPACING) -> Generated:
         """Sample n_images for the prompt. Noise is drawn on the CPU from one generator seeded
         with `seed` (the same images on every device); image-to-image draws the posterior
         sample first, then the forward-process noise, and runs the tail of the text-to-image

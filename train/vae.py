@@ -9,14 +9,16 @@ import torch
 
 from models.vae import (OBJECTIVES, VAE, AdaptiveBetaScheduler, active_dims, elbo_loss,
                         reparameterize, vae_objective)
-from train.common import (Deadline, LossMeter, Progress, checkpoint_frame, end_epoch,
-                          epoch_batches, epoch_range, eval_generator, open_log, resume_point,
-                          stack_frames, stop_guard)
+from train.common import (LossMeter, Progress, checkpoint_frame, end_epoch, epoch_batches,
+                          epoch_range, eval_generator, open_log, resume_point, stack_frames,
+                          stop_guard)
+from train.inference import posterior_means
+from train.options import LoopOptions
 from utils import distributed
 from utils.data import DataSpec, ImageData, to_uint8
 from utils.device import autocast
 from utils.plots import save_curves, save_progression
-from utils.runs import Run, load_state, save_checkpoint
+from utils.runs import Run, save_checkpoint
 
 BETA_MODES = ("fixed", "warmup", "adaptive")
 ACTIVE_SUBSET = 2000  # training images whose posterior means give the train active-dims count
@@ -97,14 +99,6 @@ def vae_step(setup: VAESetup, x: torch.Tensor, beta: float, step: int = 0
 
 
 @torch.no_grad()
-def posterior_means(model: VAE, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """E_q[z | x] for [-1, 1] images, in eval mode: (N, D) on the CPU."""
-    device = next(model.parameters()).device
-    return torch.cat([model.encode(images[i:i + batch_size].to(device))[0].float().cpu()
-                      for i in range(0, len(images), batch_size)])
-
-
-@torch.no_grad()
 def evaluate_vae(setup: VAESetup, x: torch.Tensor, beta: float, batch_size: int = 500) -> dict:
     """Held-out ELBO terms (one z per image, the same eps at every call) and active dims."""
     generator = eval_generator(setup.device)
@@ -125,40 +119,40 @@ def evaluate_vae(setup: VAESetup, x: torch.Tensor, beta: float, batch_size: int 
             "active": int(active_dims(posterior_means(setup.model, x)).sum())}
 
 
-def train_vae(setup: VAESetup, train_data: ImageData, test_data: ImageData, run: Run, *,
-              data: DataSpec, epochs: int, batch_size: int, fixed_z: torch.Tensor, config: dict,
-              deadline: Deadline | None = None, checkpoint_every: int = 1,
-              progression_rows: int = 8, flip: bool = False, state: dict | None = None) -> None:
-    """Train for `epochs` total epochs (continuing `state`), logging and plotting every epoch."""
-    progress, frames = resume_point(setup.modules, state)
-    log = open_log(run, progress, config)
+def train_vae(setup: VAESetup, train_data: ImageData, test_data: ImageData, run: Run,
+              opts: LoopOptions, fixed_z: torch.Tensor) -> None:
+    """Train for opts.epochs total epochs (continuing opts.state), logging and plotting every
+    epoch."""
+    progress, frames = resume_point(setup.modules, opts.state)
+    log = open_log(run, progress, opts.config)
+    epochs, batch_size, deadline = opts.epochs, opts.batch_size, opts.deadline
     train_data = train_data.to(setup.device)
     test_x, _ = test_data.first(2000)
     train_x, _ = train_data.first(ACTIVE_SUBSET)
 
     def save() -> None:
-        save_checkpoint(vae_checkpoint(setup, progress, data, config, fixed_z, frames),
+        save_checkpoint(vae_checkpoint(setup, progress, opts.data, opts.config, fixed_z, frames),
                         run.checkpoint)
 
     with stop_guard(run, progress, save):
         for epoch in (bar := epoch_range(run, progress.epoch, epochs)):
             meter, started = LossMeter(), time.perf_counter()
             kl_dims = torch.zeros(setup.model.latent_dim, device=setup.device)
-            for x, _ in epoch_batches(train_data, batch_size, setup.device, flip, epoch, epochs,
-                                      deadline):
+            for x, _ in epoch_batches(train_data, batch_size, setup.device, opts.flip, epoch,
+                                      epochs, deadline):
                 out = vae_step(setup, x, setup.beta_at(progress.step), progress.step)
                 kl_dims += out["kl_dims"].detach()
                 logged = ("loss", "recon", "kl", "tc", "grad_norm")
                 meter.update(progress.advance(x), {k: out[k] for k in logged if k in out})
             speed = meter.count * batch_size / (time.perf_counter() - started)
             record = evaluate(setup, meter, kl_dims, test_x, train_x, progress.step)
-            frames.append(prior_frame(setup.model, fixed_z[:progression_rows]))
+            frames.append(prior_frame(setup.model, fixed_z[:opts.progression_rows]))
             if setup.scheduler is not None:  # once per epoch, from the epoch's mean losses
                 setup.scheduler.update(record["train_kl"], record["train_recon"])
             record = {"epoch": epoch, **record, "img_per_s": speed}
             write_figures(run, setup.beta_mode, frames, [*log.read(), record])
             if end_epoch(run, log, bar, progress, record, started=started, epochs=epochs,
-                         checkpoint_every=checkpoint_every, deadline=deadline, save=save,
+                         checkpoint_every=opts.checkpoint_every, deadline=deadline, save=save,
                          images=frames[-1]):
                 break
 
@@ -208,13 +202,6 @@ def vae_checkpoint(setup: VAESetup, progress: Progress, data: DataSpec, config: 
     images of the completed epochs)."""
     return {**checkpoint_frame("vae", setup.model_args, data, progress, config, setup.modules),
             "fixed_z": fixed_z.cpu(), "frames": stack_frames(frames, progress.epoch)}
-
-
-def load_vae(state: dict, device: torch.device) -> dict[str, torch.nn.Module]:
-    """The VAE of a checkpoint, weights loaded, in eval mode (no optimizer)."""
-    model = VAE(**state["model_args"]["vae"])
-    load_state(model, state["model"], "VAE")
-    return {"vae": model.to(device).eval().requires_grad_(False)}
 
 
 LOSS_PANELS = [("total", ["train_loss", "test_loss"]),

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from models.vae import VAE, active_dims
-from train.vae import posterior_means
+from train.inference import posterior_means
 from utils.data import ImageData
 from utils.metrics import (dci_score, discretize, entropy, mutual_information,
                            mutual_information_gap, polar_pair, sap_score)

@@ -67,11 +67,10 @@ def is_main() -> bool:
     return (rank() if is_distributed() else int(os.environ.get("RANK", "0"))) == 0
 
 
-def init(device_name: str) -> torch.device:
+def init(device: torch.device) -> torch.device:
     """Join torchrun's process group (nccl on CUDA, one GPU per LOCAL_RANK; gloo on the CPU) and
-    return this process's device; without torchrun, just the device DEVICE names."""
-    from utils.device import resolve_device
-    device = resolve_device(device_name)
+    return this process's device (`device`, resolved from DEVICE, placed on LOCAL_RANK's GPU);
+    without torchrun, `device` itself."""
     if torchrun_world() <= 1 or is_distributed():
         return device
     local = int(os.environ.get("LOCAL_RANK", "0"))

@@ -9,7 +9,7 @@ import torch
 from utils import distributed
 from utils.config import check_choice, given_constants, like_default, save_config
 from utils.data import DataSpec, ImageData, load_dataset
-from utils.device import resolve_precision, seed_everything
+from utils.device import resolve_device, resolve_precision, seed_everything
 from utils.errors import UserError
 from utils.files import lock_run
 from utils.runs import Run, find_resume, new_run, run_named
@@ -20,7 +20,7 @@ def seed_and_device(const: SimpleNamespace) -> tuple[torch.device, torch.dtype |
     pick the device and autocast dtype, and say what was chosen (rank 0 alone prints)."""
     if getattr(const, "EPOCHS", 0) < 0:
         raise UserError(f"EPOCHS must be >= 0, got {const.EPOCHS}")
-    device = distributed.init(const.DEVICE)
+    device = distributed.init(resolve_device(const.DEVICE))
     if hasattr(const, "BATCH_SIZE"):
         distributed.local_batch(const.BATCH_SIZE)  # a global batch that does not divide: stop
     if not distributed.is_main():
