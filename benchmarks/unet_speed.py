@@ -109,7 +109,8 @@ def build(const, device, amp_dtype):
                          channel_mult=tuple(const.CHANNEL_MULT), blocks=const.BLOCKS,
                          attention_resolutions=tuple(const.ATTENTION), heads=const.HEADS,
                          dropout=0.0)}
-    return build_diffusion(args, NoiseSchedule("cosine"), device, lr=2e-4, warmup_steps=1,
+    return build_diffusion(args, NoiseSchedule("cosine"), device, prediction_type="epsilon",
+                           lr=2e-4, warmup_steps=1,
                            total_steps=100, amp_dtype=amp_dtype)
 
 

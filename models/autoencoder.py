@@ -73,7 +73,7 @@ class Autoencoder(nn.Module):
     """KL autoencoder: encode -> (mean, logvar), decode(z); f = 2^(len(channel_mult) - 1)."""
 
     def __init__(self, image_size: int = 32, channels: int = 3, latent_channels: int = 4,
-                 base: int = 64, channel_mult: tuple = (1, 2, 2), blocks: int = 1,
+                 base: int = 16, channel_mult: tuple = (1, 2, 4), blocks: int = 1,
                  attention: bool = True):
         super().__init__()
         self.factor = 2 ** (len(channel_mult) - 1)
@@ -105,7 +105,7 @@ class PatchDiscriminator(nn.Module):
     """PatchGAN (Isola et al. 2017): strided convs with LeakyReLU giving a map of real/fake logits,
     one per receptive-field patch; also returns the intermediate feature maps."""
 
-    def __init__(self, channels: int = 3, width: int = 64, layers: int = 3,
+    def __init__(self, channels: int = 3, width: int = 32, layers: int = 3,
                  spectral_norm: bool = False):
         super().__init__()
         wrap = sn if spectral_norm else (lambda m: m)

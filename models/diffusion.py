@@ -179,7 +179,7 @@ class Denoiser:
     """
     net: NetFn
     schedule: NoiseSchedule | FlowSchedule
-    prediction_type: str = "epsilon"
+    prediction_type: str  # eps, x0, v or flow: no default (what the network was trained on)
     clip_x0: bool = False
 
     def __call__(self, x_t: torch.Tensor, t, labels: torch.Tensor | None = None

@@ -66,7 +66,7 @@ class DiT(nn.Module):
     """eps/x0/v/flow predictor on images or latents (B, C, S, S) with S divisible by patch;
     class_std: the initial std of the class embedding (0.02 as DiT; 1.0 by measurement)."""
 
-    def __init__(self, in_channels: int = 4, image_size: int = 8, patch: int = 2,
+    def __init__(self, in_channels: int = 3, image_size: int = 32, patch: int = 2,
                  width: int = 192, depth: int = 6, heads: int = 6, num_classes: int = 0,
                  pos_embed: str = "sincos", mlp_ratio: float = 4.0, class_std: float = 1.0):
         super().__init__()

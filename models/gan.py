@@ -49,7 +49,7 @@ class Generator(nn.Module):
     nearest + conv), BatchNorm, ReLU."""
 
     def __init__(self, latent_dim: int = 100, image_size: int = 32, channels: int = 3,
-                 width: int = 64, upsample: str = "transposed"):
+                 width: int = 48, upsample: str = "transposed"):
         super().__init__()
         levels = _levels(image_size)
         self.latent_dim = latent_dim
@@ -95,7 +95,7 @@ class Discriminator(nn.Module):
     before the last convolution.
     """
 
-    def __init__(self, image_size: int = 32, channels: int = 3, width: int = 64,
+    def __init__(self, image_size: int = 32, channels: int = 3, width: int = 24,
                  spectral_norm: bool = False, norm: str = "batch", mbstd_group: int = 0):
         super().__init__()
         if norm not in D_NORMS:

@@ -20,9 +20,9 @@ class UNet(nn.Module):
     faster per image but learns less from each (README, head-to-head section).
     """
 
-    def __init__(self, in_channels: int = 3, image_size: int = 32, base: int = 64,
-                 channel_mult: tuple = (1, 2, 2), blocks: int = 2,
-                 attention_resolutions: tuple = (16,), heads: int = 4, dropout: float = 0.1,
+    def __init__(self, in_channels: int = 3, image_size: int = 32, base: int = 24,
+                 channel_mult: tuple = (1, 2, 2), blocks: int = 1,
+                 attention_resolutions: tuple = (8,), heads: int = 4, dropout: float = 0.0,
                  num_classes: int = 0, out_channels: int | None = None, patch: int = 1):
         super().__init__()
         if patch < 1 or image_size % patch:

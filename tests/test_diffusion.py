@@ -94,7 +94,7 @@ def test_ddim_last_step_returns_x0_and_eta0_is_deterministic():
     # eta = 0 from t to t_prev: the same x0 and eps, re-noised deterministically
     expected = q_sample(s, x0, 10, eps)
     assert torch.allclose(ddim_step(s, x0, eps, 30, 10, x_t), expected, atol=1e-9)
-    denoiser = Denoiser(lambda x, t, y: 0.5 * x, s)
+    denoiser = Denoiser(lambda x, t, y: 0.5 * x, s, "epsilon")
     start = torch.randn(8, dtype=torch.float64)
     assert torch.equal(ddim_sample(denoiser, start, steps=20).x,
                        ddim_sample(denoiser, start, steps=20).x)

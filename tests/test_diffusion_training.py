@@ -32,7 +32,8 @@ def test_training_lowers_the_loss_and_updates_the_ema():
     torch.manual_seed(0)
     args = {"unet": dict(in_channels=1, image_size=8, base=16, channel_mult=(1, 2), blocks=1,
                          attention_resolutions=(4,), dropout=0.0)}
-    s = build_diffusion(args, NoiseSchedule("cosine", 100), CPU, lr=2e-3, warmup_steps=5,
+    s = build_diffusion(args, NoiseSchedule("cosine", 100), CPU, prediction_type="epsilon",
+                        lr=2e-3, warmup_steps=5,
                         total_steps=60, ema_decay=0.9)
     x0 = torch.linspace(-1, 1, 64).view(1, 1, 8, 8).expand(32, -1, -1, -1)
     first = diffusion_step(s, x0)
@@ -210,9 +211,10 @@ def test_build_diffusion_gives_adamw_its_betas():
     args = {"unet": dict(in_channels=1, image_size=8, base=16, channel_mult=(1, 2), blocks=1,
                          attention_resolutions=(), dropout=0.0)}
     schedule = NoiseSchedule("cosine", 10)
-    default = build_diffusion(args, schedule, CPU, lr=1e-3, warmup_steps=1, total_steps=2)
-    chosen = build_diffusion(args, schedule, CPU, lr=1e-3, warmup_steps=1, total_steps=2,
-                             betas=(0.9, 0.99))
+    default = build_diffusion(args, schedule, CPU, prediction_type="epsilon", lr=1e-3,
+                              warmup_steps=1, total_steps=2)
+    chosen = build_diffusion(args, schedule, CPU, prediction_type="epsilon", lr=1e-3,
+                             warmup_steps=1, total_steps=2, betas=(0.9, 0.99))
     assert default.opt.param_groups[0]["betas"] == (0.9, 0.999)
     assert chosen.opt.param_groups[0]["betas"] == (0.9, 0.99)
 

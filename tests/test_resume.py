@@ -92,7 +92,8 @@ def _extend(make_sched, short: int, long: int) -> list[float]:
 def _diffusion_sched(total: int) -> PlannedLR:
     args = {"unet": dict(in_channels=1, image_size=8, base=8, channel_mult=(1,), blocks=1,
                          attention_resolutions=())}
-    return build_diffusion(args, NoiseSchedule("cosine", 10), CPU, lr=1e-3, warmup_steps=10,
+    return build_diffusion(args, NoiseSchedule("cosine", 10), CPU, prediction_type="epsilon",
+                           lr=1e-3, warmup_steps=10,
                            total_steps=total, lr_schedule="cosine").lr_sched
 
 
@@ -171,10 +172,11 @@ def _evaluations():
     x = torch.rand(8, 1, 8, 8) * 2 - 1
     args = {"unet": dict(in_channels=1, image_size=8, base=8, channel_mult=(1,), blocks=1,
                          attention_resolutions=(), num_classes=3)}
-    diffusion = build_diffusion(args, NoiseSchedule("cosine", 10), CPU, lr=1e-3,
+    diffusion = build_diffusion(args, NoiseSchedule("cosine", 10), CPU, prediction_type="epsilon",
+                                lr=1e-3,
                                 warmup_steps=1, total_steps=1, label_dropout=0.5)
     vae = build_vae(dict(image_size=8, channels=1, latent_dim=2, width=4), CPU, lr=1e-3,
-                    beta_mode="fixed")
+                    beta_mode="fixed", objective="beta")
     gan = build_gan(4, 8, 1, 4, 1e-3, (0.5, 0.999), CPU)
     return {"diffusion held-out loss": lambda: held_out_loss(diffusion, diffusion.model, x),
             "vae evaluation": lambda: evaluate_vae(vae, x, 1.0)["loss"],

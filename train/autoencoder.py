@@ -31,12 +31,12 @@ KL_MODES = ("fixed", "warmup", "adaptive")
 class AELoss:
     """Weights and kinds of the four autoencoder loss terms."""
     reconstruction: str = "l1"  # l1 or mse
-    kl_weight: float = 1e-4  # on the KL summed over the latent grid
+    kl_weight: float = 1e-5  # on the KL summed over the latent grid
     kl_mode: str = "warmup"  # fixed, warmup (linear ramp over kl_warmup_steps) or adaptive
-    kl_warmup_steps: int = 1000
-    adv_weight: float = 0.1  # adversarial weight (times the adaptive ratio if adaptive_adv)
-    adv_start: int = 500  # step where the adversarial term starts
-    adv_warmup_steps: int = 500  # its linear ramp after adv_start
+    kl_warmup_steps: int = 500
+    adv_weight: float = 0.5  # adversarial weight (times the adaptive ratio if adaptive_adv)
+    adv_start: int = 400  # step where the adversarial term starts
+    adv_warmup_steps: int = 200  # its linear ramp after adv_start
     adaptive_adv: bool = True  # scale by ||grad rec|| / ||grad adv|| at the last layer
     adv_max: float = 1e4  # clamp on that ratio
     fm_weight: float = 1.0  # feature matching (active with the adversarial term)

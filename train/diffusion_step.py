@@ -33,8 +33,8 @@ class DiffusionSetup:
     lr_sched: PlannedLR
     schedule: NoiseSchedule
     device: torch.device
+    prediction_type: str  # what the network predicts: the schedule's kind decides (no default)
     amp_dtype: torch.dtype | None = None
-    prediction_type: str = "epsilon"
     min_snr_gamma: float | None = None
     label_dropout: float = 0.0
     model_args: dict | None = None  # {"unet": kwargs}
@@ -51,18 +51,19 @@ class DiffusionSetup:
 
 
 def build_diffusion(model_args: dict, schedule: NoiseSchedule, device: torch.device, *,
-                    lr: float, warmup_steps: int, total_steps: int, lr_schedule: str = "constant",
-                    ema_decay: float = 0.999, weight_decay: float = 0.0,
-                    betas: tuple[float, float] = (0.9, 0.999), **options) -> DiffusionSetup:
+                    prediction_type: str, lr: float, warmup_steps: int, total_steps: int,
+                    lr_schedule: str = "constant", ema_decay: float = 0.995,
+                    weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
+                    **options) -> DiffusionSetup:
     """The network of model_args, AdamW (with `betas`), the warm-up LR plan and an EMA copy of
-    the weights."""
+    the weights; the defaults are DiffusionMain's and LDMDiffusionMain's."""
     model = build_network(model_args).to(device)
     ema = make_ema(model, ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=tuple(betas),
                             weight_decay=weight_decay)
     sched = PlannedLR(opt, LRPlan(warmup_steps, total_steps, lr_schedule))
-    return DiffusionSetup(model, ema, opt, sched, schedule, device, model_args=model_args,
-                          ddp=distributed.wrap(model, device), **options)
+    return DiffusionSetup(model, ema, opt, sched, schedule, device, prediction_type,
+                          model_args=model_args, ddp=distributed.wrap(model, device), **options)
 
 
 def drop_labels(labels: torch.Tensor, rate: float, null_class: int,

@@ -45,7 +45,7 @@ class LoopOptions:
     epochs: int  # the total epochs of the run (a resumed run continues to this)
     batch_size: int  # images (or latents) per optimiser step, over all processes
     config: dict  # every resolved constant: config.json, the checkpoint, TensorBoard
-    checkpoint_every: int = 1  # epochs between checkpoints (and always at the end)
+    checkpoint_every: int  # epochs between checkpoints (and at the end); each script has its own
     deadline: Deadline | None = None  # MINUTES: stop at the end of the epoch that passes it
     state: dict | None = None  # the checkpoint a resumed run continues (None: a new run)
     flip: bool = False  # random horizontal flips of the training images

@@ -62,8 +62,8 @@ class VAESetup:
 
 
 def build_vae(model_args: dict, device: torch.device, *, lr: float, beta_mode: str,
-              beta: float = 1.0, scheduler_args: dict | None = None, warmup_steps: int = 0,
-              amp_dtype=None, objective: str = "beta", **objective_args) -> VAESetup:
+              objective: str, beta: float = 1.0, scheduler_args: dict | None = None,
+              warmup_steps: int = 0, amp_dtype=None, **objective_args) -> VAESetup:
     """The VAE, its Adam optimiser and, in adaptive mode, the beta scheduler; objective_args
     are VAESetup's dataset_size, capacity_max, capacity_steps, capacity_gamma, grad_clip."""
     if beta_mode not in BETA_MODES:
