@@ -1,6 +1,6 @@
 """Train a pixel-space diffusion model with a UNet (or DiT) denoiser: by default rectified flow
-(Liu et al. 2023, chosen by the recipe study: see the README); DDPM's epsilon (Ho et al. 2020),
-v or x0 prediction on a linear or cosine noise schedule with --PREDICTION.
+(Liu et al. 2023; chosen by the recipe study, docs/studies/diffusion.md); DDPM's epsilon (Ho et
+al. 2020), v or x0 prediction on a linear or cosine noise schedule with --PREDICTION.
 
     python -m Diffusion_run_scripts.DiffusionMain
     python -m Diffusion_run_scripts.DiffusionMain --PREDICTION=v --MIN_SNR_GAMMA=5 --EPOCHS=5
@@ -44,7 +44,7 @@ LOGIT_STD = 1.0  # flow: spread of the logit-normal training times
 
 # model
 BACKBONE = "unet"  # unet, or dit (a Diffusion Transformer, Peebles & Xie 2023)
-BASE = 24  # UNet channels at full resolution (24 beat 32 in 15 minutes: README)
+BASE = 24  # UNet channels at full resolution, times CHANNEL_MULT (docs/studies/compare.md)
 UNET_PATCH = 1  # unet: pixel blocks folded into channels first (2: it runs at half size)
 CHANNEL_MULT = (1, 2, 2)  # channel multiplier per resolution level
 BLOCKS = 1  # residual blocks per level
@@ -59,8 +59,8 @@ POS_EMBED = "sincos"  # dit: position embedding, sincos (fixed) or learned
 
 # training
 EPOCHS = 4  # passes over the training set
-BATCH_SIZE = 32  # images per step (32 beat 64 in 15 minutes: FID 10.8 against 14.7, README)
-LR = 1e-3  # AdamW peak learning rate (chosen against 5e-4 and 2e-3: README, recipe study)
+BATCH_SIZE = 32  # images per step, over all processes (docs/studies/compare.md)
+LR = 1e-3  # AdamW peak learning rate, after WARMUP_STEPS (docs/studies/diffusion.md)
 LR_SCHEDULE = "constant"  # after warm-up: constant or cosine
 WARMUP_STEPS = 200  # linear LR warm-up steps
 BETAS = (0.9, 0.999)  # AdamW betas (Loshchilov & Hutter 2019; torch's defaults)

@@ -1,6 +1,6 @@
 """Train a DCGAN (Radford et al. 2015).
 
-    python -m GAN_run_scripts.ganmain                  # shapes, 32x32, CPU in a few minutes
+    python -m GAN_run_scripts.ganmain                  # shapes, 32x32: ~13 min on 2 cores, fp32
     python -m GAN_run_scripts.ganmain --DATASET=digits --EPOCHS=40
     python -m GAN_run_scripts.ganmain --RESUME=latest --EPOCHS=20   # continue a run
 
@@ -32,7 +32,7 @@ FLIP = False  # random horizontal flips
 
 # model
 LATENT_DIM = 100  # size of z
-WIDTH = 48  # channels of G's last layer (48 beat 64 at the same wall time: README study)
+WIDTH = 48  # channels of G's last layer, doubled per coarser level (DCGAN: 64; docs/studies/gan.md)
 D_WIDTH_FACTOR = 0.5  # D's first-layer channels: WIDTH x this (1: DCGAN; 0.5: 1/4 the cost)
 UPSAMPLE = "transposed"  # G's x2 steps: transposed (DCGAN) or nearest (+ 3x3 conv, Odena 2016)
 LOSS = "bce"  # adversarial loss: bce (non-saturating, Goodfellow 2014) or hinge (Miyato 2018)
@@ -42,12 +42,12 @@ MBSTD_GROUP = 0  # minibatch-stddev channel in D over groups this size (Karras 2
 R1_GAMMA = 0.0  # R1 penalty gamma / 2 E||grad D(x)||^2 on real images (Mescheder 2018); 0: off
 
 # training
-EPOCHS = 40  # passes over the training set (about 13 minutes in fp32 on 2 cores; README study)
+EPOCHS = 40  # passes over the training set (time on 2 cores: docs/results.md)
 BATCH_SIZE = 64  # images per step
-LR = 4e-4  # Adam rate of G (and of D unless LR_D is set); Radford et al.: 2e-4 (README study)
+LR = 4e-4  # Adam rate of G (and of D unless LR_D is set); Radford et al.: 2e-4 (docs/studies)
 LR_D = None  # D's own learning rate (two time scales, Heusel et al. 2017); None: LR
 LR_SCHEDULE = "constant"  # both rates: constant, or cosine to 0 at the last step (or MINUTES)
-BETAS = (0.5, 0.99)  # Adam betas (Radford et al.: 0.5, 0.999; beta2 0.99 won: README study)
+BETAS = (0.5, 0.99)  # Adam betas (Radford et al. 2016: 0.5, 0.999; docs/studies/gan.md)
 EMA_DECAY = 0.0  # EMA of G's weights for samples and eval (Yazici et al. 2019); 0: off
 SEED = 0  # seeds python, numpy and torch
 DEVICE = "auto"  # auto (CUDA if available), cpu, cuda

@@ -49,7 +49,7 @@ FM_WEIGHT = 1.0  # feature matching weight
 DISC_LOSS = "hinge"  # hinge or bce
 
 # training
-EPOCHS = 12  # passes over the training set (about 11 minutes; 3 left squares and stars rounded)
+EPOCHS = 12  # passes over the training set (docs/studies/diffusion.md, latent diffusion)
 BATCH_SIZE = 64  # images per step
 LR = 8e-4  # autoencoder Adam learning rate, cosine-annealed per step to LR_MIN
 LR_MIN = 1e-7  # the autoencoder's final learning rate

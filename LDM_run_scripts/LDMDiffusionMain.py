@@ -54,7 +54,7 @@ DIT_HEADS = 6  # dit: attention heads
 POS_EMBED = "sincos"  # dit: position embedding, sincos (fixed) or learned
 
 # training
-EPOCHS = 20  # passes over the cached latents (about 13 minutes; 10 left 37% of squares round)
+EPOCHS = 20  # passes over the cached latents (docs/studies/diffusion.md, latent diffusion)
 BATCH_SIZE = 128  # latents per step
 LR = 5e-4  # AdamW peak learning rate
 LR_SCHEDULE = "cosine"  # after warm-up: constant or cosine

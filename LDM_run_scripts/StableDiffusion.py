@@ -6,7 +6,8 @@
         --INIT_IMAGE=photo.png --STRENGTH=0.6 --PROMPT="an oil painting"
 
 WEIGHTS is a v1.5 single-file checkpoint (.safetensors or .ckpt, EMA-only or full) or a
-diffusers-format model folder; nothing is downloaded (the README says where to get them). With
+diffusers-format model folder; nothing is downloaded (docs/stable_diffusion.md: where to get
+them). With
 --TIMESTEP_SPACING=leading (v1.5's scheduler config) and --TEXT_CLEANING=transformers the
 DDIM and DPM-Solver++ images equal diffusers' pipeline's for the same prompt, seed and steps.
 Writes saved_plots/stable_diffusion/<run>/: image_<i>.png, grid.png, denoising_strip.png (the
@@ -57,7 +58,7 @@ def main(argv=None):
     const = resolve_constants(globals(), argv)
     if const.WEIGHTS is None:
         raise UserError("WEIGHTS is not set: point it at a Stable Diffusion v1.5 checkpoint "
-                        "(see the README for where to get one)")
+                        "(docs/stable_diffusion.md: where to get one)")
     check_positive(const, "STEPS", "HEIGHT", "WIDTH", "N_IMAGES")
     check_choice("SAMPLER", const.SAMPLER, ("ddim", "ddpm", "heun", "dpmpp2m"))
     check_choice("OFFLOAD", const.OFFLOAD, ("none", "model"))

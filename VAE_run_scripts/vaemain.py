@@ -53,7 +53,7 @@ CAPACITY_GRAD_CLIP = 1000.0  # capacity: the clip of GRAD_CLIP="auto" (without: 
 GRAD_CLIP = "auto"  # clip the gradient's global norm to this; None: never; auto: 1000 with capacity
 
 # training
-EPOCHS = 30  # passes over the training set (about 3 minutes on 2 cores)
+EPOCHS = 30  # passes over the training set (docs/studies/vae.md)
 BATCH_SIZE = 128  # images per step
 LR = 1e-3  # Adam learning rate
 SEED = 0  # seeds python, numpy and torch
@@ -72,7 +72,7 @@ PROGRESSION_ROWS = 8  # fixed prior samples followed across epochs
 
 def grad_clip(value, objective: str, capacity_clip: float) -> float:
     """The clip norm GRAD_CLIP asks for (0: none); "auto" clips only the capacity objective,
-    whose |KL - C| term can spike (the README's disentanglement study)."""
+    whose |KL - C| term can spike (docs/studies/vae.md)."""
     if value == "auto":
         return capacity_clip if objective == "capacity" else 0.0
     return float(value or 0.0)

@@ -33,6 +33,7 @@ from utils.device import resolve_device, resolve_precision
 from utils.cli import run_cli
 from utils.errors import INTERRUPTED_STATUS, Interrupted, UserError
 from utils.plots import save_bar_charts
+from benchmarks.report import precision_name, publish
 from utils.run_index import write_results_page
 from utils.runs import MetricsLog, Run, existing_runs, find_run, new_run
 from VAE_run_scripts import vaemain
@@ -50,6 +51,7 @@ SEED = 0  # seeds every run
 DEVICE = "auto"  # auto, cpu, cuda
 PRECISION = "auto"  # auto (bf16 autocast where fast), bf16, fp32
 SAVE_ROOT = "."  # saved_plots/ and saved_models/ are created here
+RESULTS = "docs/results"  # the table is published here for docs/ (None: not published)
 DATA_ROOT = "data"  # where torchvision datasets are downloaded
 
 _EPOCH_CAP = 100_000  # EPOCHS given to the training scripts: the budget stops them first
@@ -271,6 +273,9 @@ def main(argv=None) -> list[dict]:
                     marks={"fid": {k: r["fid_floor"] for k, r in done.items()}},
                     title=f"{const.DATASET}: {const.MINUTES:g} minutes of training per family")
     write_results_page(out, markdown(rows, const))
+    publish(const.RESULTS, "compare_families", markdown(rows, const),
+            {"constants": vars(const), "rows": rows},
+            module=__name__, argv=argv, precision=precision_name(const.PRECISION))
     print(markdown(rows, const))
     print(f"done: {out / 'results.md'}, bars.png")
     return rows

@@ -27,6 +27,7 @@ from utils.config import check_positive, resolve_constants
 from utils.cli import run_cli
 from utils.errors import Interrupted, UserError
 from utils.plots import save_bar_charts
+from benchmarks.report import precision_name, publish
 from utils.run_index import write_results_page
 from utils.runs import new_run
 
@@ -37,8 +38,9 @@ MINUTES = 4.0  # training budget of one recipe
 AE_MINUTES = 3.0  # budget of the latent recipes' shared autoencoder, per data set
 _V_MINSNR = ["--PREDICTION=v", "--MIN_SNR_GAMMA=5", "--DROPOUT=0.0"]  # recipes' constants
 _FLOW = ["--PREDICTION=flow", "--DROPOUT=0.0"]
-PIXEL = {"eps": [], "v-minsnr5-nodrop": _V_MINSNR, "flow-nodrop": _FLOW}  # DiffusionMain recipes
-LATENT = {"v": [], "flow": ["--PREDICTION=flow"]}  # LDMDiffusionMain recipes: name -> constants
+_EPS = ["--PREDICTION=epsilon", "--DROPOUT=0.1"]  # DDPM's target, the study's old default
+PIXEL = {"eps": _EPS, "v-minsnr5-nodrop": _V_MINSNR, "flow-nodrop": _FLOW}  # DiffusionMain recipes
+LATENT = {"v": ["--PREDICTION=v"], "flow": ["--PREDICTION=flow"]}  # LDMDiffusionMain recipes
 GAN = {}  # ganmain recipes, e.g. {"bce": [], "hinge-sn": ["--LOSS=hinge", "--SPECTRAL_NORM=True"]}
 GAN_MINUTES = 3.0  # training budget of one GAN recipe
 N_SAMPLES = 200  # samples scored per recipe
@@ -50,6 +52,7 @@ SEED = 0  # seeds every run
 DEVICE = "auto"  # auto, cpu, cuda
 PRECISION = "auto"  # auto (bf16 autocast where fast), bf16, fp32
 SAVE_ROOT = "."  # saved_plots/ and saved_models/ are created here
+RESULTS = "docs/results"  # the table is published here for docs/ (None: not published)
 DATA_ROOT = "data"  # where torchvision datasets are downloaded
 
 _FIGURES = {"DiffusionEval": ["--GRID_SIZE=4", "--STRIP_IMAGES=1", "--STRIP_COLUMNS=4",
@@ -163,6 +166,9 @@ def main(argv=None) -> list[dict]:
                     fractions=["precision", "recall", "class_tv", "class_accuracy"],
                     title=f"Diffusion recipes, {const.MINUTES:g} minutes each")
     write_results_page(out.plots, markdown(rows, const))
+    publish(const.RESULTS, "diffusion_recipes", markdown(rows, const),
+            {"constants": vars(const), "rows": rows},
+            module=__name__, argv=argv, precision=precision_name(const.PRECISION))
     print(markdown(rows, const))
     return rows
 

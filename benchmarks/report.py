@@ -34,6 +34,14 @@ def machine() -> str:
     return f"{model}, {torch.get_num_threads()} threads, {bf16} fast bf16{gpu}"
 
 
+def precision_name(setting: str) -> str:
+    """What PRECISION=auto|bf16|fp32 runs as on this machine's CPU or GPU."""
+    if setting != "auto":
+        return setting
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return "bf16" if bf16_is_fast(device) else "fp32"
+
+
 def command(module: str, argv) -> str:
     """The command line that reproduces a benchmark call (`module`: its __name__)."""
     if module == "__main__":  # started with python -m: the module's own name

@@ -96,9 +96,9 @@ class DiT(nn.Module):
         nn.init.normal_(self.time_mlp[2].weight, std=0.02)
         if self.class_emb is not None and class_std != 1.0:  # nn.Embedding starts N(0, 1)
             # class_std 0.02 is DiT's label table (Peebles & Xie 2023); 1.0, the default, was
-            # measured far better at a CPU budget (README, "DiT"): from 0.02 the labels barely
-            # reach the zero-initialised adaLN in a few hundred steps, so guidance has nothing
-            # to amplify
+            # measured far better at a CPU budget (docs/studies/diffusion.md, "DiT"): from 0.02
+            # the labels barely reach the zero-initialised adaLN in a few hundred steps, so
+            # guidance has nothing to amplify
             nn.init.normal_(self.class_emb.weight, std=class_std)
         w = self.embed.weight.data  # patch embedding initialised like a linear layer (DiT)
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))

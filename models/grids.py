@@ -32,7 +32,7 @@ import torch
 SD_SPACINGS = ("leading", "trailing", "linspace", "karras")
 # The default of StableDiffusion.py and the pipeline: the smallest error against the exact ODE
 # solution of Gaussian data on SD's schedule, for DDIM and DPM-Solver++(2M), at 10 to 50 steps
-# (benchmarks/sampler_spacing.py; README). leading reproduces diffusers' v1.5 images.
+# (benchmarks/sampler_spacing.py; docs/results.md). leading reproduces diffusers' v1.5 images.
 SD_DEFAULT_SPACING = "karras"
 STEPS_OFFSET = 1  # SD v1.5's scheduler_config.json: steps_offset
 KARRAS_RHO = 7.0  # Karras et al. 2022, eq. 5 (SD's karras grid and spaced_timesteps' karras)

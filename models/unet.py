@@ -17,7 +17,7 @@ class UNet(nn.Module):
     so every level runs at 1/patch of the resolution and the full-resolution level, about half
     the work of DiffusionMain's UNet, is skipped (Hoogeboom et al. 2023 do this for
     high-resolution images; a DiT's patch embedding is the same fold). At 32x32 it trains
-    faster per image but learns less from each (README, head-to-head section).
+    faster per image but learns less from each (docs/studies/compare.md).
     """
 
     def __init__(self, in_channels: int = 3, image_size: int = 32, base: int = 24,

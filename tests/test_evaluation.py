@@ -131,7 +131,7 @@ def test_compare_families_smoke(evaluator_root, tmp_path):
                                                                     "--SAMPLE_STEPS=2"],
             "LDMEval": ["--STEPS=2", "--SCALES=(0, 3)", "--NOISED_T=(500,)",
                         "--STRIP_IMAGES=1", "--STRIP_COLUMNS=2"]}
-    rows = compare_families.main(["--SAVE_ROOT", str(tmp_path), "--MINUTES=0.01",
+    rows = compare_families.main(["--SAVE_ROOT", str(tmp_path), "--MINUTES=0.01", "--RESULTS=None",
                                   "--N_TRAIN=256", "--N_SAMPLES=40", f"--OVERRIDES={tiny!r}",
                                   "--PRECISION=fp32"])
     assert [r["family"] for r in rows] == ["gan", "vae", "diffusion", "ldm"]
@@ -221,7 +221,7 @@ def test_diffusion_recipe_study_smoke(evaluator_root, tmp_path):
             "ganmain": ["--WIDTH=8"]}
     pixel = {"eps": [], "broken": ["--PREDICTION=nope"]}
     rows = diffusion_recipes.main([
-        "--SAVE_ROOT", str(tmp_path), "--DATASETS=('shapes',)", "--MINUTES=0.01",
+        "--SAVE_ROOT", str(tmp_path), "--DATASETS=('shapes',)", "--MINUTES=0.01", "--RESULTS=None",
         "--AE_MINUTES=0.01", "--N_TRAIN=256", "--N_SAMPLES=20", "--EVAL_STEPS=2",
         f"--PIXEL={pixel!r}", "--LATENT={'flow': ['--PREDICTION=flow']}",
         "--GAN={'hinge': ['--LOSS=hinge']}", "--GAN_MINUTES=0.01", f"--OVERRIDES={tiny!r}",

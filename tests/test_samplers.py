@@ -259,9 +259,19 @@ def test_default_spacings_beat_the_uniform_grid_on_the_cosine_schedule():
     assert (sample(denoiser, X_T.clone(), "dpmpp2m", 10).x - exact).abs().max() < ddim / 2
 
 
-def test_sampler_spacing_benchmark_smoke():
+def test_sampler_spacing_benchmark_smoke(tmp_path):
+    """It publishes both tables for docs/ with the command that reproduces them."""
+    import json
     from benchmarks import sampler_spacing
-    rows = sampler_spacing.main(["--STEPS=(4,)", "--SD_STEPS=(4, 8)", "--RESULTS=None"])
+    argv = ["--STEPS=(4,)", "--SD_STEPS=(4, 8)", f"--RESULTS={tmp_path}"]
+    rows = sampler_spacing.main(argv)
+    for name, count in (("sampler_spacing", (2 * 3 + 2) * 3), ("sd_spacing", 2 * 4)):
+        page, data = (tmp_path / f"{name}.md").read_text(), json.loads(
+            (tmp_path / f"{name}.json").read_text())
+        assert data["command"] == "python -m benchmarks.sampler_spacing " + " ".join(
+            f"'{a}'" if " " in a or "(" in a else a for a in argv)
+        assert f"`{data['command']}`" in page and data["date"] in page
+        assert len(data["rows"]) == count and page.count("\n| ") == count + 1
     ours = [r for r in rows if r["schedule"] != "scaled_linear"]
     sd = [r for r in rows if r["schedule"] == "scaled_linear"]
     assert len(ours) == (2 * 3 + 2) * 3 and all(r["errors"][0] >= 0 for r in rows)

@@ -193,6 +193,7 @@ def test_disentanglement_study_smoke(tmp_path):
                 "tcvae": ["--OBJECTIVE=tcvae", "--BETA_MODE=fixed", "--BETA=6"]}
     rows = vae_disentanglement.main([
         "--SAVE_ROOT", str(tmp_path), "--IMAGE_SIZE=16", "--N_TRAIN=256", "--EPOCHS=1",
+        "--RESULTS=None",
         "--SEEDS=(0, 1)", f"--SETTINGS={settings!r}", "--PRECISION=fp32",
         "--OVERRIDES=['--WIDTH=8', '--LATENT_DIM=4', '--BATCH_SIZE=64']"])
     assert [(r["setting"], r["seed"]) for r in rows] == [("beta4", 0), ("beta4", 1),

@@ -2,7 +2,7 @@
 constants, final and best metrics, every figure of the run and its eval/ folder with a caption,
 newest first) and `saved_plots/index.html` (one row per run of every family, sortable, with a
 thumbnail and links; the benchmarks' result pages below). Plain HTML and CSS, no network; the
-all-runs page sorts with a few lines of inline JavaScript. The captions say what the README's
+all-runs page sorts with a few lines of inline JavaScript. The captions say what docs/scripts.md's
 table of outputs says about each file.
 """
 import html
@@ -14,7 +14,7 @@ from urllib.parse import quote
 from utils import distributed, files
 from utils.runs import read_records
 
-# (family or "*", file name) -> what the figure shows (the words of the README's output table)
+# (family or "*", file name) -> what the figure shows (the words of docs/scripts.md's output table)
 CAPTIONS = {
     ("gan", "progression.png"): "samples from fixed latents across epochs",
     ("gan", "losses.png"): "G/D losses and mean D(x), D(G(z)), train and held-out",
