@@ -28,7 +28,7 @@ from utils.samples import draw_samples, save_samples_npz
 
 RUN = "latest"  # LDM run name or number, or latest
 SCALES = (0.0, 1.0, 2.0, 3.0, 5.0, 7.5)  # guidance scales of the sweep (columns)
-GUIDANCE = 2.0  # CFG scale of samples.npz and the noised-real strip (shapes: the best of 1-5)
+GUIDANCE = 2.0  # CFG scale (Ho & Salimans 2022) of samples.npz and the noised-real strip
 STEPS = 50  # DDIM steps
 NOISED_T = (100, 250, 400, 550, 700, 850, 999)  # t a test latent is noised to, then denoised
 STRIP_IMAGES = 4  # test images in the noised-real strip

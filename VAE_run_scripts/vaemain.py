@@ -38,7 +38,7 @@ WIDTH = 32  # encoder channels at full resolution (doubling per level, capped at
 # beta
 OBJECTIVE = "tcvae"  # beta (beta-VAE), tcvae (beta weighs only the total correlation), capacity
 BETA_MODE = "fixed"  # fixed, warmup (linear KL ramp to BETA) or adaptive (the scheduler)
-BETA = 20.0  # fixed beta (tcvae 20, 30 epochs: the study's best MIG), or the ramp's end
+BETA = 20.0  # fixed beta (Higgins et al. 2017; tcvae: on the TC term), or the ramp's end
 KL_WARMUP_EPOCHS = 5  # length of the linear ramp (BETA_MODE="warmup")
 BETA_INIT = 1.0  # adaptive: starting beta
 BETA_GAMMA = 0.1  # adaptive: decay of the moving ratio rho
