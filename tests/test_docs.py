@@ -96,7 +96,8 @@ def _value(text: str):
 def stated_defaults(text: str) -> list[tuple[str | None, str, object]]:
     """(script or None, NAME, value) a page states as a default: `NAME=value` followed by
     "(default", "(new default" or "(today's default", the "Defaults it led to:" lists of the
-    studies ("`script` `NAME=value`"), and the README's constants table."""
+    studies ("`script` `NAME=value`"), "`script` now defaults to `NAME=value`, ...", and the
+    README's constants table."""
     found = [(None, m.group(1), _value(m.group(2))) for m in re.finditer(
         r"`([A-Z][A-Z0-9_]*)=([^`]+)`\**\s*\((?:new |today's )?default[),;]", text)]
     for block in re.findall(r"Defaults it led to:(.*?)(?:\n\n|$)", text, re.S):
@@ -106,6 +107,10 @@ def stated_defaults(text: str) -> list[tuple[str | None, str, object]]:
                 script = m.group(1)
             elif m.group(2):
                 found.append((script, m.group(2), _value(m.group(3))))
+    for m in re.finditer(r"`(\w+)`\s+now\s+defaults\s+to((?:,?\s+(?:and\s+)?`[A-Z][A-Z0-9_]*=[^`]+`)+)",
+                         text):
+        found += [(m.group(1), name, _value(value))
+                  for name, value in re.findall(r"`([A-Z][A-Z0-9_]*)=([^`]+)`", m.group(2))]
     for m in re.finditer(r"^\| `([A-Z][A-Z0-9_]*)` \| `([^`]+)` \|", text, re.M):
         found.append(("*", m.group(1), _value(m.group(2))))
     return found
@@ -128,8 +133,10 @@ def test_the_defaults_a_page_states_are_the_scripts_constants(page):
 
 
 def test_stated_defaults_are_found_where_pages_state_them():
-    text = "a `LR=1e-3` (new default) and\n\nDefaults it led to: `ganmain` `WIDTH=48`.\n"
-    assert stated_defaults(text) == [(None, "LR", 1e-3), ("ganmain", "WIDTH", 48)]
+    text = ("a `LR=1e-3` (new default) and\n\nDefaults it led to: `ganmain` `WIDTH=48`.\n\n"
+            "so `vaemain` now defaults to `BETA=20`, `EPOCHS=30` (about")
+    assert stated_defaults(text) == [(None, "LR", 1e-3), ("ganmain", "WIDTH", 48),
+                                     ("vaemain", "BETA", 20), ("vaemain", "EPOCHS", 30)]
     assert len(stated_defaults((ROOT / "README.md").read_text())) >= 4
 
 
