@@ -33,7 +33,7 @@ EXTRACTOR = "evaluator"  # features: evaluator (the project's classifier) or inc
 SEED = 0  # seeds the latents drawn here
 DEVICE = "auto"  # auto, cpu, cuda
 SAVE_ROOT = "."  # folder holding saved_plots/ and saved_models/
-DATA_ROOT = "data"  # where torchvision datasets are downloaded
+DATA_ROOT = "data"  # torchvision's downloads, or the image folder of DATASET="folder"
 
 
 def main(argv=None) -> None:

@@ -25,8 +25,9 @@ from utils.session import load_splits, open_run, resume_run, seed_and_device
 
 # data
 DATASET = "shapes"  # shapes, digits (embedded); cifar10, mnist, fashionmnist, celeba, ... (online)
-DATA_ROOT = "data"  # where torchvision datasets are downloaded
+DATA_ROOT = "data"  # torchvision's downloads, or the image folder of DATASET="folder"
 IMAGE_SIZE = 32  # pixels; 4 * 2^k (16, 32, 64, ...)
+CHANNELS = None  # 1 (grey) or 3 (RGB); None: the data's own (a folder: grey if all are)
 N_TRAIN = None  # cap on training images (None: the whole split; shapes has 20,000)
 FLIP = False  # random horizontal flips
 

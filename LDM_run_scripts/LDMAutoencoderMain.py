@@ -21,8 +21,9 @@ from utils.session import load_splits, open_run, resume_run, seed_and_device
 
 # data
 DATASET = "shapes"  # shapes, digits (embedded); cifar10, mnist, ... (online)
-DATA_ROOT = "data"  # where torchvision datasets are downloaded
+DATA_ROOT = "data"  # torchvision's downloads, or the image folder of DATASET="folder"
 IMAGE_SIZE = 32  # pixels
+CHANNELS = None  # 1 (grey) or 3 (RGB); None: the data's own (a folder: grey if all are)
 N_TRAIN = None  # cap on training images (None: the whole split)
 
 # model

@@ -27,7 +27,7 @@ from utils.session import denoiser_args, open_run, resume_run, seed_and_device
 
 # autoencoder
 AUTOENCODER_RUN = "latest"  # the stage-1 run (name or number) whose latents are modelled
-DATA_ROOT = "data"  # where torchvision datasets are downloaded (for held-out images)
+DATA_ROOT = "data"  # torchvision's downloads, or the image folder of DATASET="folder"
 
 # diffusion
 SCHEDULE = "cosine"  # linear or cosine

@@ -40,7 +40,7 @@ SEED = 0  # seeds the noise drawn here
 DEVICE = "auto"  # auto, cpu, cuda
 PRECISION = "auto"  # auto (bf16 autocast where fast), bf16, fp32
 SAVE_ROOT = "."  # folder holding saved_plots/ and saved_models/
-DATA_ROOT = "data"  # where torchvision datasets are downloaded
+DATA_ROOT = "data"  # torchvision's downloads, or the image folder of DATASET="folder"
 
 
 def main(argv=None) -> dict:

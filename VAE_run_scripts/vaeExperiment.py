@@ -27,7 +27,7 @@ RUNS = (("fixed", 1.0), ("fixed", 4.0), ("adaptive", 1.0))  # (BETA_MODE, beta o
 DEVICE = "auto"  # auto, cpu, cuda
 PRECISION = "auto"  # auto, bf16, fp32
 SAVE_ROOT = "."  # saved_plots/ and saved_models/ are created here
-DATA_ROOT = "data"  # where torchvision datasets are downloaded
+DATA_ROOT = "data"  # torchvision's downloads, or the image folder of DATASET="folder"
 
 
 def main(argv=None):

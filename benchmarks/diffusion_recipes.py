@@ -53,7 +53,7 @@ DEVICE = "auto"  # auto, cpu, cuda
 PRECISION = "auto"  # auto (bf16 autocast where fast), bf16, fp32
 SAVE_ROOT = "."  # saved_plots/ and saved_models/ are created here
 RESULTS = "docs/results"  # the table is published here for docs/ (None: not published)
-DATA_ROOT = "data"  # where torchvision datasets are downloaded
+DATA_ROOT = "data"  # torchvision's downloads, or the image folder of DATASET="folder"
 
 _FIGURES = {"DiffusionEval": ["--GRID_SIZE=4", "--STRIP_IMAGES=1", "--STRIP_COLUMNS=4",
                               "--NOISED_T=(500,)", "--COMPARE=('ddim-10',)",

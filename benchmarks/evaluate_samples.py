@@ -21,7 +21,7 @@ EXTRACTOR = "evaluator"  # evaluator (the project's classifier) or inception (on
 SEED = 0  # the real data's seed (shapes)
 DEVICE = "auto"  # auto, cpu, cuda
 SAVE_ROOT = "."  # the evaluators are cached under SAVE_ROOT/saved_models/evaluators/
-DATA_ROOT = "data"  # where torchvision datasets are downloaded
+DATA_ROOT = "data"  # torchvision's downloads, or the image folder of DATASET="folder"
 
 
 def main(argv=None) -> dict:

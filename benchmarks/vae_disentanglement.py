@@ -49,7 +49,7 @@ DEVICE = "auto"  # auto, cpu, cuda
 PRECISION = "auto"  # auto (bf16 autocast where fast), bf16, fp32
 SAVE_ROOT = "."  # saved_plots/ and saved_models/ are created here
 RESULTS = "docs/results"  # the table is published here for docs/ (None: not published)
-DATA_ROOT = "data"  # where torchvision datasets are downloaded
+DATA_ROOT = "data"  # torchvision's downloads, or the image folder of DATASET="folder"
 
 SCORES = [("mig", "MIG (higher: one latent per factor)"), ("sap", "SAP"),
           ("dci", "DCI disentanglement"),

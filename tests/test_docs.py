@@ -107,8 +107,8 @@ def stated_defaults(text: str) -> list[tuple[str | None, str, object]]:
                 script = m.group(1)
             elif m.group(2):
                 found.append((script, m.group(2), _value(m.group(3))))
-    for m in re.finditer(r"`(\w+)`\s+now\s+defaults\s+to((?:,?\s+(?:and\s+)?`[A-Z][A-Z0-9_]*=[^`]+`)+)",
-                         text):
+    now = r"`(\w+)`\s+now\s+defaults\s+to((?:,?\s+(?:and\s+)?`[A-Z][A-Z0-9_]*=[^`]+`)+)"
+    for m in re.finditer(now, text):
         found += [(m.group(1), name, _value(value))
                   for name, value in re.findall(r"`([A-Z][A-Z0-9_]*)=([^`]+)`", m.group(2))]
     for m in re.finditer(r"^\| `([A-Z][A-Z0-9_]*)` \| `([^`]+)` \|", text, re.M):

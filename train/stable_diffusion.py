@@ -22,7 +22,7 @@ from models.grids import SD_DEFAULT_SPACING, sd_timesteps
 from models.samplers import sample
 from models.sd_vae import SCALE_FACTOR
 from train.sd_loading import Components
-from utils.data import image_decode_errors
+from utils.image_folder import image_decode_errors
 from utils.device import bf16_is_fast, synchronize
 from utils.errors import UserError
 

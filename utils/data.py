@@ -3,7 +3,9 @@
 Embedded (no network): `shapes` (procedural, with ground-truth factors), `shapes-arc` (the same
 with hues from an arc of the colour circle instead of all of it, so hue is an interval) and
 `digits` (scikit-learn's handwritten digits). With internet: torchvision's CIFAR-10, MNIST,
-Fashion-MNIST, CelebA and Stanford Cars, and `folder` for any class-per-subfolder folder.
+Fashion-MNIST, CelebA and Stanford Cars. Offline: `folder`, any folder of class subfolders of
+images (utils/image_folder.py: its own train/test or a seeded held-out split, decoded once into
+a cache).
 A dataset larger than MAX_IN_MEMORY_BYTES is not decoded into memory but streamed from disk.
 """
 from dataclasses import dataclass, field
@@ -16,6 +18,7 @@ import torch.nn.functional as F
 
 from utils import distributed
 from utils.errors import UserError
+from utils.image_folder import image_decode_errors, load_folder
 from utils.shapes import HUE_ARC, SHAPE_NAMES, make_shapes
 
 EMBEDDED = ("shapes", "shapes-arc", "digits")
@@ -141,7 +144,7 @@ def _torchvision_dataset(name: str, split: str, root: Path, download: bool, tran
     if name == "stanfordcars":
         return tvd.StanfordCars(root, split="train" if train else "test", download=download,
                                 transform=transform)
-    return tvd.ImageFolder(root, transform=transform)
+    raise ValueError(f"no torchvision dataset {name}")
 
 
 def _class_names(name: str, dataset) -> list[str]:
@@ -186,13 +189,6 @@ def _external(name: str, split: str, size: int, channels: int, root: Path, downl
     return ImageData(name, images.contiguous(), labels, classes, shape=shape)
 
 
-def image_decode_errors() -> tuple[type[BaseException], ...]:
-    """What Pillow raises on a file it cannot decode: empty, corrupt, truncated, not an image,
-    or a decompression bomb (more pixels than Image.MAX_IMAGE_PIXELS allows)."""
-    from PIL import Image
-    return OSError, ValueError, SyntaxError, Image.DecompressionBombError
-
-
 def _decode_all(dataset, count: int) -> torch.Tensor:
     """The first `count` images of a torchvision dataset, stacked; files that cannot be decoded
     (corrupt, empty, truncated, a decompression bomb) are one UserError naming the first and how
@@ -227,8 +223,9 @@ def load_dataset(name: str = "shapes", split: str = "train", image_size: int = 3
         raise UserError(f"split must be 'train' or 'test', got {split!r}")
     if image_size < 8:
         raise UserError(f"IMAGE_SIZE={image_size} is too small (at least 8)")
-    channels = channels or _NATIVE_CHANNELS.get(name, 3)
-    if channels not in (1, 3):
+    if name != "folder":  # a folder's images say themselves (utils.image_folder)
+        channels = channels or _NATIVE_CHANNELS.get(name, 3)
+    if channels not in (1, 3, None):
         raise UserError(f"channels must be 1 or 3, got {channels}")
     if name in ("shapes", "shapes-arc"):
         count = n or (20000 if split == "train" else 2000)
@@ -243,6 +240,10 @@ def load_dataset(name: str = "shapes", split: str = "train", image_size: int = 3
         images = _set_channels(_resize_uint8(images, image_size), channels)[:n]
         return ImageData(name, images, labels[:n], classes,
                          shape=(channels, image_size, image_size))
+    if name == "folder":
+        images, labels, classes = load_folder(root, split, image_size, channels, seed)
+        images, labels = images[:n], labels[:n]  # the order is seeded and mixes the classes
+        return ImageData(name, images, labels, classes, shape=tuple(images.shape[1:]))
     return _external(name, split, image_size, channels, Path(root), download, n)
 
 

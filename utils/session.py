@@ -53,7 +53,8 @@ def load_splits(const: SimpleNamespace) -> tuple[DataSpec, ImageData, ImageData]
     """The data spec of DATASET at IMAGE_SIZE and its train and test splits (N_TRAIN caps the
     train split if set)."""
     kwargs = dict(image_size=const.IMAGE_SIZE, root=const.DATA_ROOT, seed=const.SEED)
-    train = load_dataset(const.DATASET, "train", n=getattr(const, "N_TRAIN", None), **kwargs)
+    train = load_dataset(const.DATASET, "train", n=getattr(const, "N_TRAIN", None),
+                         channels=getattr(const, "CHANNELS", None), **kwargs)
     test = load_dataset(const.DATASET, "test", n=getattr(const, "N_TEST", None),
                         channels=train.shape[0], **kwargs)
     if len(train) < 2:  # batch statistics, the TC estimator and a held-out split need two
