@@ -138,3 +138,13 @@ def test_an_empty_or_missing_folder_is_one_line(tmp_path, make):
         (root / "cats" / "readme.txt").write_text("hello")
     with pytest.raises(UserError, match="not a folder|no images"):
         load_dataset("folder", "train", 16, root=root)
+
+
+def test_the_folder_load_benchmark_times_a_first_and_a_cached_load(tmp_path):
+    from benchmarks import folder_load
+    _classes(tmp_path / "imgs", {"a": 5, "b": 5})
+    rows = folder_load.main([f"--DATA_ROOT={tmp_path / 'imgs'}", "--IMAGE_SIZE=8", "--NAME=t",
+                             f"--RESULTS={tmp_path / 'out'}"])
+    assert [r["images"] for r in rows] == [8, 8]  # one image of each class held out
+    assert rows[0]["shape"] == [3, 8, 8]
+    assert "| cached |" in (tmp_path / "out" / "folder_load_t.md").read_text()
