@@ -97,7 +97,7 @@ def test_diffusion_main_trains_and_evaluates_a_dit(tmp_path):
 @pytest.mark.parametrize("class_std", [0.02, 1.0])
 def test_embeddings_start_with_their_stated_spread(class_std):
     """The time MLP starts N(0, 0.02^2) as DiT's (Peebles & Xie 2023); the class embedding
-    N(0, class_std^2): DiT's 0.02 when asked, 1.0 by default (measured: README)."""
+    N(0, class_std^2): DiT's 0.02 when asked, 1.0 by default (measured: docs/studies)."""
     torch.manual_seed(0)
     net = DiT(3, 8, 2, width=64, depth=1, heads=4, num_classes=100, class_std=class_std)
     assert net.time_mlp[0].weight.std().item() == pytest.approx(0.02, rel=0.1)

@@ -12,7 +12,7 @@ import pytest
 from utils import run_index
 from utils.runs import find_run
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+OUTPUTS = Path(__file__).resolve().parents[1] / "docs" / "scripts.md"  # what each script writes
 
 
 class _Links(HTMLParser):
@@ -122,11 +122,11 @@ def test_pages_escape_what_they_show(tmp_path):
     _check_page(everything)
 
 
-def test_captions_use_the_readme_words():
-    """Every captioned file is one the README's table of outputs describes."""
-    readme = README.read_text()
+def test_captions_use_the_output_table_words():
+    """Every captioned file is one docs/scripts.md's table of outputs describes."""
+    table = OUTPUTS.read_text()
     for (_, name), words in run_index.CAPTIONS.items():
-        assert f"`{name}`" in readme, name
+        assert f"`{name}`" in table, name
         assert words
     assert run_index.caption("vae", "traversal_z3.png").startswith("traversal of latent z3")
 
