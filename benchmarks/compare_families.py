@@ -15,13 +15,15 @@ peak resident memory is measured on its own.
 Writes to saved_plots/compare/<run>/: results.md (the table), results.html (the table and the
 chart, linked from saved_plots/index.html), results.json (everything, rewritten after each
 family so a crash keeps what finished) and bars.png. The trained runs stay in their
-family folders (named in the table), with their usual figures and eval/ folders.
+family folders (named in the table), with their usual figures and eval/ folders. The table is
+also published for docs/ as docs/results/compare_<data>_<minutes>min.md (RESULTS=None: not).
 """
 import json
 import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -273,7 +275,8 @@ def main(argv=None) -> list[dict]:
                     marks={"fid": {k: r["fid_floor"] for k, r in done.items()}},
                     title=f"{const.DATASET}: {const.MINUTES:g} minutes of training per family")
     write_results_page(out, markdown(rows, const))
-    publish(const.RESULTS, "compare_families", markdown(rows, const),
+    data = Path(const.DATA_ROOT).resolve().name if const.DATASET == "folder" else const.DATASET
+    publish(const.RESULTS, f"compare_{data}_{const.MINUTES:g}min", markdown(rows, const),
             {"constants": vars(const), "rows": rows},
             module=__name__, argv=argv, precision=precision_name(const.PRECISION))
     print(markdown(rows, const))
