@@ -58,7 +58,8 @@ DATA_ROOT = "data"  # torchvision's downloads, or the image folder of DATASET="f
 
 _EPOCH_CAP = 100_000  # EPOCHS given to the training scripts: the budget stops them first
 _LABELS = {"gan": "DCGAN", "vae": f"beta-VAE ({vaemain.OBJECTIVE}, beta {vaemain.BETA:g})",
-           "diffusion": "diffusion (pixels)", "ldm": "LDM (latent, CFG)"}
+           "diffusion": "diffusion (pixels)", "ldm": "LDM (latent, CFG)",
+           "peer": "denoising-diffusion-pytorch (peer)"}
 _PANELS = [("params_m", "parameters used to sample (M)"), ("img_per_s", "training img/s"),
           ("sampling_ms", "sampling ms/img (log)"), ("fid", "FID, log (dashed: real vs real)"),
           ("kid", "KID"), ("precision", "precision"), ("recall", "recall"),
@@ -168,9 +169,29 @@ def train_ldm(const) -> tuple[list[dict], Run, tuple[int, int]]:
     return [ae_info, info], run, (n_params(ae, disc, unet), n_params(ae.decoder, unet))
 
 
+def train_peer(const) -> tuple[list[dict], Run, tuple[int, int]]:
+    """lucidrains' denoising-diffusion-pytorch (benchmarks/peer_diffusion.py, a dev-only
+    dependency) for the same minutes on the same data, scored the same way."""
+    before = set(existing_runs(const.SAVE_ROOT, "peer"))
+    cost = call(const, "benchmarks.peer_diffusion", [
+        f"--SEED={const.SEED}", f"--DEVICE={const.DEVICE}", f"--SAVE_ROOT={const.SAVE_ROOT}",
+        f"--DATA_ROOT={const.DATA_ROOT}", f"--MINUTES={const.MINUTES}",
+        f"--DATASET={const.DATASET}", f"--IMAGE_SIZE={const.IMAGE_SIZE}",
+        f"--N_TRAIN={const.N_TRAIN}", f"--N_SAMPLES={const.N_SAMPLES}",
+        f"--EXTRACTOR={const.EXTRACTOR}"])
+    run = find_run(const.SAVE_ROOT, "peer", "latest", marker="peer.json")
+    if run.name in before:
+        raise UserError(f"the peer finished but left no new run in {const.SAVE_ROOT}")
+    info = json.loads((run.plots / "peer.json").read_text())
+    stage = {"run": run.name, "epochs": None, "steps": info["steps"], "images": info["images"],
+             "loop_seconds": info["loop_seconds"], "img_per_s": info["img_per_s"], **cost}
+    return [stage], run, (info["params"], info["params"])
+
+
 _SCRIPTS = ("ganmain", "evalGan", "vaemain", "vaeEval", "DiffusionMain", "DiffusionEval",
-           "LDMAutoencoderMain", "LDMDiffusionMain", "LDMEval")
-_TRAINERS = {"gan": train_gan, "vae": train_vae, "diffusion": train_diffusion, "ldm": train_ldm}
+           "LDMAutoencoderMain", "LDMDiffusionMain", "LDMEval", "peer_diffusion")
+_TRAINERS = {"gan": train_gan, "vae": train_vae, "diffusion": train_diffusion, "ldm": train_ldm,
+             "peer": train_peer}
 
 
 def summarise(family: str, stages: list[dict], run: Run, params: tuple[int, int]) -> dict:

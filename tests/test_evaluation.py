@@ -252,3 +252,22 @@ def test_an_evaluator_trains_inside_an_eval_context(tmp_path, context, monkeypat
         accuracy = class_accuracy(data.images, data.labels, "digits", CPU, save_root=tmp_path)
     assert evaluator_path(tmp_path, "digits", 8, 1).is_file()
     assert accuracy > 0.5  # trained, not left at its initialisation (chance is 0.1)
+
+
+def test_the_peer_trains_for_its_minutes_and_is_scored_in_compare_families(evaluator_root,
+                                                                             tmp_path):
+    """lucidrains' denoising-diffusion-pytorch (dev-only) as a compare_families row: trained
+    for the budget on the same data, sampled, scored by the same evaluator."""
+    pytest.importorskip("denoising_diffusion_pytorch")
+    from benchmarks import compare_families
+    target = evaluator_path(tmp_path, "shapes", 32, 3)
+    target.parent.mkdir(parents=True)
+    shutil.copy(evaluator_path(evaluator_root, "shapes", 32, 3), target)
+    tiny = {"peer_diffusion": ["--DIM=8", "--DIM_MULTS=(1, 2)", "--SAMPLING_STEPS=2"]}
+    rows = compare_families.main(["--SAVE_ROOT", str(tmp_path), "--MINUTES=0.02",
+                                  "--RESULTS=None", "--FAMILIES=('peer',)", "--N_TRAIN=256",
+                                  "--N_SAMPLES=12", f"--OVERRIDES={tiny!r}"])
+    (row,) = rows
+    assert row["label"] == "denoising-diffusion-pytorch (peer)" and row["fid"] > 0
+    assert row["samples"] == 12 and row["stages"][0]["images"] > 0
+    assert "DDIM-2" in row["sampler"] and row["class_accuracy"] is None
