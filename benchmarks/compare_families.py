@@ -23,7 +23,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -36,6 +35,7 @@ from utils.cli import run_cli
 from utils.errors import INTERRUPTED_STATUS, Interrupted, UserError
 from utils.plots import save_bar_charts
 from benchmarks.report import precision_name, publish
+from utils.image_folder import folder_label
 from utils.run_index import write_results_page
 from utils.runs import MetricsLog, Run, existing_runs, find_run, new_run
 from VAE_run_scripts import vaemain
@@ -296,7 +296,7 @@ def main(argv=None) -> list[dict]:
                     marks={"fid": {k: r["fid_floor"] for k, r in done.items()}},
                     title=f"{const.DATASET}: {const.MINUTES:g} minutes of training per family")
     write_results_page(out, markdown(rows, const))
-    data = Path(const.DATA_ROOT).resolve().name if const.DATASET == "folder" else const.DATASET
+    data = folder_label(const.DATA_ROOT) if const.DATASET == "folder" else const.DATASET
     publish(const.RESULTS, f"compare_{data}_{const.MINUTES:g}min", markdown(rows, const),
             {"constants": vars(const), "rows": rows},
             module=__name__, argv=argv, precision=precision_name(const.PRECISION))

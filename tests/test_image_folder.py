@@ -148,3 +148,21 @@ def test_the_folder_load_benchmark_times_a_first_and_a_cached_load(tmp_path):
     assert [r["images"] for r in rows] == [8, 8]  # one image of each class held out
     assert rows[0]["shape"] == [3, 8, 8]
     assert "| cached |" in (tmp_path / "out" / "folder_load_t.md").read_text()
+
+
+def test_a_run_on_a_folder_is_named_after_it_and_its_eval_uses_the_same_held_out_split(tmp_path):
+    """ganmain and evalGan on a folder of two classes: the run is named after the folder, and
+    the checkpoint's data spec reloads the same test images (the cache, the same seed)."""
+    from GAN_run_scripts import ganmain
+    from utils.runs import find_run
+    _classes(tmp_path / "my pets", {"cat": 12, "dog": 12})
+    run = ganmain.main([f"--SAVE_ROOT={tmp_path / 'out'}", f"--DATA_ROOT={tmp_path / 'my pets'}",
+                        "--DATASET=folder", "--IMAGE_SIZE=16", "--EPOCHS=1", "--WIDTH=8",
+                        "--BATCH_SIZE=8", "--PRECISION=fp32", "--TENSORBOARD=False",
+                        "--N_FIXED=8"])
+    assert run.name == "001-gan-my-pets-z100"
+    from train.inference import load_run
+    loaded = load_run(tmp_path / "out", "gan", "latest", torch.device("cpu"))
+    held = loaded.data.held_out(None, tmp_path / "my pets")
+    assert held.class_names == ["cat", "dog"] and len(held) == 2 and held.shape == (3, 16, 16)
+    assert find_run(tmp_path / "out", "gan").name == run.name

@@ -17,6 +17,7 @@ gets a new key and is decoded again (the outdated cache file is removed).
 """
 import hashlib
 import os
+import re
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -121,6 +122,12 @@ def held_out(found: Split, split: str, seed: int, share: float = TEST_SHARE) -> 
     chosen = sorted(chosen)
     return Split([found.files[i] for i in chosen], [found.labels[i] for i in chosen],
                  found.classes)
+
+
+def folder_label(root: str | Path) -> str:
+    """The folder's name as one safe part of a run's name (e.g. 001-gan-cifar10-z100)."""
+    name = re.sub(r"[^A-Za-z0-9._+=,-]+", "-", Path(root).resolve().name).strip("-._+=,")
+    return name[:60] or "folder"
 
 
 def detect_channels(files: list[Path], sample: int = 64) -> int:

@@ -9,6 +9,7 @@ import torch
 from utils import distributed
 from utils.config import check_choice, given_constants, like_default, save_config
 from utils.data import DataSpec, ImageData, load_dataset
+from utils.image_folder import folder_label
 from utils.device import resolve_device, resolve_precision, seed_everything
 from utils.errors import UserError
 from utils.files import lock_run
@@ -120,7 +121,10 @@ def open_run(const: SimpleNamespace, family: str, tag: str, resumed: Run | None 
     name, problem = None, None
     if distributed.is_main():
         try:
-            run = resumed or new_run(const.SAVE_ROOT, family, dataset or const.DATASET, tag)
+            label = dataset or const.DATASET
+            if label == "folder":  # the run is named after the folder (001-gan-cifar10-z100)
+                label = folder_label(const.DATA_ROOT)
+            run = resumed or new_run(const.SAVE_ROOT, family, label, tag)
             lock_run(run.models, run.name)
             save_config(const, run.plots / "config.json")
             if resumed is None:
