@@ -61,12 +61,13 @@ def peer():
 
 
 def train_peer(diffusion, ema, images: torch.Tensor, const, deadline: Deadline) -> dict:
-    """Its Trainer's step, bounded by wall time: batches from one shuffled pass at a time."""
+    """Its Trainer's step, bounded by wall time (at least one step): batches from one shuffled
+    pass at a time."""
     opt = torch.optim.Adam(diffusion.parameters(), lr=const.LR, betas=tuple(const.BETAS))
     steps, started = 0, time.perf_counter()
-    while not deadline.passed():
+    while steps == 0 or not deadline.passed():
         for idx in torch.randperm(len(images)).split(const.BATCH_SIZE):
-            if len(idx) < const.BATCH_SIZE or deadline.passed():
+            if len(idx) < const.BATCH_SIZE or (steps and deadline.passed()):
                 break
             x = images[idx].float() / 255  # the peer normalises [0, 1] to [-1, 1] itself
             if const.FLIP:
