@@ -93,6 +93,9 @@ def main(argv=None) -> dict:
     seed_everything(const.SEED)
     train = load_dataset(const.DATASET, "train", const.IMAGE_SIZE, root=const.DATA_ROOT,
                          n=const.N_TRAIN, seed=const.SEED)
+    if len(train) < const.BATCH_SIZE:
+        raise UserError(f"{const.DATASET} has {len(train)} training images, fewer than one batch "
+                        f"of {const.BATCH_SIZE}")
     channels = train.shape[0]
     run = new_run(const.SAVE_ROOT, "peer", const.DATASET, "lucidrains")
     unet = unet_class(dim=const.DIM, dim_mults=tuple(const.DIM_MULTS), channels=channels)
