@@ -266,26 +266,45 @@ def load_folder(root: str | Path, split: str, size: int, channels: int | None, s
     name = f"{split}-{size}px-{channels}c"
     if (root, channels) not in _POLICY_SHOWN:
         _POLICY_SHOWN.add((root, channels))
-        print(f"folder {root}: {len(found.classes)} classes; images converted to "
+        own = (root / "train").is_dir() and (root / "test").is_dir()
+        split_from = ("its train/ and test/ folders" if own else
+                      f"{TEST_SHARE:.0%} of each class held out for testing (seed {seed})")
+        print(f"folder {root}: {len(found.classes)} classes, {split_from}; images converted to "
               f"{'RGB' if channels == 3 else 'grey'} (alpha over black), short side resized to "
               f"{size} px (bicubic), centre-cropped to {size}x{size}")
     folder = cache_folder(root)
     path = folder / f"{name}-{key}.pt"
     cached = _read_cache(path)
     if cached is None:
-        if distributed.is_main():
-            images = decode_all(found.files, size, channels, desc=f"decoding {split} once")
-            cached = {"images": images, "labels": torch.tensor(found.labels, dtype=torch.long),
-                      "classes": found.classes}
-            with atomic_open(path) as f:
-                torch.save(cached, f)
-            for old in folder.glob(f"{name}-*.pt"):  # caches of the folder as it was before
-                if old != path:
-                    old.unlink(missing_ok=True)
-            print(f"cached {len(images)} {split} images in {path}")
-        distributed.barrier()
+        problem = None
+        if distributed.is_main():  # under torchrun one process decodes, the others wait
+            try:
+                cached = _build_cache(found, size, channels, path, split)
+            except UserError as err:
+                problem = str(err)
+        problem = distributed.broadcast_object(problem)  # every rank: the cache, or the error
+        if problem:
+            raise UserError(problem)
         cached = cached or _read_cache(path)
+        if cached is None:  # another node's rank 0 wrote it where this one cannot see it
+            raise UserError(f"the image cache {path} is not visible to this process: put "
+                            f"DATA_ROOT on a file system every node shares")
     return cached["images"], cached["labels"], list(cached["classes"])
+
+
+def _build_cache(found: Split, size: int, channels: int, path: Path, split: str) -> dict:
+    """Decode the split and write its cache (replacing the folder's outdated ones)."""
+    images = decode_all(found.files, size, channels, desc=f"decoding {split} once")
+    cached = {"images": images, "labels": torch.tensor(found.labels, dtype=torch.long),
+              "classes": found.classes}
+    with atomic_open(path) as f:
+        torch.save(cached, f)
+    prefix = path.name.rsplit("-", 1)[0]
+    for old in path.parent.glob(f"{prefix}-*.pt"):  # caches of the folder as it was before
+        if old != path:
+            old.unlink(missing_ok=True)
+    print(f"cached {len(images)} {split} images in {path}")
+    return cached
 
 
 def _read_cache(path: Path) -> dict | None:
