@@ -166,3 +166,11 @@ def test_a_run_on_a_folder_is_named_after_it_and_its_eval_uses_the_same_held_out
     held = loaded.data.held_out(None, tmp_path / "my pets")
     assert held.class_names == ["cat", "dog"] and len(held) == 2 and held.shape == (3, 16, 16)
     assert find_run(tmp_path / "out", "gan").name == run.name
+
+
+def test_two_folders_never_share_an_evaluator(tmp_path):
+    from train.evaluator import evaluator_path
+    a, b = (evaluator_path(tmp_path, "folder", 32, 1, tmp_path / name / "images")
+            for name in ("a", "b"))
+    assert a != b and a.name.startswith("folder-images-")
+    assert evaluator_path(tmp_path, "shapes", 32, 3, tmp_path / "a").name == "shapes-32px-3ch.pt"

@@ -3,6 +3,7 @@ against held-out real images with it: FID, KID, precision/recall, class accuracy
 real-vs-real floor of each (Heusel et al. 2017 note FID's bias at small sample counts), the mix
 of classes the classifier sees in the samples and how surely, and for colour images the hue
 histograms of samples and real images."""
+import hashlib
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from models.evaluator import EvaluatorCNN
 from utils.board import log_final_metrics
 from utils.data import ImageData, iterate_batches, load_dataset, to_float
 from utils.errors import UserError
+from utils.image_folder import folder_label
 from utils.metrics import (class_balance, feature_statistics, frechet_distance,
                            hue_histograms, kernel_inception_distance, precision_recall)
 from utils.plots import save_hue_histogram
@@ -25,7 +27,13 @@ THRESHOLDS = {"shapes": 0.98, "shapes-arc": 0.98, "digits": 0.95}
 EXTRACTORS = ("evaluator", "inception")
 
 
-def evaluator_path(save_root, dataset: str, image_size: int, channels: int) -> Path:
+def evaluator_path(save_root, dataset: str, image_size: int, channels: int,
+                   data_root="data") -> Path:
+    """Where the evaluator of a data set is cached; a folder's is named after that folder (and
+    its full path's digest), so two folders never share one."""
+    if dataset == "folder":
+        digest = hashlib.sha1(str(Path(data_root).resolve()).encode()).hexdigest()[:8]
+        dataset = f"folder-{folder_label(data_root)}-{digest}"
     return (Path(save_root) / "saved_models" / "evaluators"
             / f"{dataset}-{image_size}px-{channels}ch.pt")
 
@@ -129,7 +137,7 @@ def get_evaluator(dataset: str, image_size: int, channels: int, device: torch.de
                   save_root=".", data_root="data", seed: int = 0, epochs: int | None = None,
                   n_train: int | None = None) -> tuple[EvaluatorCNN, dict]:
     """The cached evaluator for (dataset, size, channels), trained and saved on first use."""
-    path = evaluator_path(save_root, dataset, image_size, channels)
+    path = evaluator_path(save_root, dataset, image_size, channels, data_root)
     if path.is_file():
         try:
             state = load_checkpoint(path, "evaluator")
