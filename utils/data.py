@@ -6,7 +6,8 @@ with hues from an arc of the colour circle instead of all of it, so hue is an in
 Fashion-MNIST, CelebA and Stanford Cars. Offline: `folder`, any folder of class subfolders of
 images (utils/image_folder.py: its own train/test or a seeded held-out split, decoded once into
 a cache).
-A dataset larger than MAX_IN_MEMORY_BYTES is not decoded into memory but streamed from disk.
+A torchvision dataset larger than MAX_IN_MEMORY_BYTES is streamed from disk; a folder is held
+in memory (its cache).
 """
 from dataclasses import dataclass, field
 from pathlib import Path
