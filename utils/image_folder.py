@@ -15,6 +15,7 @@ read-only) under a key of the split's listing (every path, size and modification
 image size and the channels. Later runs and the eval scripts load the cache; a changed folder
 gets a new key and is decoded again (the outdated cache file is removed).
 """
+import contextlib
 import hashlib
 import os
 import re
@@ -175,9 +176,11 @@ def _eight_bit(img):
     from PIL import Image
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
         array = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode != "F" and array.max() > 255 else max(255.0, array.max())
-        if img.mode == "F":
-            top = 1.0 if array.max() <= 1.0 else top
+        peak = array.max()
+        if img.mode == "F":  # [0, 1] floats, or 8-bit values stored as floats
+            top = 1.0 if peak <= 1.0 else max(255.0, peak)
+        else:  # 16-bit integers (or 8-bit values in a 32-bit mode)
+            top = 65535.0 if peak > 255 else 255.0
         return Image.fromarray(np.clip(array / top * 255.0, 0, 255).round().astype(np.uint8))
     return img
 
@@ -207,17 +210,14 @@ def decode_all(files: list[Path], size: int, channels: int, workers: int | None 
     (N, C, size, size); unreadable files are one UserError naming the first and the count."""
     chunks = [files[i:i + CHUNK] for i in range(0, len(files), CHUNK)]
     workers = workers or min(os.cpu_count() or 1, max(1, len(chunks)))
-    parts, bad = [], []
-    with tqdm(total=len(files), desc=desc, unit="img", disable=not distributed.is_main()) as bar:
-        if workers == 1:
-            results = map(_decode_chunk, ((c, size, channels) for c in chunks))
-            for images, failed in results:
-                parts.append(images), bad.extend(failed), bar.update(len(images))
-        else:
-            with ProcessPoolExecutor(workers) as pool:
-                for images, failed in pool.map(_decode_chunk,
-                                               [(c, size, channels) for c in chunks]):
-                    parts.append(images), bad.extend(failed), bar.update(len(images))
+    tasks, parts, bad = [(c, size, channels) for c in chunks], [], []
+    pool = ProcessPoolExecutor(workers) if workers > 1 else contextlib.nullcontext()
+    with pool, tqdm(total=len(files), desc=desc, unit="img",
+                    disable=not distributed.is_main()) as bar:
+        for images, failed in (pool.map if workers > 1 else map)(_decode_chunk, tasks):
+            parts.append(images)
+            bad.extend(failed)
+            bar.update(len(images))
     if bad:
         others = f" (and {len(bad) - 1} other file(s))" if len(bad) > 1 else ""
         raise UserError(f"{bad[0][0]}{others}: not a readable image ({bad[0][1]}); fix or "
