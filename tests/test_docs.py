@@ -2,6 +2,7 @@
 module exists and every --NAME=value is one of its constants, with a value the script accepts),
 every linked image and page exists, the defaults a page states are the scripts' constants, and
 every page holds the tables docs/results/ has for it (benchmarks.build_docs is a no-op)."""
+import ast
 import importlib
 import importlib.util
 import re
@@ -87,7 +88,6 @@ def _script_defaults() -> dict[str, dict]:
 
 def _value(text: str):
     try:
-        import ast
         return ast.literal_eval(text.strip('"') if text.startswith('"(') else text)
     except (ValueError, SyntaxError):
         return text.strip('"')
