@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from utils import files
-from utils.device import bf16_is_fast
+from utils.device import bf16_is_fast, resolve_precision
 
 def machine() -> str:
     """This machine in one phrase: CPU model, cores torch uses, and bf16 support."""
@@ -35,11 +35,9 @@ def machine() -> str:
 
 
 def precision_name(setting: str) -> str:
-    """What PRECISION=auto|bf16|fp32 runs as on this machine's CPU or GPU."""
-    if setting != "auto":
-        return setting
+    """What PRECISION=auto|bf16|fp32 runs as on this machine's GPU, or else its CPU."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return "bf16" if bf16_is_fast(device) else "fp32"
+    return "bf16" if resolve_precision(setting, device) else "fp32"
 
 
 def command(module: str, argv) -> str:
