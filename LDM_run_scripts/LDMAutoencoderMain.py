@@ -57,6 +57,7 @@ LR_MIN = 1e-7  # the autoencoder's final learning rate
 DISC_LR = 2.4e-3  # discriminator Adam learning rate, cosine-annealed per step to DISC_LR_MIN
 DISC_LR_MIN = 1e-6  # the discriminator's final learning rate
 EMA_DECAY = 0.0  # EMA of the autoencoder weights (0: off)
+RECIPE = None  # a named set of these constants, e.g. "gpu64" (docs/recipes.md); --NAME wins
 SEED = 0  # seeds python, numpy and torch
 DEVICE = "auto"  # auto, cpu, cuda
 PRECISION = "auto"  # auto (bf16 autocast where fast), bf16, fp32
@@ -69,6 +70,20 @@ CHECKPOINT_EVERY = 1  # epochs between checkpoints (and always at the end)
 TENSORBOARD = True  # scalars and samples to <run>/tensorboard/ (needs the tensorboard package)
 RECON_EVERY = 1  # epochs between reconstruction figures
 N_RECON = 10  # held-out images in the reconstruction figure
+
+
+def autoencoder_parts(const, channels: int) -> tuple[dict, dict, AELoss]:
+    """The autoencoder's and the discriminator's model_args and the loss the constants choose."""
+    model_args = dict(image_size=const.IMAGE_SIZE, channels=channels,
+                      latent_channels=const.LATENT_CHANNELS, base=const.BASE,
+                      channel_mult=tuple(const.CHANNEL_MULT), blocks=const.BLOCKS,
+                      attention=const.ATTENTION)
+    disc_args = dict(channels=channels, width=const.DISC_WIDTH, layers=const.DISC_LAYERS,
+                     spectral_norm=const.SPECTRAL_NORM)
+    loss = AELoss(const.RECONSTRUCTION, const.KL_WEIGHT, const.KL_MODE, const.KL_WARMUP_STEPS,
+                  const.ADV_WEIGHT, const.ADV_START, const.ADV_WARMUP_STEPS, const.ADAPTIVE_ADV,
+                  const.ADV_MAX, const.FM_WEIGHT, const.DISC_LOSS)
+    return model_args, disc_args, loss
 
 
 def main(argv=None):
@@ -84,15 +99,7 @@ def main(argv=None):
     deadline = Deadline(const.MINUTES)
     device, amp_dtype = seed_and_device(const)
     data, train, test = load_splits(const)
-    model_args = dict(image_size=const.IMAGE_SIZE, channels=data.channels,
-                      latent_channels=const.LATENT_CHANNELS, base=const.BASE,
-                      channel_mult=tuple(const.CHANNEL_MULT), blocks=const.BLOCKS,
-                      attention=const.ATTENTION)
-    disc_args = dict(channels=data.channels, width=const.DISC_WIDTH, layers=const.DISC_LAYERS,
-                     spectral_norm=const.SPECTRAL_NORM)
-    loss = AELoss(const.RECONSTRUCTION, const.KL_WEIGHT, const.KL_MODE, const.KL_WARMUP_STEPS,
-                  const.ADV_WEIGHT, const.ADV_START, const.ADV_WARMUP_STEPS, const.ADAPTIVE_ADV,
-                  const.ADV_MAX, const.FM_WEIGHT, const.DISC_LOSS)
+    model_args, disc_args, loss = autoencoder_parts(const, data.channels)
     try:
         setup = build_autoencoder(model_args, disc_args, device, lr=(const.LR, const.DISC_LR),
                                   lr_min=(const.LR_MIN, const.DISC_LR_MIN),

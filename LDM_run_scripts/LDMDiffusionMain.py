@@ -61,6 +61,7 @@ LR_SCHEDULE = "cosine"  # after warm-up: constant or cosine
 WARMUP_STEPS = 200  # linear LR warm-up steps
 BETAS = (0.9, 0.999)  # AdamW betas (Loshchilov & Hutter 2019; torch's defaults)
 EMA_DECAY = 0.995  # EMA of the weights (with a warm-up), used for samples
+RECIPE = None  # a named set of these constants, e.g. "gpu64" (docs/recipes.md); --NAME wins
 SEED = 0  # seeds python, numpy and torch
 DEVICE = "auto"  # auto, cpu, cuda
 PRECISION = "auto"  # auto (bf16 autocast where fast), bf16, fp32

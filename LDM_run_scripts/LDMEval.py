@@ -36,6 +36,7 @@ STRIP_COLUMNS = 10  # timesteps in the forward strip
 PER_CLASS = 100  # samples per class in samples.npz (0: none)
 METRICS = True  # score the samples (FID, KID, precision/recall vs held-out data) to metrics.json
 EXTRACTOR = "evaluator"  # features: evaluator (the project's classifier) or inception (online)
+RECIPE = None  # a named set of these constants, e.g. "gpu64" (docs/recipes.md); --NAME wins
 SEED = 0  # seeds the noise drawn here
 DEVICE = "auto"  # auto, cpu, cuda
 PRECISION = "auto"  # auto (bf16 autocast where fast), bf16, fp32

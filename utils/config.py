@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 from utils import distributed, files
 from utils.errors import UserError
+from utils.recipes import RECIPES, recipe_constants
 
 _CONSTANT_LINE = re.compile(r"^([A-Z][A-Z0-9_]*)\s*=\s*(.*?)(?:\s*#\s*(.*))?$")
 _LITERAL_TYPES = (bool, int, float, str, tuple, list, dict, type(None))
@@ -84,7 +85,11 @@ def _parse_value(name: str, text: str, default: Any) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
     elif isinstance(default, str):
-        return text if not isinstance(value, str) else value
+        if value is None and name in _STR_OR_NONE + _STR_OR_NUMBER:
+            return None
+        if name in _STR_OR_NUMBER and _is_number(value):
+            return float(value)
+        return text if not isinstance(value, str) else value  # --TAG=2024 is the name "2024"
     elif isinstance(default, (tuple, list)):
         if isinstance(value, (tuple, list)):
             return type(default)(value)
@@ -121,6 +126,11 @@ def help_text(namespace: dict) -> str:
     for name, value in constants_of(namespace).items():
         comment = f"  # {comments[name]}" if name in comments else ""
         lines.append(f"  --{name}={value!r}{comment}")
+    if "RECIPE" in constants_of(namespace):
+        script = script_name(namespace)
+        lines += ["", "Recipes (--RECIPE=name; docs/recipes.md):"]
+        lines += [f"  {name}: {recipe['about']}" for name, recipe in RECIPES.items()
+                  if script in recipe]
     return "\n".join(lines)
 
 
@@ -137,7 +147,10 @@ _AT_LEAST_ZERO = ("EPOCHS", "SEED", "N_SAMPLES", "PER_CLASS", "COMPARE_FID", "ST
                   "GUIDE_EPOCH", "WARMUP_STEPS", "MBSTD_GROUP")
 _CAPS = ("N_TRAIN", "N_TEST", "DIM")  # None (no cap / automatic) or a whole number
 _POSITIVE_OR_NONE = ("MINUTES", "LR_D")
-_NAMES = ("RESUME", "TAG", "WEIGHTS", "TOKENIZER", "INIT_IMAGE")  # None or a name / path
+_STR_OR_NONE = ("RESULTS",)  # a path, or None: off
+_STR_OR_NUMBER = ("GRAD_CLIP",)  # a keyword ("auto"), None or a number
+# None or a name / path:
+_NAMES = ("RESUME", "TAG", "WEIGHTS", "TOKENIZER", "INIT_IMAGE", "RECIPE")
 _NOT_EMPTY = ("SCALES", "COMPARE", "NOISED_T", "RUNS")
 
 
@@ -188,7 +201,13 @@ def resolve_constants(namespace: dict, argv: Sequence[str] | None = None) -> Sim
         print(help_text(namespace))
         raise SystemExit(0)
     values = constants_of(namespace)
-    for name, text in _split_args(argv):
+    pairs = _split_args(argv)
+    if "RECIPE" in values:  # a named set of constants (utils/recipes.py), under the command line
+        recipe = dict(pairs).get("RECIPE")
+        recipe = values["RECIPE"] if recipe is None else _parse_value("RECIPE", recipe, None)
+        if recipe is not None:
+            values.update(recipe_constants(recipe, script_name(namespace), values))
+    for name, text in pairs:
         if name not in values:
             close = difflib.get_close_matches(name, list(values), n=1)
             hint = f"; did you mean --{close[0]}?" if close else ""
@@ -197,6 +216,13 @@ def resolve_constants(namespace: dict, argv: Sequence[str] | None = None) -> Sim
     const = SimpleNamespace(**values)
     check_common(const)
     return const
+
+
+def script_name(namespace: dict) -> str:
+    """The script's module name without its package ("LDMEval"), also under `python -m`, where
+    __name__ is "__main__" and the real name is in __spec__."""
+    spec = namespace.get("__spec__")
+    return str(getattr(spec, "name", None) or namespace.get("__name__", "")).split(".")[-1]
 
 
 def given_constants(argv: Sequence[str] | None = None) -> set[str]:
