@@ -105,6 +105,24 @@ def test_evalgan_writes_metrics(evaluator_root, tiny_gan, tmp_path):
     assert metrics["samples"] == 50 and "evaluator CNN" in metrics["extractor"]
     assert {"fid", "kid", "precision", "recall", "real_vs_real", "hue"} <= set(metrics)
     assert (find_run(root, "gan").plots / "eval" / "hue_histogram.png").is_file()
+    assert (find_run(root, "gan").plots / "eval" / "samples_by_class.png").is_file()
+
+
+def test_class_rows_group_samples_by_the_classifier_or_by_the_label_asked_for():
+    import numpy as np
+    import torch
+    from utils.plots import class_rows
+    images = torch.arange(5, dtype=torch.uint8).view(5, 1, 1, 1).expand(5, 1, 2, 2)
+    probs = np.array([[0.6, 0.4, 0.0], [0.1, 0.9, 0.0], [0.9, 0.1, 0.0], [0.2, 0.8, 0.0],
+                      [0.3, 0.7, 0.0]])
+    rows, labels = class_rows(images, probs, ["a", "b", "c"], per_row=2)
+    # by the classifier: class a holds samples 2 (p .9) then 0 (.6); b its two surest, 1 and 3
+    assert rows[:, :, 0, 0, 0].tolist() == [[2, 0], [1, 3], [0, 0]]
+    assert labels == ["a: 40%", "b: 60%", "c: 0%"]
+    asked = torch.tensor([0, 0, 1, 1, 2])
+    rows, labels = class_rows(images, probs, ["a", "b", "c"], asked, per_row=2)
+    assert rows[:, :, 0, 0, 0].tolist() == [[0, 1], [2, 3], [4, 0]]
+    assert labels == ["a: 50% read as it", "b: 50% read as it", "c: 0% read as it"]
 
 
 def test_evaluate_samples_cli_rejects_a_missing_or_bad_file(tmp_path):

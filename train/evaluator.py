@@ -18,7 +18,7 @@ from utils.errors import UserError
 from utils.image_folder import folder_label
 from utils.metrics import (class_balance, feature_statistics, frechet_distance,
                            hue_histograms, kernel_inception_distance, precision_recall)
-from utils.plots import save_hue_histogram
+from utils.plots import save_class_rows, save_hue_histogram
 from utils.runs import (CHECKPOINT_VERSION, load_checkpoint, load_state, save_checkpoint,
                         write_json)
 
@@ -217,9 +217,10 @@ def _scores(fake: np.ndarray, real: np.ndarray) -> dict:
 
 def evaluate_samples(images: torch.Tensor, labels: torch.Tensor | None, dataset: str,
                      device: torch.device, *, extractor: str = "evaluator", save_root=".",
-                     data_root="data", seed: int = 0) -> dict:
+                     data_root="data", seed: int = 0, figure: Path | None = None) -> dict:
     """Scores of uint8 (N, C, H, W) samples against as many held-out real images, and the same
-    scores between that real set and as many training images (the floor)."""
+    scores between that real set and as many training images (the floor); `figure`: where to
+    draw the samples in a row per class (utils.plots.class_rows)."""
     if extractor not in EXTRACTORS:
         raise UserError(f"EXTRACTOR={extractor!r} is not one of {EXTRACTORS}")
     size, channels = images.shape[-1], images.shape[1]
@@ -247,6 +248,9 @@ def evaluate_samples(images: torch.Tensor, labels: torch.Tensor | None, dataset:
         result["classes"] = class_balance(fake_p, real_p, test.class_names)
         floor = class_balance(train_p, real_p, test.class_names)
         result["real_vs_real"]["class_total_variation"] = floor["total_variation"]
+        if figure is not None:
+            save_class_rows(images[:n], fake_p, test.class_names, figure,
+                            None if labels is None else labels[:n])
     if channels == 3:  # do the samples draw the data's colours?
         result["hue"] = hue_histograms(_as_float(images[:n], torch.device("cpu")).numpy(),
                                        real.numpy())
@@ -262,7 +266,8 @@ def write_metrics(images: torch.Tensor, labels: torch.Tensor | None, dataset: st
     (how the samples were drawn and their ms_per_image) is stored beside the scores, and the
     run's TensorBoard log (out's parent is the run's folder) gets them as final metrics."""
     result = evaluate_samples(images, labels, dataset, device, extractor=extractor,
-                              save_root=save_root, data_root=data_root, seed=seed)
+                              save_root=save_root, data_root=data_root, seed=seed,
+                              figure=out / "samples_by_class.png")
     if sampling:
         result["sampling"] = sampling
     write_json(out / "metrics.json", result)

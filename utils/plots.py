@@ -318,3 +318,45 @@ def save_hue_histogram(report: dict, path: Path, title: str | None = None) -> Pa
     ax.set_title(title or f"hue: total variation {report['total_variation']:.2f}, coverage "
                           f"{report['coverage']:.2f}", fontsize=9)
     return _save(fig, path)
+
+
+MAX_CLASS_ROWS = 40  # rows of save_class_rows; with more classes, the most frequent
+
+
+def class_rows(images: torch.Tensor, probs: np.ndarray, class_names: Sequence[str],
+               asked: torch.Tensor | None = None, per_row: int = 10
+               ) -> tuple[torch.Tensor, list[str]]:
+    """Samples grouped into a row per class (R, per_row, C, H, W; empty cells black) and the
+    rows' labels. Without `asked` (unconditional samples) a row holds the samples a classifier
+    assigns to that class (probs (N, K)), most confident first, labelled with the class's share
+    of the samples; with `asked` (the labels the samples were drawn for) a row holds that
+    class's samples in order, labelled with the share the classifier reads as it."""
+    images, predicted = images.cpu(), probs.argmax(1)
+    groups = np.asarray(asked.cpu()) if asked is not None else predicted
+    k = len(class_names)
+    counts = np.bincount(groups, minlength=k)
+    shown = sorted(np.argsort(-counts, kind="stable")[:MAX_CLASS_ROWS]) if k > MAX_CLASS_ROWS \
+        else range(k)
+    rows = torch.zeros(len(shown), per_row, *images.shape[1:], dtype=images.dtype)
+    labels = []
+    for r, c in enumerate(shown):
+        members = np.flatnonzero(groups == c)
+        if asked is None:
+            members = members[np.argsort(-probs[members, c], kind="stable")]
+            labels.append(f"{class_names[c]}: {counts[c] / len(groups):.0%}")
+        else:
+            right = (predicted[members] == c).mean() if len(members) else 0.0
+            labels.append(f"{class_names[c]}: {right:.0%} read as it")
+        chosen = torch.as_tensor(members[:per_row], dtype=torch.long)
+        rows[r, :len(chosen)] = images[chosen]
+    return rows, labels
+
+
+def save_class_rows(images: torch.Tensor, probs: np.ndarray, class_names: Sequence[str],
+                    path: Path, asked: torch.Tensor | None = None, per_row: int = 10) -> Path:
+    """class_rows as a labelled grid."""
+    rows, labels = class_rows(images, probs, class_names, asked, per_row)
+    title = ("samples per class asked for; label: share the evaluator reads as that class"
+             if asked is not None else
+             "samples by the evaluator's class, most confident first; label: share of samples")
+    return save_labelled_grid(rows, path, row_labels=labels, title=title)
