@@ -43,6 +43,10 @@ def test_vaemain_adaptive_resumes_exactly(tmp_path):
                            "--METRICS=False",
                            "--N_VALUES=5"])
     assert (run.plots / "eval" / "traversal_z2.png").is_file()
+    last = MetricsLog(run.metrics_path).read()[-1]
+    assert report["held_out"] == {"mse": last["test_mse"], "kl": last["test_kl"]}
+    assert json.loads((run.plots / "eval" / "report.json").read_text())["held_out"] == \
+        report["held_out"]
     images, labels = load_samples_npz(run.plots / "eval" / "samples.npz")
     assert images.shape == (7, 3, 16, 16) and labels is None
     with pytest.raises(UserError, match="DIM=9"):
