@@ -80,14 +80,17 @@ def drop_labels(labels: torch.Tensor, rate: float, null_class: int,
 
 def diffusion_loss(setup: DiffusionSetup, x0: torch.Tensor, labels: torch.Tensor | None = None,
                    *, net: torch.nn.Module | None = None,
-                   generator: torch.Generator | None = None):
+                   generator: torch.Generator | None = None, noise: torch.Tensor | None = None):
     """Per-sample weighted MSE of `net` (default: the model being trained) to the target at a
     random time; returns (loss, per-sample loss, quarter of the time range of each sample).
     Times, eps and label dropout come from `generator` (evaluation), else from the global RNG
-    as this rank's slice of a global-batch draw."""
+    as this rank's slice of a global-batch draw. `noise`: the eps paired with each x0 instead
+    of a fresh draw (reflow's couplings, models/distill.py)."""
     net = setup.train_net if net is None else net
     schedule, T = setup.schedule, setup.schedule.timesteps
-    if generator is None:
+    if noise is not None:
+        eps = noise.to(device=x0.device, dtype=x0.dtype)
+    elif generator is None:
         eps = distributed.randn(x0.shape, dtype=x0.dtype, device=x0.device)
     else:
         eps = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
@@ -119,14 +122,15 @@ def diffusion_loss(setup: DiffusionSetup, x0: torch.Tensor, labels: torch.Tensor
     return (weight * per_sample).mean(), per_sample.detach(), quarter
 
 
-def diffusion_step(setup: DiffusionSetup, x0: torch.Tensor, labels=None, clip: float = 1.0
-                   ) -> dict[str, torch.Tensor]:
-    """One optimiser step with gradient clipping, LR schedule and EMA update.
+def diffusion_step(setup: DiffusionSetup, x0: torch.Tensor, labels=None, clip: float = 1.0,
+                   *, loss_fn=diffusion_loss, **loss_args) -> dict[str, torch.Tensor]:
+    """One optimiser step on loss_fn(setup, x0, labels, **loss_args) (default the diffusion
+    loss; distillation passes its own) with gradient clipping, LR schedule and EMA update.
 
     Returns the loss and the unweighted loss summed and counted per quarter of the time
     range (2, 4).
     """
-    loss, per_sample, quarter = diffusion_loss(setup, x0, labels)
+    loss, per_sample, quarter = loss_fn(setup, x0, labels, **loss_args)
     setup.opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(setup.model.parameters(), clip)

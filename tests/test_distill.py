@@ -1,0 +1,144 @@
+"""Distillation (models/distill.py, train/distill.py) against exact answers: the progressive
+target's defining identity on both paths, the student's target in every parameterisation, the
+reflow couplings' determinism and their closed-form endpoints on Gaussian data, and one-step
+students that approach the teacher's ODE map there."""
+import copy
+
+import pytest
+import torch
+
+from models.diffusion import Denoiser, NoiseSchedule, PREDICTION_TYPES, predict_x0_eps
+from models.distill import (coefficients, ddim_move, make_couplings, progressive_steps,
+                            progressive_target, student_target)
+from models.flow import FlowSchedule
+from models.samplers import sample
+from tests.test_samplers import MU, STD, flow_oracle, vp_oracle
+
+
+def test_progressive_steps_pair_the_teachers_grid():
+    table = progressive_steps([999, 749, 499, 249])
+    assert table.tolist() == [[999, 749, 499], [499, 249, -1]]
+    with pytest.raises(ValueError, match="even number"):
+        progressive_steps([999, 499, 0])
+
+
+@pytest.mark.parametrize("kind", ["vp", "flow"])
+def test_one_student_step_to_the_target_lands_where_two_teacher_steps_do(kind):
+    """Salimans & Ho's x~ is defined by this identity; checked at every row of a grid,
+    the last ending on the clean image."""
+    schedule = NoiseSchedule("cosine", 1000) if kind == "vp" else FlowSchedule(1000)
+    teacher = vp_oracle(schedule) if kind == "vp" else flow_oracle(schedule)
+    table = progressive_steps([999, 800, 600, 400, 200, 50])
+    z = torch.linspace(-2, 2, 3 * len(table), dtype=torch.float64).view(-1, 1)
+    rows = table.repeat_interleave(3, 0)
+    x_target = progressive_target(teacher, z, rows)
+    t, t_mid, t_next = rows.unbind(1)
+    two = ddim_move(teacher, ddim_move(teacher, z, t, t_mid), t_mid, t_next)
+    alpha, sigma = coefficients(schedule, t, z)
+    alpha_n, sigma_n = coefficients(schedule, t_next, z)
+    one = alpha_n * x_target + sigma_n * (z - alpha * x_target) / sigma  # DDIM from x~
+    assert torch.allclose(one, two, atol=1e-10)
+    clean = t_next == -1
+    assert torch.allclose(x_target[clean], two[clean], atol=1e-12)
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+def test_the_student_target_predicts_the_target_image(prediction_type):
+    schedule = FlowSchedule(100) if prediction_type == "flow" else NoiseSchedule("linear", 100)
+    x_target = torch.linspace(-1, 1, 8, dtype=torch.float64).view(8, 1)
+    z = torch.linspace(2, -3, 8, dtype=torch.float64).view(8, 1)
+    t = torch.tensor([0, 5, 20, 40, 60, 80, 95, 99])
+    out = student_target(schedule, x_target, z, t, prediction_type)
+    x0, _ = predict_x0_eps(schedule, out, t, z, prediction_type)
+    assert torch.allclose(x0, x_target, atol=1e-9)
+
+
+def test_couplings_are_deterministic_and_are_the_teachers_ode_endpoints():
+    teacher = flow_oracle(FlowSchedule(1000))
+    args = dict(seed=3, sampler="heun", steps=40)
+    z, labels, x = make_couplings(teacher, 0, 6, (1,), num_classes=4, **args)
+    z2, labels2, x2 = make_couplings(teacher, 4, 2, (1,), num_classes=4, **args)
+    assert torch.equal(z[4:], z2) and torch.equal(x[4:], x2)  # independent of the chunking
+    assert labels.tolist() == [0, 1, 2, 3, 0, 1] and labels2.tolist() == [0, 1]
+    assert torch.equal(x, sample(teacher, z.clone(), "heun", 40).x.float())
+    # Gaussian data: the flow's ODE map is z -> MU + STD z (monotone transport in 1-D)
+    assert torch.allclose(x, MU + STD * z, atol=2e-3)
+    assert not torch.equal(make_couplings(teacher, 0, 6, (1,), **{**args, "seed": 4})[0], z)
+
+
+class AffineInX(torch.nn.Module):
+    """v(x, t) = a(t) x + b(t) with (a, b) from a small MLP of t: on 1-D Gaussian data the
+    exact flow velocity, and the straightened one, have this form."""
+    num_classes = 0
+
+    def __init__(self, timesteps: int):
+        super().__init__()
+        self.timesteps = timesteps
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(1, 32), torch.nn.SiLU(),
+                                       torch.nn.Linear(32, 32), torch.nn.SiLU(),
+                                       torch.nn.Linear(32, 2))
+
+    def forward(self, x, net_t, labels=None):
+        tau = (torch.as_tensor(net_t, dtype=x.dtype) / self.timesteps).reshape(-1, 1)
+        a, b = self.mlp(tau).unbind(1)
+        return a.view(-1, 1) * x + b.view(-1, 1)
+
+
+def _student(schedule, model=None):
+    from train.diffusion_step import DiffusionSetup
+    from train.lr import LRPlan, PlannedLR
+    model = model or AffineInX(schedule.timesteps)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    no_ema = type("NoEMA", (), {"update_parameters": lambda self, m: None})()
+    return DiffusionSetup(model, no_ema, opt, PlannedLR(opt, LRPlan(0, 10 ** 6, "constant")),
+                          schedule, torch.device("cpu"), "flow")
+
+
+def test_a_reflowed_student_takes_the_teachers_ode_map_in_one_step():
+    """Gaussian data, where the teacher's ODE map is z -> MU + STD z: one Euler step of the
+    teacher lands on MU for every z (at t = 1 it knows only the mean); one step of the student
+    trained by reflow on the teacher's couplings follows the map."""
+    from train.distill import reflow_loss
+    torch.manual_seed(0)
+    schedule = FlowSchedule(1000)
+    teacher = flow_oracle(schedule)
+    z, _, x = make_couplings(teacher, 0, 4096, (1,), seed=0, sampler="heun", steps=30)
+    setup = _student(schedule)
+    from train.diffusion_step import diffusion_step
+    for _ in range(1500):
+        pick = torch.randint(0, len(x), (256,))
+        diffusion_step(setup, x[pick], None, loss_fn=reflow_loss, noise=z[pick])
+    probe = torch.linspace(-2, 2, 41).view(-1, 1)
+    student = Denoiser(setup.model, schedule, "flow")
+    one_step = sample(student, probe.clone(), "ddim", 1).x
+    teacher_one_step = sample(teacher, probe.clone(), "ddim", 1).x
+    exact = MU + STD * probe
+    assert (teacher_one_step - exact).abs().max() > 0.9
+    assert (one_step - exact).abs().max() < 0.05
+
+
+def test_progressive_rounds_reach_one_step_close_to_the_teachers_eight():
+    """Gaussian data: rounds 8 -> 4 -> 2 -> 1 steps, each student the next round's teacher;
+    the one-step student lands where the teacher's 8 DDIM steps do."""
+    from models.grids import spaced_timesteps
+    from train.distill import progressive_loss
+    from train.diffusion_step import diffusion_step
+    torch.manual_seed(0)
+    schedule = FlowSchedule(1000)
+    teacher, grid = flow_oracle(schedule), spaced_timesteps(schedule, 8)
+    model = None
+    while len(grid) > 1:
+        table = progressive_steps(grid)
+        setup = _student(schedule, model)
+        for _ in range(400):
+            x0 = MU + STD * torch.randn(256, 1)
+            diffusion_step(setup, x0, None, loss_fn=progressive_loss, teacher=teacher,
+                           table=table)
+        model, grid = setup.model, grid[::2]  # the next student starts from this one...
+        frozen = copy.deepcopy(model).requires_grad_(False)  # ...and is taught by a frozen copy
+        teacher = Denoiser(frozen, schedule, "flow")
+    probe = torch.linspace(-2, 2, 41).view(-1, 1)
+    eight = sample(flow_oracle(schedule), probe.clone(), "ddim", 8).x
+    one = sample(teacher, probe.clone(), "ddim", 1, timesteps=grid).x
+    assert grid == [999]
+    assert (one - eight).abs().max() < 0.05
