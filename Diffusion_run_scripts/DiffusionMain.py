@@ -77,7 +77,7 @@ MINUTES = None  # stop training after this many minutes of wall time (None: all 
 SAVE_ROOT = "."  # saved_plots/ and saved_models/ are created here
 CHECKPOINT_EVERY = 1  # epochs between checkpoints (and always at the end)
 TENSORBOARD = True  # scalars and samples to <run>/tensorboard/ (needs the tensorboard package)
-SAMPLER = "ddim"  # per-epoch samples: ddim, ddpm, heun, dpmpp2m (flow: ddim/euler, heun)
+SAMPLER = "ddim"  # per-epoch samples: ddim, ddpm, heun, dpmpp2m (flow: all but ddpm)
 SAMPLE_STEPS = 50  # its number of steps
 PROGRESSION_ROWS = 8  # fixed noise images followed across epochs
 

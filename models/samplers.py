@@ -13,7 +13,8 @@ take one.
     heun     Heun's second-order method on the probability-flow ODE (Karras et al. 2022,
              algorithm 1): in sigma space for noise schedules, in t for the flow path
     dpmpp2m  DPM-Solver++(2M) (Lu et al. 2022, algorithm 2), second-order multistep in
-             log-SNR, noise schedules only
+             log-SNR; its update needs only x_t = alpha x0 + sigma eps, so it runs on the flow
+             path too (alpha = 1 - t, sigma = t)
 
 Every sampler returns a `Sampled`: the samples and the snapshots (empty unless asked for). The
 callback gets, after each network evaluation of the grid, a dict {"i": step index, "t": grid
@@ -64,7 +65,7 @@ def _flow(denoiser: Denoiser) -> bool:
 def _require_noise_schedule(denoiser: Denoiser, name: str) -> None:
     if _flow(denoiser):
         raise ValueError(f"the {name} sampler needs a noise schedule; flow models use ddim "
-                         f"(Euler) or heun")
+                         f"(Euler), heun or dpmpp2m")
 
 
 @torch.no_grad()
@@ -173,8 +174,9 @@ def dpmpp_2m_sample(denoiser: Denoiser, x_t: torch.Tensor, *, steps: int = 20,
         x_i = (sigma_i / sigma_{i-1}) x_{i-1} - alpha_i (e^{-h_i} - 1) D_i,
         D_i = (1 + 1 / (2 r_i)) x0_{i-1} - x0_{i-2} / (2 r_i),  r_i = h_{i-1} / h_i;
     the first step (D = x0, which is DDIM) and the last (to sigma = 0, x = x0) are first order.
+    A start at alpha = 0 (the flow path's t = 1) has lambda = -inf: that step is DDIM's
+    (e^{-h} - 1 = -1), and the next one, with r = inf, first order too.
     `spacing`: see spaced_timesteps (None: DEFAULT_SPACING); `timesteps`: a grid to visit."""
-    _require_noise_schedule(denoiser, "dpmpp2m")
     ts = checked_grid(timesteps, denoiser.schedule, steps, start_t,
                spacing or DEFAULT_SPACING.get(("dpmpp2m", denoiser.schedule.kind), "uniform"))
     frames, see = _watch(ts, snapshots, callback)
@@ -187,9 +189,9 @@ def dpmpp_2m_sample(denoiser: Denoiser, x_t: torch.Tensor, *, steps: int = 20,
             break
         (alpha, sigma), (alpha_n, sigma_n) = _coefficients(denoiser, t), _coefficients(denoiser,
                                                                                        t_prev)
-        h = math.log(alpha_n / sigma_n) - math.log(alpha / sigma)
+        h = math.log(alpha_n / sigma_n) - (math.log(alpha / sigma) if alpha > 0 else -math.inf)
         d = x0
-        if x0_before is not None:
+        if x0_before is not None and math.isfinite(h_before):
             r = h_before / h
             d = (1 + 1 / (2 * r)) * x0 - x0_before / (2 * r)
         x_t = (sigma_n / sigma) * x_t - alpha_n * math.expm1(-h) * d
@@ -200,7 +202,7 @@ def dpmpp_2m_sample(denoiser: Denoiser, x_t: torch.Tensor, *, steps: int = 20,
 SAMPLERS: dict[str, Callable[..., Sampled]] = {
     "ddpm": ddpm_sample, "ddim": ddim_sample, "euler": ddim_sample, "heun": heun_sample,
     "dpmpp2m": dpmpp_2m_sample}
-FLOW_SAMPLERS = ("ddim", "euler", "heun")  # the ones defined on the flow path
+FLOW_SAMPLERS = ("ddim", "euler", "heun", "dpmpp2m")  # the ones defined on the flow path
 
 
 def sample(denoiser: Denoiser, x_t: torch.Tensor, sampler: str = "ddim", steps: int = 50,

@@ -152,7 +152,7 @@ def test_the_guide_is_the_ema_of_guide_epoch_kept_through_a_resume_and_guides_ev
 
 def test_flow_matching_trains_and_evaluates_end_to_end(tmp_path, capsys):
     """PREDICTION='flow': logit-normal times, the velocity target, Euler per-epoch samples,
-    then every eval figure with Euler and Heun (ddpm and dpmpp2m are left out of the
+    then every eval figure with Euler, Heun and DPM-Solver++(2M) (ddpm is left out of the
     comparison on the flow path), and FID per compared sampler."""
     import json
     import Diffusion_run_scripts.DiffusionEval as eval_script
@@ -170,10 +170,10 @@ def test_flow_matching_trains_and_evaluates_end_to_end(tmp_path, capsys):
                       "--STRIP_IMAGES=1", "--STRIP_COLUMNS=3", "--NOISED_T=(10, 49)",
                       "--SAMPLER=heun", "--COMPARE=('ddpm-50', 'ddim-3', 'heun-2', 'dpmpp2m-3')",
                       "--COMPARE_IMAGES=2", "--COMPARE_FID=12", "--N_SAMPLES=0"])
-    assert "comparing ddim-3, heun-2 (ddpm and dpmpp2m need a noise schedule)" in \
+    assert "comparing ddim-3, heun-2, dpmpp2m-3 (ddpm needs a noise schedule)" in \
         capsys.readouterr().out
     timings = json.loads((run.plots / "eval" / "sampler_comparison.json").read_text())
-    assert [t["sampler"] for t in timings] == ["ddim-3", "heun-2"]
+    assert [t["sampler"] for t in timings] == ["ddim-3", "heun-2", "dpmpp2m-3"]
     assert all(t["fid"] > 0 and t["fid_samples"] == 12 for t in timings)
     for name in ("samples_grid.png", "forward_schedules.png", "reverse_diffusion.png",
                  "noised_real.png", "sampler_comparison.png"):

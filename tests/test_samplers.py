@@ -61,11 +61,13 @@ def test_noise_schedule_samplers_converge_at_their_order(sampler, order, steps):
     assert coarse / fine == pytest.approx(2 ** order, rel=0.2)
 
 
-@pytest.mark.parametrize("sampler, order", [("euler", 1), ("heun", 2)])
+@pytest.mark.parametrize("sampler, order", [("euler", 1), ("heun", 2), ("dpmpp2m", 2)])
 def test_flow_samplers_converge_to_the_exact_transport_at_their_order(sampler, order):
     coarse, fine = errors(flow_oracle(FlowSchedule(1000)), MU + STD * X_T, sampler, [20, 40])
     assert coarse / fine == pytest.approx(2 ** order, rel=0.2)
-    assert fine < (0.06 if order == 1 else 0.001)
+    # DPM-Solver++'s first two steps from t = 1 (lambda = -inf) are first order, and on a grid
+    # uniform in t they are long in lambda: second order, with a larger constant than Heun's
+    assert fine < {"euler": 0.06, "heun": 0.001, "dpmpp2m": 0.04}[sampler]
 
 
 @pytest.mark.parametrize("kind", ["linear", "cosine"])
@@ -205,10 +207,9 @@ def test_the_guidance_interval_reads_sigma_over_alpha_from_a_noise_schedule():
         assert torch.equal(limited(x, t)[0], expected[0]), k
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "dpmpp2m"])
-def test_samplers_that_need_a_noise_schedule_refuse_the_flow_path(sampler):
+def test_ddpm_needs_a_noise_schedule_and_refuses_the_flow_path():
     with pytest.raises(ValueError, match="flow models use ddim"):
-        sample(flow_oracle(FlowSchedule(50)), X_T.clone(), sampler, 5)
+        sample(flow_oracle(FlowSchedule(50)), X_T.clone(), "ddpm", 5)
 
 
 def test_heun_and_dpmpp_denoise_from_an_intermediate_t_and_keep_snapshots():

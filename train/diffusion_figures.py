@@ -153,5 +153,5 @@ def compared_samplers(specs: list[str], flow: bool) -> list[str]:
     """COMPARE, without the samplers a flow model does not have (said once)."""
     kept = [spec for spec in specs if not flow or parse_sampler(spec)[0] in FLOW_SAMPLERS]
     if len(kept) < len(specs):
-        print(f"flow run: comparing {', '.join(kept)} (ddpm and dpmpp2m need a noise schedule)")
+        print(f"flow run: comparing {', '.join(kept)} (ddpm needs a noise schedule)")
     return kept
