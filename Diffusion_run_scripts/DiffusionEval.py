@@ -18,13 +18,12 @@ import torch
 from models.diffusion import Denoiser
 from models.guidance import autoguidance, check_interval
 from models.samplers import FLOW_SAMPLERS, SAMPLERS, sample
-from train.inference import load_run
-from train.inference import checkpoint_denoiser
+from train.inference import checkpoint_denoiser, load_run, sampling_steps
 from train.diffusion_figures import (compared_samplers, noised_and_denoised, parse_sampler,
                                      reverse_strip, write_forward_schedules,
                                      write_sampler_comparison)
 from train.evaluator import evaluate_samples, write_metrics
-from utils.config import check_choice, check_positive, resolve_constants
+from utils.config import check_choice, check_positive, given_constants, resolve_constants
 from utils.data import to_uint8
 from utils.device import resolve_device, resolve_precision, seed_everything
 from utils.cli import run_cli
@@ -34,8 +33,8 @@ from utils.run_index import write_indexes
 from utils.samples import draw_samples, sampling_chunk, save_samples_npz
 
 RUN = "latest"  # run name or number (e.g. 003), or latest
-SAMPLER = "ddim"  # ddim, ddpm, heun, dpmpp2m (a flow run: ddim/euler, heun): every figure
-STEPS = 50  # its number of steps
+SAMPLER = "ddim"  # ddim, ddpm, heun, dpmpp2m (a flow run: all but ddpm): every figure
+STEPS = 50  # its number of steps (a distilled student: its own, unless given)
 ETA = 0.0  # DDIM eta (0: deterministic)
 AUTOGUIDANCE = 2.0  # w in guide + w (model - guide), the guide the run's GUIDE_EPOCH EMA; 1: off
 GUIDANCE_INTERVAL = ()  # (lo, hi): autoguide only where sigma / alpha is in (lo, hi]; (): always
@@ -43,7 +42,7 @@ GRID_SIZE = 8  # the sample grid is GRID_SIZE x GRID_SIZE
 STRIP_IMAGES = 3  # images in the reverse and noised-real strips
 STRIP_COLUMNS = 10  # timesteps shown per strip
 NOISED_T = (50, 150, 300, 450, 600, 750, 900, 999)  # t a test image is noised to, then denoised
-COMPARE = ("ddpm-1000", "ddim-50", "ddim-10", "heun-10", "dpmpp2m-10")  # flow: no ddpm, dpmpp2m
+COMPARE = ("ddpm-1000", "ddim-50", "ddim-10", "heun-10", "dpmpp2m-10")  # flow: no ddpm
 COMPARE_FID = 0  # samples per compared sampler scored with FID, same noise for each (0: none)
 COMPARE_IMAGES = 8  # images per sampler in the comparison
 N_SAMPLES = 500  # images saved to samples.npz (0: none)
@@ -78,10 +77,11 @@ def main(argv=None) -> None:
         denoiser = autoguidance(denoiser, checkpoint_denoiser(
             loaded.state, loaded.nets["guide"], amp_dtype=amp_dtype), const.AUTOGUIDANCE,
             tuple(interval) or None)
-    elif const.AUTOGUIDANCE != 1:
+    elif const.AUTOGUIDANCE != 1 and "distilled" not in loaded.state:
         print(f"{loaded.run.name} kept no guide network (GUIDE_EPOCH=0, a run from before it, or "
               f"stopped before that epoch): sampling without autoguidance")
     T = denoiser.schedule.timesteps
+    const.STEPS, grid = sampling_steps(loaded.state, const.STEPS, "STEPS" in given_constants(argv))
     if denoiser.schedule.kind == "flow" and const.SAMPLER not in FLOW_SAMPLERS:
         raise UserError(f"SAMPLER={const.SAMPLER!r}: a flow run samples with "
                         f"{', '.join(FLOW_SAMPLERS)}")
@@ -98,7 +98,8 @@ def main(argv=None) -> None:
 
     def generate(n: int) -> torch.Tensor:
         noise = torch.randn(n, *shape, device=device)
-        return sample(denoiser, noise, const.SAMPLER, const.STEPS, eta=const.ETA).x
+        return sample(denoiser, noise, const.SAMPLER, const.STEPS, eta=const.ETA,
+                      timesteps=grid).x
 
     save_grid(generate(const.GRID_SIZE ** 2), out / "samples_grid.png", nrow=const.GRID_SIZE,
               title=f"{title}: {draw}")
@@ -108,10 +109,10 @@ def main(argv=None) -> None:
                         out / "reverse_diffusion.png", f"{title}: reverse diffusion ({draw})")
     write_noised_real(denoiser, test_x.to(device), const, out / "noised_real.png",
                       f"{title}: test images noised to t, then denoised ({draw} stride)")
+    scoring = dict(extractor=const.EXTRACTOR, save_root=const.SAVE_ROOT,
+                   data_root=const.DATA_ROOT, seed=loaded.data.seed)
     def score(images: torch.Tensor) -> dict:
-        return evaluate_samples(images, None, loaded.data.dataset, device,
-                                extractor=const.EXTRACTOR, save_root=const.SAVE_ROOT,
-                                data_root=const.DATA_ROOT, seed=loaded.data.seed)
+        return evaluate_samples(images, None, loaded.data.dataset, device, **scoring)
     write_sampler_comparison(
         denoiser, torch.randn(const.COMPARE_IMAGES, *shape, device=device),
         compared_samplers(specs, denoiser.schedule.kind == "flow"), out, title,
@@ -121,10 +122,8 @@ def main(argv=None) -> None:
                                   sampling_chunk(device), device)
         save_samples_npz(images, out / "samples.npz")
         if const.METRICS:
-            write_metrics(images, None, loaded.data.dataset, out, device,
-                          extractor=const.EXTRACTOR, save_root=const.SAVE_ROOT,
-                          data_root=const.DATA_ROOT,
-                          seed=loaded.data.seed, sampling={"sampler": draw, "ms_per_image": ms})
+            write_metrics(images, None, loaded.data.dataset, out, device, **scoring,
+                          sampling={"sampler": draw, "ms_per_image": ms})
     write_indexes(out.parent)  # the run's index.html and saved_plots/index.html
     print(f"done: figures in {out}")
 

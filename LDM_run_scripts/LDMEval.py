@@ -14,12 +14,11 @@ real-vs-real floor).
 """
 import torch
 
-from train.inference import load_run
-from train.inference import checkpoint_denoiser
+from train.inference import checkpoint_denoiser, load_run, sampling_steps
 from train.evaluator import class_accuracy, write_metrics
 from train.latents import class_samples, guided
 from train.ldm_figures import write_autoencoder_report, write_cfg_sweep, write_latent_strips
-from utils.config import check_positive, resolve_constants
+from utils.config import check_positive, given_constants, resolve_constants
 from utils.device import resolve_device, resolve_precision, seed_everything
 from utils.cli import run_cli
 from utils.errors import UserError
@@ -28,8 +27,8 @@ from utils.samples import draw_samples, save_samples_npz
 
 RUN = "latest"  # LDM run name or number, or latest
 SCALES = (0.0, 1.0, 2.0, 3.0, 5.0, 7.5)  # guidance scales of the sweep (columns)
-GUIDANCE = 2.0  # CFG scale (Ho & Salimans 2022) of samples.npz and the noised-real strip
-STEPS = 50  # DDIM steps
+GUIDANCE = 2.0  # CFG scale (Ho & Salimans 2022) of samples.npz and the strip (a student: 1)
+STEPS = 50  # DDIM steps (a distilled student: its own, unless given)
 NOISED_T = (100, 250, 400, 550, 700, 850, 999)  # t a test latent is noised to, then denoised
 STRIP_IMAGES = 4  # test images in the noised-real strip
 STRIP_COLUMNS = 10  # timesteps in the forward strip
@@ -56,6 +55,10 @@ def main(argv=None) -> dict:
                                    amp_dtype=resolve_precision(const.PRECISION, device))
     if any(not 0 <= t < denoiser.schedule.timesteps for t in const.NOISED_T):
         raise UserError(f"NOISED_T values must lie in [0, {denoiser.schedule.timesteps - 1}]")
+    given = given_constants(argv)
+    const.STEPS, grid = sampling_steps(ldm.state, const.STEPS, "STEPS" in given)
+    if "distilled" in ldm.state and "GUIDANCE" not in given:
+        const.GUIDANCE = 1.0  # the teacher's guidance is in the student's weights
     test = ldm.data.held_out(512, const.DATA_ROOT)
     classes, latent_shape = test.class_names, tuple(ldm.state["fixed_noise"].shape[1:])
     out, title = ldm.run.plots / "eval", ldm.title
@@ -74,7 +77,7 @@ def main(argv=None) -> dict:
             labels = (torch.arange(start, start + k) // const.PER_CLASS).to(device)
             z = torch.randn(k, *latent_shape, device=device)
             return class_samples(guided(denoiser, net, const.GUIDANCE), ae, scale, z, labels,
-                                 const.STEPS)
+                                 const.STEPS, timesteps=grid)
 
         n = const.PER_CLASS * len(classes)
         images, ms = draw_samples(generate, n, 100, device)

@@ -142,3 +142,121 @@ def test_progressive_rounds_reach_one_step_close_to_the_teachers_eight():
     one = sample(teacher, probe.clone(), "ddim", 1, timesteps=grid).x
     assert grid == [999]
     assert (one - eight).abs().max() < 0.05
+
+
+TEACHER = ["--IMAGE_SIZE=16", "--N_TRAIN=64", "--BASE=16", "--CHANNEL_MULT=(1, 2)",
+           "--BLOCKS=1", "--ATTENTION=(8,)", "--BATCH_SIZE=32", "--SAMPLE_STEPS=3",
+           "--PROGRESSION_ROWS=2", "--WARMUP_STEPS=2", "--PRECISION=fp32", "--TIMESTEPS=50",
+           "--EPOCHS=2", "--GUIDE_EPOCH=1", "--TENSORBOARD=False"]
+STUDENT = ["--BATCH_SIZE=16", "--PROGRESSION_ROWS=2", "--PRECISION=fp32", "--WARMUP_STEPS=1",
+           "--TENSORBOARD=False"]
+
+
+def _stopped_after_one_epoch(monkeypatch, main, args) -> None:
+    """main(args) stopped at the end of its first epoch, as a MINUTES deadline would."""
+    import train.diffusion
+    real_end = train.diffusion.end_epoch
+    with monkeypatch.context() as patch:
+        patch.setattr(train.diffusion, "end_epoch", lambda *a, **k: real_end(*a, **k) or True)
+        main(args)
+
+
+def test_students_train_resume_exactly_and_sample_in_their_own_steps(tmp_path, monkeypatch,
+                                                                      capsys):
+    from Diffusion_run_scripts import DiffusionDistill, DiffusionEval, DiffusionMain
+    from utils.runs import MetricsLog, load_checkpoint
+    from utils.errors import UserError
+    teacher = DiffusionMain.main([*TEACHER, "--SAVE_ROOT", str(tmp_path)])
+    progressive = [*STUDENT, "--SAVE_ROOT", str(tmp_path), f"--TEACHER={teacher.name}",
+                   "--TEACHER_STEPS=4", "--STUDENT_STEPS=1", "--ROUND_STEPS=3"]
+    straight = DiffusionDistill.main(progressive)
+    state = load_checkpoint(straight.checkpoint, "diffusion")
+    assert state["epoch"] == 2 and state["step"] == 6  # two rounds: 4 -> 2 -> 1 steps
+    assert state["distilled"] == {"method": "progressive", "teacher": teacher.name, "steps": 1,
+                                  "timesteps": [49]}
+    assert state["frames"].shape[:2] == (2, 2)
+    assert list(state["round_students"]) == [2]  # round 1's student, 2 steps
+    assert state["round_students"][2]["timesteps"] == [49, 16]
+    from train.distill_run import round_student
+    assert round_student(state, 2, torch.device("cpu")).schedule.timesteps == 50
+    with pytest.raises(UserError, match=r"students for \[1, 2\] steps, not 4"):
+        round_student(state, 4, torch.device("cpu"))
+    # the same student stopped after round 1 and resumed: bit for bit the same weights
+    _stopped_after_one_epoch(monkeypatch, DiffusionDistill.main, progressive)
+    split = DiffusionDistill.main(["--SAVE_ROOT", str(tmp_path), "--RESUME=latest",
+                                   "--PRECISION=fp32"])
+    resumed = load_checkpoint(split.checkpoint, "diffusion")
+    assert split.name != straight.name and resumed["distilled"] == state["distilled"]
+    for key in state["ema"]:
+        assert torch.equal(state["ema"][key], resumed["ema"][key]), key
+    assert [r["epoch"] for r in MetricsLog(split.metrics_path).read()] == [1, 2]
+
+    seen = []
+
+    def watched(denoiser, x, sampler, steps, **kwargs):
+        seen.append((sampler, steps, kwargs.get("timesteps")))
+        return sample(denoiser, x, sampler, steps, **kwargs)
+    monkeypatch.setattr(DiffusionEval, "sample", watched)
+    capsys.readouterr()
+    evaluation = ["--SAVE_ROOT", str(tmp_path), "--GRID_SIZE=2", "--STRIP_IMAGES=1",
+                  "--STRIP_COLUMNS=2", "--NOISED_T=(10, 49)", "--COMPARE=('ddim-2',)",
+                  "--COMPARE_IMAGES=1", "--N_SAMPLES=4", "--METRICS=False"]
+    DiffusionEval.main([*evaluation, f"--RUN={straight.name}"])
+    assert {(name, steps, tuple(grid)) for name, steps, grid in seen} == {("ddim", 1, (49,))}
+    assert "kept no guide" not in capsys.readouterr().out  # a student has none, by design
+    seen.clear()
+    DiffusionEval.main([*evaluation, f"--RUN={straight.name}", "--STEPS=3"])
+    assert {s[1:] for s in seen} == {(3, None)}  # asked for other steps: the sampler's grid
+
+    # reflow: couplings drawn once (a second run reuses none: each run has its own), trained on
+    reflow = DiffusionDistill.main([*STUDENT, "--SAVE_ROOT", str(tmp_path), "--METHOD=reflow",
+                                    f"--TEACHER={teacher.name}", "--PAIRS=32",
+                                    "--PAIR_STEPS=2", "--EPOCHS=2", "--STUDENT_STEPS=2"])
+    state = load_checkpoint(reflow.checkpoint, "diffusion")
+    assert state["distilled"] == {"method": "reflow", "teacher": teacher.name, "steps": 2,
+                                  "timesteps": None}
+    pairs = load_checkpoint(reflow.models / "couplings.pt", "couplings")
+    assert pairs["count"] == 32 and pairs["x"].shape == (32, 3, 16, 16)
+    assert state["step"] == 4  # 2 epochs of 32 // 16 pairs
+
+    with pytest.raises(UserError, match="halves the steps"):
+        DiffusionDistill.main([*progressive, "--TEACHER_STEPS=6"])
+    v_teacher = DiffusionMain.main([*TEACHER, "--SAVE_ROOT", str(tmp_path), "--PREDICTION=v",
+                                    "--EPOCHS=1"])
+    with pytest.raises(UserError, match="reflow retrains a flow model"):
+        DiffusionDistill.main([*STUDENT, "--SAVE_ROOT", str(tmp_path), "--METHOD=reflow",
+                               f"--TEACHER={v_teacher.name}"])
+
+
+def test_latent_students_learn_the_guided_teacher_and_ldmeval_samples_them_unguided(
+        tmp_path, monkeypatch):
+    from LDM_run_scripts import LDMAutoencoderMain, LDMDiffusionMain, LDMDistill, LDMEval
+    from tests.test_ldm import AE_TINY, LDM_TINY
+    from utils.runs import load_checkpoint
+    root = ["--SAVE_ROOT", str(tmp_path)]
+    LDMAutoencoderMain.main([*AE_TINY, *root, "--TENSORBOARD=False"])
+    teacher = LDMDiffusionMain.main([*LDM_TINY, *root, "--TENSORBOARD=False"])
+    common = [*root, f"--TEACHER={teacher.name}", "--BATCH_SIZE=32", "--PRECISION=fp32",
+              "--TENSORBOARD=False", "--GUIDANCE=3"]
+    student = LDMDistill.main([*common, "--TEACHER_STEPS=4", "--STUDENT_STEPS=2",
+                               "--ROUND_STEPS=2"])
+    state = load_checkpoint(student.checkpoint, "ldm")
+    assert state["distilled"]["steps"] == 2 and len(state["distilled"]["timesteps"]) == 2
+    assert state["autoencoder_run"] == load_checkpoint(teacher.checkpoint)["autoencoder_run"]
+    assert state["frames"].shape[1] == 10  # one sample per class
+    seen = []
+    real = LDMEval.class_samples
+
+    def watched(denoiser, ae, scale, z, labels, steps, timesteps=None):
+        seen.append((steps, timesteps, denoiser.net.__name__ if hasattr(denoiser.net,
+                                                                        "__name__") else ""))
+        return real(denoiser, ae, scale, z, labels, steps, timesteps=timesteps)
+    monkeypatch.setattr(LDMEval, "class_samples", watched)
+    LDMEval.main([*root, f"--RUN={student.name}", "--SCALES=(0, 1)", "--NOISED_T=(5, 49)",
+                  "--STRIP_IMAGES=1", "--STRIP_COLUMNS=2", "--PER_CLASS=1", "--METRICS=False"])
+    own = [s for s in seen if s[1] is not None]  # samples.npz: the student's steps and grid,
+    assert own and all(s[0] == 2 and s[2] != "guided" for s in own)  # with no guidance on top
+    reflow = LDMDistill.main([*common, "--METHOD=reflow", "--PAIRS=64", "--PAIR_STEPS=2",
+                              "--EPOCHS=1"])
+    pairs = load_checkpoint(reflow.models / "couplings.pt", "couplings")
+    assert pairs["x"].shape == (64, 4, 4, 4)  # latents of the digits autoencoder

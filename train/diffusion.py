@@ -20,14 +20,19 @@ def train_diffusion(setup: DiffusionSetup, batches: Callable[[int], Iterable], s
                     test_x: torch.Tensor, run: Run, opts: LoopOptions, *, kind: str,
                     snapshot: Callable[[], torch.Tensor], fixed_noise: torch.Tensor,
                     sample_title: str = "EMA samples", row_labels: tuple = (),
-                    extras: dict | None = None, guide_epoch: int = 0) -> list[torch.Tensor]:
+                    extras: dict | None = None, guide_epoch: int = 0,
+                    step: Callable[[tuple], dict] | None = None,
+                    before_epoch: Callable[[int], None] | None = None) -> list[torch.Tensor]:
     """Train for opts.epochs total epochs (continuing opts.state); returns the per-epoch frames.
 
     batches(epoch) yields (x0, labels) for one epoch (pixels or scaled latents); snapshot()
     returns that epoch's uint8 sample frame; test_x gives the held-out loss; `extras` go into
     the checkpoint (see diffusion_checkpoint). With guide_epoch > 0 the EMA weights at the end
     of that epoch are kept as the checkpoint's "guide", the weaker model autoguidance needs
-    (Karras et al. 2024: the same network, trained for less time).
+    (Karras et al. 2024: the same network, trained for less time). Distillation
+    (train/distill_run.py) passes `step(batch)`, its own optimiser step on a batch of any
+    tuple, and `before_epoch(epoch)`, called before each epoch's first step; `extras` is read
+    at every save, so a caller may update it in place.
     """
     progress, frames = resume_point(setup.modules, opts.state)
     log = open_log(run, progress, opts.config)
@@ -44,11 +49,12 @@ def train_diffusion(setup: DiffusionSetup, batches: Callable[[int], Iterable], s
         for epoch in (bar := epoch_range(run, progress.epoch, epochs)):
             meter, started = LossMeter(), time.perf_counter()
             quarters = torch.zeros(2, QUARTERS, device=setup.device)  # loss sums, counts
-            for x0, labels in batch_bar(batches(epoch), steps_per_epoch, epoch, epochs,
-                                        deadline):
-                out = diffusion_step(setup, x0, labels)
+            if before_epoch is not None:
+                before_epoch(epoch)
+            for batch in batch_bar(batches(epoch), steps_per_epoch, epoch, epochs, deadline):
+                out = diffusion_step(setup, *batch) if step is None else step(batch)
                 quarters += out["quarters"]
-                meter.update(progress.advance(x0), {"loss": out["loss"]})
+                meter.update(progress.advance(batch[0]), {"loss": out["loss"]})
             speed = meter.count * opts.batch_size / (time.perf_counter() - started)
             frames.append(snapshot())
             record = {"epoch": epoch, "step": progress.step,

@@ -95,6 +95,16 @@ def checkpoint_denoiser(state: dict, net: torch.nn.Module, *, amp_dtype=None,
                          clip_x0=clip_x0)
 
 
+def sampling_steps(state: dict, steps: int, given: bool) -> tuple[int, list[int] | None]:
+    """The steps and grid to sample a diffusion run with: a distilled student's own (the steps
+    and grid it was distilled for) unless `steps` was `given`; else `steps` on the sampler's
+    grid (None). A student asked for its own number of steps keeps its grid."""
+    record = state.get("distilled")
+    if record and (not given or steps == record["steps"]):
+        return record["steps"], record["timesteps"]
+    return steps, None
+
+
 def load_diffusion_networks(state: dict, device: torch.device) -> dict[str, torch.nn.Module]:
     """{"net": the denoising network with the checkpoint's EMA weights, and "guide": the same
     network with the guide's weights where the run kept one}, in eval mode."""

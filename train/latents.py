@@ -78,15 +78,20 @@ def decode_latents(ae: Autoencoder, z: torch.Tensor, scale: float) -> torch.Tens
 
 
 def guided(denoiser: Denoiser, net: torch.nn.Module, guidance: float) -> Denoiser:
-    """A latent denoiser with classifier-free guidance at `guidance` (the net's null class)."""
+    """A latent denoiser with classifier-free guidance at `guidance` (the net's null class); at
+    1, the conditional denoiser itself (one pass instead of two)."""
+    if guidance == 1:
+        return denoiser
     return classifier_free_guidance(denoiser, guidance, net.null_class)
 
 
 @torch.no_grad()
 def class_samples(denoiser: Denoiser, ae: Autoencoder, scale: float, noise: torch.Tensor,
-                  labels: torch.Tensor, steps: int = 50) -> torch.Tensor:
-    """Decoded DDIM samples of a (guided) latent denoiser for the given labels, uint8 on the CPU."""
-    z = sample(denoiser, noise.clone(), "ddim", steps, labels=labels).x
+                  labels: torch.Tensor, steps: int = 50, timesteps: list[int] | None = None
+                  ) -> torch.Tensor:
+    """Decoded DDIM samples of a (guided) latent denoiser for the given labels, uint8 on the CPU
+    (`timesteps`: a grid to visit, as a distilled student's)."""
+    z = sample(denoiser, noise.clone(), "ddim", steps, labels=labels, timesteps=timesteps).x
     return to_uint8(decode_latents(ae, z, scale)).cpu()
 
 

@@ -20,7 +20,8 @@ CHECKPOINT_VERSION = 2
 # Keys every checkpoint of a kind holds (train/common.checkpoint_frame; the evaluator's cache).
 REQUIRED_KEYS = {None: ("kind", "model_args", "data", "epoch", "step", "config"),
                  "evaluator": ("kind", "model_args", "model", "info"),
-                 "latent_cache": ("kind", "mean", "logvar", "labels")}
+                 "latent_cache": ("kind", "mean", "logvar", "labels"),
+                 "couplings": ("kind", "x", "count", "settings")}
 _RUN_NAME = re.compile(r"^(\d{3,})-")
 _NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=,-]{0,99}$")  # one safe path component
 
