@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 
 
-def _block(c_in: int, c_out: int) -> nn.Sequential:
+def conv_block(c_in: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(),
                          nn.Conv2d(c_out, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(),
                          nn.MaxPool2d(2))
@@ -18,8 +18,8 @@ class EvaluatorCNN(nn.Module):
     def __init__(self, channels: int = 3, num_classes: int = 10, width: int = 32,
                  feature_dim: int = 128, n_factors: int = 0):
         super().__init__()
-        self.body = nn.Sequential(_block(channels, width), _block(width, 2 * width),
-                                  _block(2 * width, 4 * width), nn.AdaptiveAvgPool2d(1),
+        self.body = nn.Sequential(conv_block(channels, width), conv_block(width, 2 * width),
+                                  conv_block(2 * width, 4 * width), nn.AdaptiveAvgPool2d(1),
                                   nn.Flatten(), nn.Linear(4 * width, feature_dim), nn.ReLU())
         self.head = nn.Linear(feature_dim, num_classes)
         self.factor_head = nn.Linear(feature_dim, n_factors) if n_factors else None
