@@ -289,3 +289,30 @@ def test_the_peer_trains_for_its_minutes_and_is_scored_in_compare_families(evalu
     assert row["label"] == "denoising-diffusion-pytorch (peer)" and row["fid"] > 0
     assert row["samples"] == 12 and row["stages"][0]["images"] > 0
     assert "DDIM-2" in row["sampler"] and row["class_accuracy"] is None
+
+
+def test_distill_compare_scores_teacher_and_students_on_the_same_noise(evaluator_root,
+                                                                       tmp_path):
+    from Diffusion_run_scripts import DiffusionMain
+    from benchmarks import distill_compare
+    target = evaluator_path(tmp_path, "shapes", 32, 3)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(evaluator_path(evaluator_root, "shapes", 32, 3), target)
+    teacher = DiffusionMain.main([
+        "--SAVE_ROOT", str(tmp_path), "--N_TRAIN=64", "--BASE=16", "--CHANNEL_MULT=(1, 2)",
+        "--BATCH_SIZE=32", "--SAMPLE_STEPS=2", "--PROGRESSION_ROWS=2", "--EPOCHS=1",
+        "--GUIDE_EPOCH=1", "--PRECISION=fp32", "--TIMESTEPS=50", "--TENSORBOARD=False"])
+    tiny = {"DiffusionDistill": ["--TEACHER_STEPS=4", "--ROUND_STEPS=2", "--PAIRS=16",
+                                 "--PAIR_STEPS=2", "--EPOCHS=1", "--BATCH_SIZE=8",
+                                 "--PROGRESSION_ROWS=1", "--TENSORBOARD=False"]}
+    rows = distill_compare.main([
+        "--SAVE_ROOT", str(tmp_path), f"--TEACHER={teacher.name}", "--STEPS=(1, 2)",
+        "--N_SAMPLES=12", "--TEACHER_SAMPLERS=('ddim-3', 'dpmpp2m-3')", "--RESULTS=None",
+        "--PRECISION=fp32", "--FIGURE_COLUMNS=2", f"--OVERRIDES={tiny!r}"])
+    assert [r["label"] for r in rows] == ["teacher ddim-3", "teacher dpmpp2m-3", "progressive 1",
+                                         "progressive 2", "reflow 1", "reflow 2"]
+    assert all(r["fid"] > 0 and r["ms"] > 0 for r in rows)
+    assert all(r["distill_minutes"] > 0 for r in rows[2:]) and "run" not in rows[0]
+    from utils.runs import find_run
+    out = find_run(tmp_path, "compare", "latest", marker="results.md").plots
+    assert (out / "same_noise.png").is_file() and "progressive" in (out / "results.md").read_text()
