@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from models.diffusion import Denoiser
-from models.guidance import autoguidance, check_interval
+from models.guidance import check_interval
 from models.samplers import FLOW_SAMPLERS, SAMPLERS, sample
-from train.inference import checkpoint_denoiser, load_run, sampling_steps
+from train.inference import load_run, run_denoiser, sampling_steps
 from train.diffusion_figures import (compared_samplers, noised_and_denoised, parse_sampler,
                                      reverse_strip, write_forward_schedules,
                                      write_sampler_comparison)
@@ -71,13 +71,9 @@ def main(argv=None) -> None:
     device = resolve_device(const.DEVICE)
     loaded = load_run(const.SAVE_ROOT, "diffusion", const.RUN, device)
     amp_dtype = resolve_precision(const.PRECISION, device)
-    denoiser = checkpoint_denoiser(loaded.state, loaded.nets["net"], amp_dtype=amp_dtype)
+    denoiser = run_denoiser(loaded, amp_dtype, const.AUTOGUIDANCE, tuple(interval) or None)
     guided = const.AUTOGUIDANCE != 1 and "guide" in loaded.nets
-    if guided:
-        denoiser = autoguidance(denoiser, checkpoint_denoiser(
-            loaded.state, loaded.nets["guide"], amp_dtype=amp_dtype), const.AUTOGUIDANCE,
-            tuple(interval) or None)
-    elif const.AUTOGUIDANCE != 1 and "distilled" not in loaded.state:
+    if not guided and const.AUTOGUIDANCE != 1 and "distilled" not in loaded.state:
         print(f"{loaded.run.name} kept no guide network (GUIDE_EPOCH=0, a run from before it, or "
               f"stopped before that epoch): sampling without autoguidance")
     T = denoiser.schedule.timesteps

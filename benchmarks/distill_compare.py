@@ -29,9 +29,9 @@ import torch
 from benchmarks.compare_families import call
 from benchmarks.report import precision_name, publish
 from models.samplers import sample
-from train.distill_run import round_student, teacher_denoiser
+from train.distill_run import round_student
 from train.evaluator import evaluate_samples
-from train.inference import checkpoint_denoiser, load_run
+from train.inference import checkpoint_denoiser, load_run, run_denoiser
 from train.latents import decode_latents, guided
 from utils import files
 from utils.cli import run_cli
@@ -131,7 +131,7 @@ def draw(denoiser, noise: torch.Tensor, labels, sampler: str, steps: int, grid, 
 def teacher_sampled(const, loaded, amp_dtype):
     """The teacher as its eval script samples it (and as it taught)."""
     if const.FAMILY == "diffusion":
-        return teacher_denoiser(loaded, amp_dtype, const.AUTOGUIDANCE)
+        return run_denoiser(loaded, amp_dtype, const.AUTOGUIDANCE)
     denoiser = checkpoint_denoiser(loaded.state, loaded.nets["net"], amp_dtype=amp_dtype,
                                    clip_x0=False)
     return guided(denoiser, loaded.nets["net"], const.GUIDANCE)

@@ -27,7 +27,6 @@ from tqdm import tqdm
 from models.diffusion import Denoiser
 from models.distill import coupling_noise, make_couplings, progressive_steps
 from models.grids import spaced_timesteps
-from models.guidance import autoguidance
 from train.diffusion_step import DiffusionSetup, build_diffusion, diffusion_step
 from train.distill import progressive_loss, reflow_loss
 from train.inference import (Loaded, build_network, checkpoint_denoiser, ema_network,
@@ -40,16 +39,6 @@ from utils.runs import CHECKPOINT_VERSION, Run, load_checkpoint, save_checkpoint
 METHODS = ("progressive", "reflow")
 COUPLINGS = "couplings.pt"
 _SAVE_EVERY = 1024  # couplings between saves of couplings.pt
-
-
-def teacher_denoiser(teacher: Loaded, amp_dtype, autoguidance_weight: float) -> Denoiser:
-    """The teacher as DiffusionEval samples it: its EMA network, autoguided by its guide at
-    `autoguidance_weight` where it kept one (1: plain)."""
-    denoiser = checkpoint_denoiser(teacher.state, teacher.nets["net"], amp_dtype=amp_dtype)
-    if autoguidance_weight != 1 and "guide" in teacher.nets:
-        guide = checkpoint_denoiser(teacher.state, teacher.nets["guide"], amp_dtype=amp_dtype)
-        denoiser = autoguidance(denoiser, guide, autoguidance_weight)
-    return denoiser
 
 
 def build_student(teacher: Loaded, const, device: torch.device, amp_dtype, total_steps: int

@@ -16,10 +16,9 @@ import torch
 from models.diffusion import Denoiser
 from train.diffusion import train_diffusion
 from train.distill_run import (METHODS, Progressive, build_student, check_halvings,
-                               coupled_batches, draw_couplings, reflow_step, round_batches,
-                               teacher_denoiser)
+                               coupled_batches, draw_couplings, reflow_step, round_batches)
 from train.diffusion_step import DiffusionSetup, ema_denoiser
-from train.inference import Loaded, checkpoint_denoiser, load_run
+from train.inference import Loaded, checkpoint_denoiser, load_run, run_denoiser
 from train.latents import class_samples, finished_stage1, guided, held_out_latents, latent_batches
 from train.options import Deadline, LoopOptions
 from models.samplers import sample
@@ -62,7 +61,7 @@ def pixel_teaching(const, device: torch.device, amp_dtype) -> Teaching:
     @torch.no_grad()
     def frame(denoiser, noise, steps, grid):
         return to_uint8(sample(denoiser, noise.clone(), "ddim", steps, timesteps=grid).x).cpu()
-    return Teaching(teacher, teacher_denoiser(teacher, amp_dtype, const.AUTOGUIDANCE), spec,
+    return Teaching(teacher, run_denoiser(teacher, amp_dtype, const.AUTOGUIDANCE), spec,
                     (spec.channels, spec.image_size, spec.image_size), 0, True, train_batches,
                     spec.held_out(512, const.DATA_ROOT).first(512)[0], frame,
                     const.PROGRESSION_ROWS)

@@ -17,6 +17,7 @@ from models.autoencoder import Autoencoder
 from models.diffusion import PREDICTION_TYPES, Denoiser, NoiseSchedule
 from models.dit import DiT
 from models.flow import FlowSchedule
+from models.guidance import autoguidance
 from models.gan import Discriminator, Generator
 from models.samplers import FLOW_SAMPLERS, SAMPLERS
 from models.unet import UNet
@@ -103,6 +104,17 @@ def sampling_steps(state: dict, steps: int, given: bool) -> tuple[int, list[int]
     if record and (not given or steps == record["steps"]):
         return record["steps"], record["timesteps"]
     return steps, None
+
+
+def run_denoiser(loaded, amp_dtype=None, autoguidance_weight: float = 1.0,
+                 interval: tuple[float, float] | None = None) -> Denoiser:
+    """A pixel diffusion run's EMA denoiser as DiffusionEval samples it: autoguided by the
+    run's guide at `autoguidance_weight` (within `interval`) where it kept one (1: plain)."""
+    denoiser = checkpoint_denoiser(loaded.state, loaded.nets["net"], amp_dtype=amp_dtype)
+    if autoguidance_weight != 1 and "guide" in loaded.nets:
+        guide = checkpoint_denoiser(loaded.state, loaded.nets["guide"], amp_dtype=amp_dtype)
+        denoiser = autoguidance(denoiser, guide, autoguidance_weight, interval)
+    return denoiser
 
 
 def load_diffusion_networks(state: dict, device: torch.device) -> dict[str, torch.nn.Module]:
