@@ -19,7 +19,8 @@ from utils.config import resolve_constants
 TEACHER = "latest"  # the LDM run to distil (name or number, or latest)
 METHOD = "progressive"  # progressive (Salimans & Ho 2022) or reflow (Liu et al. 2023)
 STUDENT_STEPS = 1  # the steps the student samples in
-TEACHER_STEPS = 16  # progressive: the teacher's DDIM steps in round 1 (STUDENT_STEPS x 2^k)
+TEACHER_STEPS = 16  # progressive: the teacher's steps in round 1 (STUDENT_STEPS x 2^k)
+TEACHER_SOLVER = "heun"  # progressive: the teacher's step in round 1: heun (2 calls) or ddim
 ROUND_STEPS = 600  # progressive: optimiser steps per round (one epoch)
 PAIRS = 4096  # reflow: couplings (noise, image) drawn from the teacher's ODE
 PAIR_SAMPLER = "heun"  # reflow: the ODE solver drawing them (ddim, heun, dpmpp2m)

@@ -54,14 +54,50 @@ def progressive_steps(teacher_grid: list[int]) -> torch.Tensor:
                          for i in range(len(teacher_grid) // 2)])
 
 
+def _ode_variables(denoiser: Denoiser, t: torch.Tensor, like: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, tau) of the probability-flow ODE as heun_sample writes it: the state y = x /
+    scale moves in time tau. Noise schedules: scale alpha, tau sigma / alpha (dy/dtau = eps);
+    the flow path: scale 1, tau sigma = t (dy/dtau = eps - x0)."""
+    alpha, sigma = coefficients(denoiser.schedule, t, like)
+    if denoiser.schedule.kind == "flow":
+        return torch.ones_like(alpha), sigma
+    return alpha, sigma / alpha
+
+
+def heun_move(denoiser: Denoiser, x_t: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor,
+              labels=None) -> torch.Tensor:
+    """One step of Heun's method (Karras et al. 2022, algorithm 1) on the probability-flow ODE
+    from grid indices t to t_next (per sample; two network calls), in heun_sample's variables;
+    an Euler (= DDIM) step where t_next is the clean end, as there."""
+    flow = denoiser.schedule.kind == "flow"
+
+    def slope(x0, eps):
+        return eps - x0 if flow else eps
+    x0, eps = denoiser(x_t, t, labels)
+    (scale, tau), (scale_n, tau_n) = (_ode_variables(denoiser, t, x_t),
+                                      _ode_variables(denoiser, t_next, x_t))
+    y, d = x_t / scale, slope(x0, eps)
+    euler = scale_n * (y + (tau_n - tau) * d)
+    x0_e, eps_e = denoiser(euler, t_next.clamp(min=0), labels)
+    heun = scale_n * (y + (tau_n - tau) * 0.5 * (d + slope(x0_e, eps_e)))
+    clean = (torch.as_tensor(t_next, device=x_t.device) < 0).reshape(-1, *([1] * (x_t.dim() - 1)))
+    return torch.where(clean, euler, heun)
+
+
+MOVES = {"ddim": ddim_move, "heun": heun_move}  # a teacher's step between two grid indices
+
+
 @torch.no_grad()
 def progressive_target(teacher: Denoiser, z_t: torch.Tensor, steps: torch.Tensor,
-                       labels=None) -> torch.Tensor:
+                       labels=None, move=ddim_move) -> torch.Tensor:
     """x~ of Salimans & Ho (2022, algorithm 2) for states z_t at rows (t, t', t'') of
     progressive_steps (one row per sample): the x0 whose single DDIM step t -> t'' reaches the
-    teacher's two steps t -> t' -> t''."""
+    teacher's two steps t -> t' -> t''. `move` is the teacher's step: DDIM as in the paper, or
+    heun_move, whose endpoint is closer to the teacher's exact ODE solution (the identity
+    defining x~ needs only that endpoint)."""
     t, t_mid, t_next = steps.to(z_t.device).unbind(1)
-    z_next = ddim_move(teacher, ddim_move(teacher, z_t, t, t_mid, labels), t_mid, t_next, labels)
+    z_next = move(teacher, move(teacher, z_t, t, t_mid, labels), t_mid, t_next, labels)
     alpha, sigma = coefficients(teacher.schedule, t, z_t)
     alpha_n, sigma_n = coefficients(teacher.schedule, t_next, z_t)
     ratio = sigma_n / sigma

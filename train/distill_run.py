@@ -11,8 +11,10 @@ where any grid of that many steps fits, as for a reflowed flow); a progressive r
 with (round_student loads one).
 
 progressive: epoch r is round r. Round 1's teacher is the teacher run (autoguided as
-    DiffusionEval samples it, with AUTOGUIDANCE); each later round's teacher is a frozen copy
-    of the student's EMA at the end of the round before, and the student restarts from it.
+    DiffusionEval samples it, with AUTOGUIDANCE), stepping with TEACHER_SOLVER (ddim as in the
+    paper, or heun: closer to its exact ODE for twice the calls); each later round's teacher is
+    a frozen copy of the student's EMA at the end of the round before, stepping with DDIM (the
+    steps it was taught), and the student restarts from it.
     Each round halves the steps, from TEACHER_STEPS down to STUDENT_STEPS.
 reflow: PAIRS couplings (noise, the teacher's ODE endpoint) are drawn first, in chunks saved to
     couplings.pt beside the checkpoint (a cut-short run resumes them); then each epoch is one
@@ -25,7 +27,8 @@ import torch
 from tqdm import tqdm
 
 from models.diffusion import Denoiser
-from models.distill import coupling_noise, make_couplings, progressive_steps
+from models.distill import (MOVES, coupling_noise, ddim_move, make_couplings,
+                            progressive_steps)
 from models.grids import spaced_timesteps
 from train.diffusion_step import DiffusionSetup, build_diffusion, diffusion_step
 from train.distill import progressive_loss, reflow_loss
@@ -72,9 +75,10 @@ class Progressive:
     """Round bookkeeping of progressive distillation for the loop's hooks."""
 
     def __init__(self, setup: DiffusionSetup, teacher: Denoiser, teacher_steps: int,
-                 record: dict, kept: dict, clip_x0: bool):
+                 record: dict, kept: dict, clip_x0: bool, first_solver: str = "ddim"):
         self.setup, self.first_teacher, self.record, self.kept = setup, teacher, record, kept
-        self.clip_x0 = clip_x0
+        self.clip_x0, self.first_move = clip_x0, MOVES[first_solver]
+        self.move = self.first_move
         self.first_grid = spaced_timesteps(setup.schedule, teacher_steps)
         self.teacher, self.table = teacher, None
 
@@ -88,7 +92,7 @@ class Progressive:
     def before_epoch(self, epoch: int) -> None:
         """Round `epoch`: its teacher (the run's, or the student so far, frozen) and table."""
         if epoch == 1:
-            self.teacher = self.first_teacher
+            self.teacher, self.move = self.first_teacher, self.first_move
         else:  # the student restarts from its EMA, which a frozen copy now teaches
             weights = self.setup.ema.module.state_dict()
             done = self.grid(epoch - 1)  # the finished round's student is kept for benchmarks
@@ -99,6 +103,7 @@ class Progressive:
             frozen = copy.deepcopy(self.setup.ema.module).requires_grad_(False)
             self.teacher = make_denoiser(frozen, self.setup.schedule, self.setup.prediction_type,
                                          amp_dtype=self.setup.amp_dtype, clip_x0=self.clip_x0)
+            self.move = ddim_move  # the student was taught DDIM steps: it teaches in them
         self.table = progressive_steps(self.grid(epoch - 1))
         grid = self.grid(epoch)
         self.record.update(steps=len(grid), timesteps=grid)
@@ -106,7 +111,7 @@ class Progressive:
     def step(self, batch: tuple) -> dict:
         x0, labels = batch[0], (batch[1] if self.setup.model.num_classes else None)
         return diffusion_step(self.setup, x0, labels, loss_fn=progressive_loss,
-                              teacher=self.teacher, table=self.table)
+                              teacher=self.teacher, table=self.table, move=self.move)
 
 
 def round_batches(batches, steps: int):

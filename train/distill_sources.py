@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 
 from models.diffusion import Denoiser
+from models.distill import MOVES
 from train.diffusion import train_diffusion
 from train.distill_run import (METHODS, Progressive, build_student, check_halvings,
                                coupled_batches, draw_couplings, reflow_step, round_batches)
@@ -95,6 +96,7 @@ def run_distillation(const, family: str, argv):
     the family's TEACHER run; returns the student's run."""
     run, state, const = resume_run(const, family, argv)
     check_choice("METHOD", const.METHOD, METHODS)
+    check_choice("TEACHER_SOLVER", const.TEACHER_SOLVER, tuple(MOVES))
     check_positive(const, "BATCH_SIZE", "LR", "ROUND_STEPS", "PAIRS", "PAIR_STEPS",
                    "STUDENT_STEPS", "TEACHER_STEPS", "CHECKPOINT_EVERY")
     if const.METHOD == "progressive":
@@ -122,7 +124,7 @@ def run_distillation(const, family: str, argv):
     if const.METHOD == "progressive":
         extras["round_students"] = state.get("round_students", {}) if state else {}
         rounds = Progressive(setup, teaching.denoiser, const.TEACHER_STEPS, record,
-                             extras["round_students"], teaching.clip_x0)
+                             extras["round_students"], teaching.clip_x0, const.TEACHER_SOLVER)
         hooks = dict(step=rounds.step, before_epoch=rounds.before_epoch)
 
         def batches(epoch):
