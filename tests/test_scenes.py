@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from utils.scenes import (CELLS, COLOUR_NAMES, HELD_OUT_OBJECTS, HELD_OUT_PAIRS, _draw_hue,
-                          caption, captions, colour_bin, factors_of, parse_caption,
+                          caption, captions, colour_bin, factors_of, held_out_scene, parse_caption,
                           position_cell, render_scenes, sample_scenes)
 from utils.shapes import SHAPE_NAMES
 
@@ -33,9 +33,11 @@ def test_held_out_compositions_never_occur_in_the_train_split_and_fill_part_of_t
         assert not found & set(HELD_OUT_OBJECTS), i
         assert found not in pairs, i
     test = sample_scenes(4000, seed=0, split="test")
-    held = sum(bool(objects(test, i) & set(HELD_OUT_OBJECTS)) or objects(test, i) in pairs
-               for i in range(4000))
-    assert 0.2 < held / 4000 < 0.35
+    held = [bool(objects(test, i) & set(HELD_OUT_OBJECTS)) or objects(test, i) in pairs
+            for i in range(4000)]
+    assert 0.2 < sum(held) / 4000 < 0.35
+    assert held == [held_out_scene(test, i) for i in range(4000)]
+    assert not any(held_out_scene(train, i) for i in range(20000))
 
 
 def test_hues_fall_in_their_named_bins():

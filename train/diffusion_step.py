@@ -66,16 +66,20 @@ def build_diffusion(model_args: dict, schedule: NoiseSchedule, device: torch.dev
                           model_args=model_args, ddp=distributed.wrap(model, device), **options)
 
 
-def drop_labels(labels: torch.Tensor, rate: float, null_class: int,
+def drop_labels(labels: torch.Tensor, rate: float, null_class,
                 generator: torch.Generator | None = None) -> torch.Tensor:
     """Replace each label by the null class with probability `rate` (CFG training); the draws
-    come from `generator`, or else from the shared global-batch stream."""
+    come from `generator`, or else from the shared global-batch stream. Labels may be rows (a
+    caption's token ids, (B, L)): a dropped row becomes null_class, the empty caption's row."""
     if rate <= 0:
         return labels
-    u = (torch.rand(labels.shape, device=labels.device, generator=generator)
+    shape = labels.shape[:1]
+    u = (torch.rand(shape, device=labels.device, generator=generator)
          if generator is not None
-         else distributed.rand(labels.shape, device=labels.device))
-    return torch.where(u < rate, torch.full_like(labels, null_class), labels)
+         else distributed.rand(shape, device=labels.device))
+    null = torch.as_tensor(null_class, dtype=labels.dtype, device=labels.device)
+    drop = (u < rate).view(-1, *([1] * (labels.dim() - 1)))
+    return torch.where(drop, null.expand_as(labels), labels)
 
 
 def diffusion_loss(setup: DiffusionSetup, x0: torch.Tensor, labels: torch.Tensor | None = None,

@@ -16,6 +16,7 @@ import torch
 from models.autoencoder import Autoencoder
 from models.diffusion import PREDICTION_TYPES, Denoiser, NoiseSchedule
 from models.dit import DiT
+from models.text_to_image import TextConditionedUNet
 from models.flow import FlowSchedule
 from models.guidance import autoguidance
 from models.gan import Discriminator, Generator
@@ -40,7 +41,8 @@ def ema_network(state: dict, model: torch.nn.Module, key: str = "ema") -> torch.
 
 # ---- diffusion: the network, its schedule, its Denoiser ----
 
-NETWORKS = {"unet": UNet, "dit": DiT}  # model_args names the denoising network's class
+# model_args names the denoising network's class
+NETWORKS = {"unet": UNet, "dit": DiT, "text_unet": TextConditionedUNet}
 
 
 def build_network(model_args: dict) -> torch.nn.Module:
@@ -226,7 +228,8 @@ def psnr(mse_minus1_1: float) -> float:
 # ---- any run ----
 
 LOADERS = {"gan": load_gan, "vae": load_vae, "diffusion": load_diffusion_networks,
-           "ldm": load_diffusion_networks, "ldm_autoencoder": load_autoencoder_networks}
+           "ldm": load_diffusion_networks, "ldm_autoencoder": load_autoencoder_networks,
+           "t2i": load_diffusion_networks}
 
 
 @dataclass

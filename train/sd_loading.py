@@ -7,6 +7,7 @@ no tokenizer) is one UserError line naming it.
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -212,6 +213,21 @@ class Components:
     vae: SDVAE
     notes: list[str] = field(default_factory=list)
     source: Callable[[str, torch.dtype], dict[str, torch.Tensor]] | None = None
+    # a model trained here (train/text_to_image.py) says how it samples; None: SD v1's own
+    # (the scaled-linear schedule, epsilon, 0.18215, SD's timestep spacings)
+    schedule: Any = None  # NoiseSchedule or FlowSchedule
+    prediction: str = "epsilon"
+    latent_scale: float | None = None  # None: SD's SCALE_FACTOR
+    defaults: dict = field(default_factory=dict)  # size, steps, guidance it samples best at
+
+    @property
+    def factor(self) -> int:
+        """The autoencoder's downsampling factor (8 for SD's VAE)."""
+        return getattr(self.vae, "factor", None) or 2 ** (len(self.vae.decoder.up) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.unet.conv_in.in_channels
 
     def materialize(self, name: str, dtype: torch.dtype) -> None:
         """Give a network on the meta device its weights (from `source`) on the CPU."""

@@ -1,9 +1,12 @@
 """Stable Diffusion v1.5 inference built from the project's parts: reading the published weights
 (the original single file or a diffusers folder), the CLIP tokenizer and text encoder, the
 cross-attention UNet, the VAE, the scaled-linear NoiseSchedule and the project's samplers with
-text classifier-free guidance; text-to-image and image-to-image.
+text classifier-free guidance; text-to-image and image-to-image. The same pipeline samples a
+text-to-image model trained here from scratch (train/text_to_image.py builds its Components:
+its word tokenizer, text transformer, UNet, the LDM autoencoder, and the schedule and
+prediction it was trained with).
 
-The denoiser is the project's Denoiser (epsilon prediction) whose "labels" are the prompt's
+The denoiser is the project's Denoiser (epsilon prediction for SD) whose "labels" are the prompt's
 text embeddings; guidance evaluates the UNet on [prompt, negative prompt] in one batch and
 returns eps_u + w (eps_c - eps_u) (Ho & Salimans 2022). Image-to-image encodes the init image,
 draws z from the posterior, and starts the sampler from it noised by the forward process to the
@@ -18,7 +21,7 @@ import numpy as np
 import torch
 
 from models.diffusion import Denoiser, NoiseSchedule, q_sample
-from models.grids import SD_DEFAULT_SPACING, sd_timesteps
+from models.grids import SD_DEFAULT_SPACING, sd_timesteps, spaced_timesteps
 from models.samplers import sample
 from models.sd_vae import SCALE_FACTOR
 from train.sd_loading import Components
@@ -63,7 +66,9 @@ class StableDiffusion:
         if offload not in ("none", "model"):
             raise UserError(f"OFFLOAD={offload!r} is not one of 'none', 'model'")
         self.parts, self.device, self.dtype, self.offload = parts, device, dtype, offload
-        self.schedule = NoiseSchedule("scaled_linear", 1000)  # SD v1's training schedule
+        # SD v1's training schedule, or the one a model trained here was trained on
+        self.schedule = parts.schedule or NoiseSchedule("scaled_linear", 1000)
+        self.latent_scale = parts.latent_scale or SCALE_FACTOR
         self.from_file = offload == "model" and device.type == "cpu" and parts.source is not None
         for name in ("text", "unet", "vae"):
             module = getattr(parts, name)
@@ -100,14 +105,16 @@ class StableDiffusion:
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str], seconds: dict) -> torch.Tensor:
-        """(B, 77, 768) text embeddings: the final LayerNorm's output."""
+        """(B, L, width) text embeddings: the final LayerNorm's output ((B, 77, 768) for SD)."""
         ids = self.parts.tokenizer(prompts).to(self.device)
         with self._running("text", "text_encoder", seconds) as text:
             return text(ids)
 
     def denoiser(self, cond: torch.Tensor, uncond: torch.Tensor, guidance: float) -> Denoiser:
-        """The epsilon-prediction Denoiser with text guidance eps_u + w (eps_c - eps_u); its
-        labels are ignored (the prompt is fixed here)."""
+        """The Denoiser with text guidance out_u + w (out_c - out_u) on the network's output
+        (epsilon for SD; for a flow or v model the same combination of its output is the same
+        combination of its eps and x0, both being linear in it); labels are ignored (the
+        prompt is fixed here)."""
         unet = self.parts.unet
 
         def guided(x, t, labels):
@@ -118,43 +125,48 @@ class StableDiffusion:
                        torch.cat([cond, uncond])).float()
             out_c, out_u = out.chunk(2)
             return out_u + guidance * (out_c - out_u)
-        return Denoiser(guided, self.schedule, "epsilon")
+        return Denoiser(guided, self.schedule, self.parts.prediction)
 
     @torch.no_grad()
     def encode_image(self, image: torch.Tensor, generator: torch.Generator, seconds: dict
                      ) -> torch.Tensor:
-        """Scaled latents z ~ q(z | x) * 0.18215 of [-1, 1] images (B, 3, H, W)."""
+        """Scaled latents z ~ q(z | x) * scale (SD: 0.18215) of [-1, 1] images (B, C, H, W)."""
         with self._running("vae", "vae_encode", seconds) as vae:
             mean, logvar = vae.encode(image.to(self.device, self.dtype))
         noise = torch.randn(mean.shape, generator=generator).to(self.device)
-        return (mean.float() + (0.5 * logvar.float()).exp() * noise) * SCALE_FACTOR
+        return (mean.float() + (0.5 * logvar.float()).exp() * noise) * self.latent_scale
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, seconds: dict) -> torch.Tensor:
         with self._running("vae", "vae_decode", seconds) as vae:
-            images = vae.decode((latents / SCALE_FACTOR).to(self.dtype))
+            images = vae.decode((latents / self.latent_scale).to(self.dtype))
         return images.float().clamp(-1, 1).cpu()
 
     @torch.no_grad()
-    def generate(self, prompt: str, negative: str = "", *, steps: int = 50,
+    def generate(self, prompt: str | list[str], negative: str = "", *, steps: int = 50,
                  guidance: float = 7.5, sampler: str = "ddim", height: int = 512,
                  width: int = 512, n_images: int = 1, seed: int = 0,
                  init_image: torch.Tensor | None = None, strength: float = 0.8,
                  snapshots: int = 0, spacing: str = SD_DEFAULT_SPACING) -> Generated:
-        """Sample n_images for the prompt. Noise is drawn on the CPU from one generator seeded
-        with `seed` (the same images on every device); image-to-image draws the posterior
-        sample first, then the forward-process noise, and runs the tail of the text-to-image
-        grid. `spacing`: the timestep grid (models.grids; leading, v1.5's scheduler config,
-        visits what diffusers' v1.5 pipeline visits and gives its images)."""
-        factor = 2 ** (len(self.parts.vae.decoder.up) - 1)  # 8 for SD's VAE
+        """Sample n_images for the prompt (a list of prompts: one image each). Noise is drawn
+        on the CPU from one generator seeded with `seed` (the same images on every device);
+        image-to-image draws the posterior sample first, then the forward-process noise, and
+        runs the tail of the text-to-image grid. `spacing`: SD's timestep grid (models.grids;
+        leading, v1.5's scheduler config, visits what diffusers' v1.5 pipeline visits and gives
+        its images); a model trained here visits the project's grid for its schedule."""
+        prompts = [prompt] * n_images if isinstance(prompt, str) else list(prompt)
+        n_images = len(prompts)
+        factor = self.parts.factor  # 8 for SD's VAE
         if height % factor or width % factor:
             raise UserError(f"HEIGHT and WIDTH must be multiples of {factor}, got "
                             f"{height}x{width}")
         seconds, generator = {}, torch.Generator().manual_seed(seed)
-        context = self.encode_prompts([prompt] * n_images + [negative] * n_images, seconds)
+        context = self.encode_prompts(prompts + [negative] * n_images, seconds)
         cond, uncond = context.chunk(2)
-        shape = (n_images, 4, height // factor, width // factor)
-        grid = sd_timesteps(self.schedule.alphas_cumprod, steps, spacing, sampler)
+        shape = (n_images, self.parts.latent_channels, height // factor, width // factor)
+        sd = self.parts.schedule is None
+        grid = (sd_timesteps(self.schedule.alphas_cumprod, steps, spacing, sampler) if sd
+                else spaced_timesteps(self.schedule, steps))
         if init_image is None:
             x = torch.randn(shape, generator=generator).to(self.device)
         else:
@@ -165,7 +177,7 @@ class StableDiffusion:
                                                        device=self.device), noise)
         denoiser = self.denoiser(cond, uncond, guidance)
         # DDIM's last step lands on alpha_bar[0], not 1 (v1.5's set_alpha_to_one False)
-        extra = {"last_t": 0} if sampler == "ddim" else {}
+        extra = {"last_t": 0} if sampler == "ddim" and sd else {}
         with self._running("unet", "unet", seconds):
             out = sample(denoiser, x, sampler, len(grid), timesteps=grid, snapshots=snapshots,
                          generator=generator, **extra)

@@ -2,7 +2,9 @@
 
 Embedded (no network): `shapes` (procedural, with ground-truth factors), `shapes-arc` (the same
 with hues from an arc of the colour circle instead of all of it, so hue is an interval) and
-`digits` (scikit-learn's handwritten digits). With internet: torchvision's CIFAR-10, MNIST,
+`digits` (scikit-learn's handwritten digits), `scenes` (one or two shapes with captions
+written from their ground truth, utils/scenes.py; labelled by the first object's shape). With
+internet: torchvision's CIFAR-10, MNIST,
 Fashion-MNIST, CelebA and Stanford Cars. Offline: `folder`, any folder of class subfolders of
 images (utils/image_folder.py: its own train/test or a seeded held-out split, decoded once into
 a cache).
@@ -22,7 +24,7 @@ from utils.errors import UserError
 from utils.image_folder import image_decode_errors, load_folder
 from utils.shapes import HUE_ARC, SHAPE_NAMES, make_shapes
 
-EMBEDDED = ("shapes", "shapes-arc", "digits")
+EMBEDDED = ("shapes", "shapes-arc", "digits", "scenes")
 TORCHVISION = ("cifar10", "mnist", "fashionmnist", "celeba", "stanfordcars")
 DATASETS = EMBEDDED + TORCHVISION + ("folder",)
 MAX_IN_MEMORY_BYTES = 1 << 30  # larger datasets stream from disk through a DataLoader
@@ -40,6 +42,7 @@ class ImageData:
     factors: dict[str, np.ndarray] | None = None  # ground truth per image (shapes only)
     stream: torch.utils.data.Dataset | None = field(default=None, repr=False)
     shape: tuple[int, int, int] = (3, 32, 32)  # (C, H, W) of one image
+    scenes: dict | None = field(default=None, repr=False)  # scenes: utils.scenes factors
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -53,7 +56,7 @@ class ImageData:
         if self.images is None or self.images.device == device:
             return self
         return ImageData(self.name, self.images.to(device), self.labels.to(device),
-                         self.class_names, self.factors, shape=self.shape)
+                         self.class_names, self.factors, shape=self.shape, scenes=self.scenes)
 
     def first(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The first n images as floats in [-1, 1] with their labels."""
@@ -236,6 +239,13 @@ def load_dataset(name: str = "shapes", split: str = "train", image_size: int = 3
         images = _set_channels(images, channels)
         return ImageData(name, images, labels, list(SHAPE_NAMES), factors,
                          shape=(channels, image_size, image_size))
+    if name == "scenes":  # labelled by the (first) object's shape; captions from .scenes
+        from utils.scenes import render_scenes, sample_scenes
+        scenes = sample_scenes(n or (20000 if split == "train" else 2000), seed, split)
+        images = _set_channels(render_scenes(scenes, image_size), channels)
+        return ImageData(name, images, torch.as_tensor(scenes["shape"][:, 0]),
+                         list(SHAPE_NAMES), shape=(channels, image_size, image_size),
+                         scenes=scenes)
     if name == "digits":
         images, labels, classes = _digits(split)
         images = _set_channels(_resize_uint8(images, image_size), channels)[:n]

@@ -21,7 +21,9 @@ CHECKPOINT_VERSION = 2
 REQUIRED_KEYS = {None: ("kind", "model_args", "data", "epoch", "step", "config"),
                  "evaluator": ("kind", "model_args", "model", "info"),
                  "latent_cache": ("kind", "mean", "logvar", "labels"),
-                 "couplings": ("kind", "x", "count", "settings")}
+                 "couplings": ("kind", "x", "count", "settings"),
+                 "text_encoder": ("kind", "epoch", "config", "data", "tokenizer", "text_args",
+                                  "text", "pair", "optimizer")}
 _RUN_NAME = re.compile(r"^(\d{3,})-")
 _NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=,-]{0,99}$")  # one safe path component
 

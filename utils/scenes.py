@@ -76,6 +76,13 @@ def _held_out_pair(a: tuple[int, int], b: tuple[int, int]) -> bool:
     return any(names == set(pair) for pair in HELD_OUT_PAIRS)
 
 
+def held_out_scene(f: dict, i: int) -> bool:
+    """Whether scene i shows a held-out composition (a held-out object, or a held-out pair)."""
+    objects = [(int(f["colour"][i, k]), int(f["shape"][i, k])) for k in range(int(f["objects"][i]))]
+    return any(_held_out(*o) for o in objects) or (len(objects) == 2 and
+                                                   _held_out_pair(*objects))
+
+
 def _draw_object(rng, split: str, held: bool) -> tuple[int, int]:
     """(colour, shape) indices: any allowed one (train: never held out), or a held-out one."""
     if held:

@@ -84,6 +84,10 @@ class WordTokenizer:
         """(B, length) ids; an empty string is the null caption (caption dropout)."""
         return torch.stack([self.encode(t) if t else self.null() for t in texts])
 
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        """encode_batch: a tokenizer is called on prompts as the pipeline calls CLIP's."""
+        return self.encode_batch(texts)
+
     def decode(self, ids) -> str:
         """The text of ids (specials dropped; ':' and ',' joined to the word before)."""
         words = [self.words[int(i)] for i in ids if int(i) > 2]
