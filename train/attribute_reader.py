@@ -73,3 +73,24 @@ def faithfulness(seen: dict[str, torch.Tensor], asked: dict[str, torch.Tensor]) 
                          **{name: float(r.float().mean()) for name, r in right.items()},
                          ("binding" if count else "all_right"): float(every.float().mean())}
     return result
+
+
+def verdicts(seen: dict[str, torch.Tensor], asked: dict[str, torch.Tensor]) -> list[str]:
+    """A short verdict per image for figures: 'right', or the attributes read wrong with what
+    the reader saw ('colour: orange, cell: top')."""
+    from utils.scenes import CELLS, COLOUR_NAMES, SIZE_NAMES
+    from utils.shapes import SHAPE_NAMES
+    names = {"shape": SHAPE_NAMES, "colour": COLOUR_NAMES, "size": SIZE_NAMES, "cell": CELLS,
+             "axis": ("left-right", "above-below"), "shape_a": SHAPE_NAMES,
+             "colour_a": COLOUR_NAMES, "shape_b": SHAPE_NAMES, "colour_b": COLOUR_NAMES}
+    out = []
+    for i in range(len(asked["objects"])):
+        count = int(asked["objects"][i])
+        if int(seen["objects"][i]) != count:
+            out.append(f"{int(seen['objects'][i]) + 1} object(s)")
+            continue
+        heads = TWO_OBJECT_HEADS if count else ONE_OBJECT_HEADS
+        wrong = [f"{h.replace('_', ' ')}: {names[h][int(seen[h][i])]}" for h in heads
+                 if int(asked[h][i]) >= 0 and int(seen[h][i]) != int(asked[h][i])]
+        out.append(", ".join(wrong) if wrong else "right")
+    return out

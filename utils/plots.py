@@ -360,3 +360,34 @@ def save_class_rows(images: torch.Tensor, probs: np.ndarray, class_names: Sequen
              if asked is not None else
              "samples by the evaluator's class, most confident first; label: share of samples")
     return save_labelled_grid(rows, path, row_labels=labels, title=title)
+
+
+def save_captioned_grid(rows: torch.Tensor, captions: Sequence[Sequence[str]], path: Path,
+                        row_labels: Sequence[str] = (), col_labels: Sequence[str] = (),
+                        title: str | None = None) -> Path:
+    """rows (R, K, C, H, W), each image with a caption under it (captions[r][k]; e.g. what a
+    reader saw), a label per row (left, wrapped) and per column (top)."""
+    n_rows, n_cols = rows.shape[:2]
+    left = 2.6 if row_labels else 0.2
+    fig, axes = plt.subplots(n_rows, n_cols, squeeze=False,
+                             figsize=(n_cols * 1.25 + left, n_rows * 1.45 + 0.6))
+    for r in range(n_rows):
+        for k in range(n_cols):
+            ax = axes[r, k]
+            image = _as_uint8(rows[r, k]).permute(1, 2, 0).cpu().numpy()
+            ax.imshow(image.squeeze(-1) if image.shape[-1] == 1 else image,
+                      cmap="gray" if image.shape[-1] == 1 else None, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            text = captions[r][k]
+            ax.set_xlabel(text, fontsize=6, color="green" if text == "right" else "firebrick")
+            if r == 0 and col_labels:
+                ax.set_title(col_labels[k], fontsize=8)
+        if row_labels:
+            import textwrap
+            axes[r, 0].set_ylabel(textwrap.fill(row_labels[r], 28), fontsize=7, rotation=0,
+                                  ha="right", va="center", labelpad=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.subplots_adjust(left=left / (n_cols * 1.25 + left), wspace=0.1, hspace=0.45)
+    return _save(fig, path)
