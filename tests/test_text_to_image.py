@@ -2,6 +2,8 @@
 trained run samples through the Stable Diffusion pipeline and script (the same images as
 sampling its denoiser directly), the frozen encoder stays as pre-trained, caption dropout drops
 whole captions, text guidance is the guided combination of x0, and bad prompts are one line."""
+from pathlib import Path
+
 import torch
 
 import pytest
@@ -22,7 +24,7 @@ COMMON = ["--PRECISION=fp32", "--SEED=0", "--TENSORBOARD=False"]
 def stages(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("t2i"))
     where = ["--SAVE_ROOT", root, "--PRECISION=fp32", "--SEED=0"]
-    encoder = TextEncoderMain.main([*where, "--N_TRAIN=128", "--EPOCHS=1", "--BATCH_SIZE=32",
+    encoder = TextEncoderMain.main([*where, "--N_TRAIN=512", "--EPOCHS=1", "--BATCH_SIZE=64",
                                     "--WIDTH=16", "--HEADS=2", "--IMAGE_WIDTH=8"])
     autoencoder = LDMAutoencoderMain.main([*where, "--DATASET=scenes", "--N_TRAIN=64", "--BASE=8",
                                            "--EPOCHS=1", "--BATCH_SIZE=16",
@@ -116,3 +118,25 @@ def test_caption_dropout_replaces_whole_captions_by_the_empty_one():
     classes = torch.arange(10, 1010)
     assert torch.equal(drop_labels(classes, 0.3, 7, torch.Generator().manual_seed(0)) == 7,
                        is_null)  # class labels: the same draws as before
+
+
+def test_the_benchmark_scores_given_runs_and_draws_its_figures(stages, monkeypatch):
+    """A smoke run of benchmarks.text_to_image on the fixture's runs (the FID evaluator, which
+    trains on 20,000 scenes, is replaced: it is tested with the other families)."""
+    from benchmarks import text_to_image as bench
+    root, encoder, autoencoder, frozen, _ = stages
+    monkeypatch.setattr(bench, "evaluate_samples",
+                        lambda images, *a, **k: {"fid": 1.0, "real_vs_real": {"fid": 0.5}})
+    data = bench.main([f"--SAVE_ROOT={root}", f"--TEXT_ENCODER_RUN={encoder.name}",
+                       f"--AUTOENCODER_RUN={autoencoder.name}", f"--T2I_RUNS=('{frozen.name}',)",
+                       "--N_PROMPTS=24", "--N_SWEEP=8", "--GUIDANCE_SWEEP=(1.0, 3.0)",
+                       "--FIGURE_SEEDS=2", "--READER_SCENES=256", "--STEPS=2", "--RESULTS=None",
+                       "--DEVICE=cpu"])
+    row = data["rows"][0]
+    assert row["run"] == frozen.name and row["grid_seconds"] > 0
+    groups = {g for split in row["faithfulness"].values() for g in split}
+    assert groups <= {"one_object", "two_objects"} and groups
+    assert [s["guidance"] for s in data["sweep"]] == [1.0, 3.0]
+    out = sorted((Path(root) / "saved_plots" / "compare").iterdir())[-1]
+    assert (out / "prompt_grid.png").is_file() and (out / "guidance_sweep.png").is_file()
+    assert "two objects, binding" in (out / "results.md").read_text()
