@@ -25,9 +25,9 @@ UNet step, peak memory).
 import torch
 
 from models.grids import SD_DEFAULT_SPACING, SD_SPACINGS
-from train.sd_loading import load_components
 from train.stable_diffusion import (StableDiffusion, denoising_strip, img2img_steps,
                                     load_init_image, peak_memory_mb, sd_device, sd_dtype)
+from train.text_to_image import check_prompts, pipeline_components
 from utils.clip_tokenizer import CONVENTIONS
 from utils.config import (check_choice, check_positive, given_constants, resolve_constants,
                           save_config)
@@ -74,7 +74,9 @@ def main(argv=None):
         raise UserError(f"STRENGTH={const.STRENGTH} must be in [0, 1]")
     device = sd_device(const.DEVICE)
     dtype = sd_dtype(const.PRECISION, device)
-    parts = components(const, device, dtype)
+    lazy = const.OFFLOAD == "model" and device.type == "cpu"
+    parts = pipeline_components(const.WEIGHTS, const.TOKENIZER, const.TEXT_CLEANING,
+                                const.SAVE_ROOT, dtype, lazy)
     given = given_constants(argv)
     for name, value in parts.defaults.items():  # a trained run's own, unless typed
         if name.upper() not in given:
@@ -99,36 +101,6 @@ def main(argv=None):
     print(f"{result.seconds['unet_per_step']:.2f} s per UNet step on {device} "
           f"({str(dtype).replace('torch.', '')}); done: images in {run.plots}")
     return run, result
-
-
-def components(const, device, dtype):
-    """The v1.5 files WEIGHTS points at, or else the TextToImageMain run it names."""
-    from pathlib import Path
-    if Path(const.WEIGHTS).exists():
-        parts = load_components(const.WEIGHTS, const.TOKENIZER, dtype=dtype,
-                                lazy=const.OFFLOAD == "model" and device.type == "cpu")
-        parts.tokenizer.convention = const.TEXT_CLEANING
-        return parts
-    from train.text_to_image import FAMILY, load_components as load_trained
-    from utils.runs import existing_runs
-    if not existing_runs(const.SAVE_ROOT, FAMILY):
-        raise UserError(f"WEIGHTS={const.WEIGHTS!r} is neither a v1.5 file or folder nor a "
-                        f"TextToImageMain run (none under {Path(const.SAVE_ROOT).resolve()})")
-    try:
-        return load_trained(const.SAVE_ROOT, const.WEIGHTS, torch.device("cpu"))
-    except UserError as err:
-        raise UserError(f"WEIGHTS={const.WEIGHTS!r} is not a v1.5 file or folder, and as a "
-                        f"run: {err}") from None
-
-
-def check_prompts(tokenizer, prompt: str, negative: str) -> None:
-    """A tokenizer with a closed vocabulary (a trained run's) checks the prompts before any
-    work: an empty prompt, too many words, unknown words or characters are one line (an empty
-    negative prompt is the null caption). CLIP's tokenizer reads anything."""
-    if hasattr(tokenizer, "check"):
-        tokenizer.check(prompt)
-        if negative:
-            tokenizer.check(negative)
 
 
 def write_outputs(run, const, pipe: StableDiffusion, result, init) -> None:

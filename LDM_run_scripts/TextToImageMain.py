@@ -19,14 +19,11 @@ from train.diffusion_step import build_diffusion
 from train.inference import build_schedule
 from train.latents import finished_stage1, held_out_latents
 from train.options import Deadline, LoopOptions
-from train.stable_diffusion import StableDiffusion
 from train.text_encoder import build_tokenizer, text_args
 from train.text_to_image import (FAMILY, TEXT_ENCODERS, caption_batches, caption_ids,
-                                 live_components, model_args, text_encoder_run,
-                                 training_scenes)
+                                 model_args, prompt_frame, text_encoder_run, training_scenes)
 from utils.cli import run_cli
 from utils.config import check_choice, check_positive, resolve_constants
-from utils.data import to_uint8
 from utils.errors import UserError
 from utils.run_index import write_indexes
 from utils.session import open_run, resume_run, seed_and_device
@@ -113,8 +110,8 @@ def main(argv=None):
         const.TEXT_ENCODER_RUN = encoder["run"]
         tokenizer, args = WordTokenizer.from_dict(encoder["tokenizer"]), encoder["text_args"]
     prompts = list(const.PROMPTS)
-    for prompt in prompts:
-        tokenizer.check(prompt)  # a prompt the tokenizer cannot read: one line, before training
+    for prompt in prompts:  # a prompt the tokenizer cannot read: one line, before training
+        tokenizer.check(prompt)
     steps_per_epoch = max(1, len(scenes["objects"]) // const.BATCH_SIZE)
     setup = build_diffusion(model_args(const, tokenizer, args, cache["mean"].shape[1]),
                             schedule, device, lr=const.LR, warmup_steps=const.WARMUP_STEPS,
@@ -127,14 +124,10 @@ def main(argv=None):
             net.text.load_state_dict(encoder["text"])
     run = open_run(const, FAMILY, f"{const.PREDICTION}-{const.TEXT_ENCODER}", run,
                    dataset="scenes")
-    size = stage1.data.image_size
 
     def snapshot() -> torch.Tensor:
-        pipe = StableDiffusion(live_components(setup.ema.module, ae, tokenizer, schedule,
-                                               const.PREDICTION, scale), device, torch.float32)
-        out = pipe.generate(prompts, steps=const.SAMPLE_STEPS, guidance=const.GUIDANCE,
-                            sampler=const.SAMPLER, height=size, width=size, seed=const.SEED)
-        return to_uint8(out.images)
+        return prompt_frame(setup.ema.module, ae, tokenizer, schedule, const.PREDICTION, scale,
+                            prompts, const, stage1.data.image_size, device)
 
     def batches(epoch):
         ids = caption_ids(tokenizer, scenes, const.SEED * 1000 + epoch)

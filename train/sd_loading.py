@@ -4,10 +4,7 @@ full, whose EMA UNet is used) or a diffusers folder, named through models/sd_wei
 tables. Every problem (missing file, unreadable file, missing or unexpected tensor, wrong shape,
 no tokenizer) is one UserError line naming it.
 """
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -16,6 +13,7 @@ from models.sd_unet import SDUNet
 from models.sd_vae import SDVAE
 from models.sd_weights import (TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX, to_project_tensor,
                                unet_key_table, vae_key_table)
+from train.stable_diffusion import Components
 from utils.clip_tokenizer import CLIPTokenizer
 from utils.errors import UserError
 
@@ -200,44 +198,6 @@ def _folder_model_args(folder: Path) -> dict:
 
 _WHAT = {"text": "text encoder", "unet": "UNet", "vae": "VAE"}
 _EMA_PREFIX = "model_ema.diffusion_model"
-
-
-@dataclass
-class Components:
-    """The tokenizer and the three networks. `source(name, dtype)` reads a network's weights
-    ("text", "unet" or "vae") from WEIGHTS again, under the project's names: with it a network
-    can wait on the meta device (no memory) until it runs (see `materialize`)."""
-    tokenizer: CLIPTokenizer
-    text: CLIPTextEncoder
-    unet: SDUNet
-    vae: SDVAE
-    notes: list[str] = field(default_factory=list)
-    source: Callable[[str, torch.dtype], dict[str, torch.Tensor]] | None = None
-    # a model trained here (train/text_to_image.py) says how it samples; None: SD v1's own
-    # (the scaled-linear schedule, epsilon, 0.18215, SD's timestep spacings)
-    schedule: Any = None  # NoiseSchedule or FlowSchedule
-    prediction: str = "epsilon"
-    latent_scale: float | None = None  # None: SD's SCALE_FACTOR
-    defaults: dict = field(default_factory=dict)  # size, steps, guidance it samples best at
-
-    @property
-    def factor(self) -> int:
-        """The autoencoder's downsampling factor (8 for SD's VAE)."""
-        return getattr(self.vae, "factor", None) or 2 ** (len(self.vae.decoder.up) - 1)
-
-    @property
-    def latent_channels(self) -> int:
-        return self.unet.conv_in.in_channels
-
-    def materialize(self, name: str, dtype: torch.dtype) -> None:
-        """Give a network on the meta device its weights (from `source`) on the CPU."""
-        module = getattr(self, name)
-        module.load_state_dict(self.source(name, dtype), assign=True)
-        module.eval().requires_grad_(False)
-
-    def release(self, name: str) -> None:
-        """Back to the meta device: the network's weights are freed."""
-        getattr(self, name).to("meta")
 
 
 def _project_tensors(weights: Path, name: str, own: dict, table: dict | None,

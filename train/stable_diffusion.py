@@ -14,7 +14,9 @@ step at STRENGTH of the way up the sampler's grid.
 """
 import contextlib
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +25,51 @@ import torch
 from models.diffusion import Denoiser, NoiseSchedule, q_sample
 from models.grids import SD_DEFAULT_SPACING, sd_timesteps, spaced_timesteps
 from models.samplers import sample
-from models.sd_vae import SCALE_FACTOR
-from train.sd_loading import Components
+from models.clip import CLIPTextEncoder
+from models.sd_unet import SDUNet
+from models.sd_vae import SCALE_FACTOR, SDVAE
+from utils.clip_tokenizer import CLIPTokenizer
 from utils.image_folder import image_decode_errors
 from utils.device import bf16_is_fast, synchronize
 from utils.errors import UserError
+
+
+@dataclass
+class Components:
+    """The tokenizer and the three networks. `source(name, dtype)` reads a network's weights
+    ("text", "unet" or "vae") from WEIGHTS again, under the project's names: with it a network
+    can wait on the meta device (no memory) until it runs (see `materialize`)."""
+    tokenizer: CLIPTokenizer
+    text: CLIPTextEncoder
+    unet: SDUNet
+    vae: SDVAE
+    notes: list[str] = field(default_factory=list)
+    source: Callable[[str, torch.dtype], dict[str, torch.Tensor]] | None = None
+    # a model trained here (train/text_to_image.py) says how it samples; None: SD v1's own
+    # (the scaled-linear schedule, epsilon, 0.18215, SD's timestep spacings)
+    schedule: Any = None  # NoiseSchedule or FlowSchedule
+    prediction: str = "epsilon"
+    latent_scale: float | None = None  # None: SD's SCALE_FACTOR
+    defaults: dict = field(default_factory=dict)  # size, steps, guidance it samples best at
+
+    @property
+    def factor(self) -> int:
+        """The autoencoder's downsampling factor (8 for SD's VAE)."""
+        return getattr(self.vae, "factor", None) or 2 ** (len(self.vae.decoder.up) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.unet.conv_in.in_channels
+
+    def materialize(self, name: str, dtype: torch.dtype) -> None:
+        """Give a network on the meta device its weights (from `source`) on the CPU."""
+        module = getattr(self, name)
+        module.load_state_dict(self.source(name, dtype), assign=True)
+        module.eval().requires_grad_(False)
+
+    def release(self, name: str) -> None:
+        """Back to the meta device: the network's weights are freed."""
+        getattr(self, name).to("meta")
 
 
 def sd_dtype(precision: str, device: torch.device) -> torch.dtype:

@@ -12,13 +12,17 @@ A finished run samples through the Stable Diffusion pipeline (train/stable_diffu
 load_components gives its Components, so LDM_run_scripts.StableDiffusion --WEIGHTS=<run> and the
 benchmarks use the same prompt encoding, text guidance, samplers and image-to-image as v1.5.
 """
+from pathlib import Path
+
 import torch
 
 from train.inference import build_schedule, load_run
 from train.latents import latent_batches
-from train.sd_loading import Components
+from train.sd_loading import load_components as load_v15
+from train.stable_diffusion import Components, StableDiffusion
+from utils.data import to_uint8
 from utils.errors import UserError
-from utils.runs import find_run, load_checkpoint
+from utils.runs import existing_runs, find_run, load_checkpoint
 from utils.scenes import captions, sample_scenes
 from utils.word_tokenizer import WordTokenizer
 
@@ -86,8 +90,43 @@ def load_components(save_root: str, which: str, device: torch.device) -> Compone
                                 "guidance": config["GUIDANCE"]})
 
 
-def live_components(net, autoencoder, tokenizer: WordTokenizer, schedule, prediction: str,
-                    scale: float) -> Components:
-    """Components of a model being trained (its EMA network), for the per-epoch samples."""
-    return Components(tokenizer, net.text, net.unet, autoencoder, schedule=schedule,
-                      prediction=prediction, latent_scale=scale)
+@torch.no_grad()
+def prompt_frame(net, autoencoder, tokenizer: WordTokenizer, schedule, prediction: str,
+                 scale: float, prompts: list[str], const, size: int,
+                 device: torch.device) -> torch.Tensor:
+    """A model in training (its EMA network) sampled through the pipeline: one uint8 image per
+    prompt at GUIDANCE with SAMPLER and SAMPLE_STEPS, from the noise of SEED."""
+    parts = Components(tokenizer, net.text, net.unet, autoencoder, schedule=schedule,
+                       prediction=prediction, latent_scale=scale)
+    out = StableDiffusion(parts, device, torch.float32).generate(
+        prompts, steps=const.SAMPLE_STEPS, guidance=const.GUIDANCE, sampler=const.SAMPLER,
+        height=size, width=size, seed=const.SEED)
+    return to_uint8(out.images)
+
+
+def pipeline_components(weights: str, tokenizer: str | None, cleaning: str, save_root: str,
+                        dtype: torch.dtype, lazy: bool) -> Components:
+    """What StableDiffusion's WEIGHTS names: v1.5 files (a single file or a diffusers folder),
+    or else a TextToImageMain run under save_root (name, number or latest)."""
+    if Path(weights).exists():
+        parts = load_v15(weights, tokenizer, dtype=dtype, lazy=lazy)
+        parts.tokenizer.convention = cleaning
+        return parts
+    if not existing_runs(save_root, FAMILY):
+        raise UserError(f"WEIGHTS={weights!r} is neither a v1.5 file or folder nor a "
+                        f"TextToImageMain run (none under {Path(save_root).resolve()})")
+    try:
+        return load_components(save_root, weights, torch.device("cpu"))
+    except UserError as err:
+        raise UserError(f"WEIGHTS={weights!r} is not a v1.5 file or folder, and as a run: "
+                        f"{err}") from None
+
+
+def check_prompts(tokenizer, prompt: str, negative: str) -> None:
+    """A tokenizer with a closed vocabulary (a trained run's) checks the prompts before any
+    work: an empty prompt, too many words, unknown words or characters are one line (an empty
+    negative prompt is the null caption). CLIP's tokenizer reads anything."""
+    if hasattr(tokenizer, "check"):
+        tokenizer.check(prompt)
+        if negative:
+            tokenizer.check(negative)
