@@ -7,7 +7,7 @@ pulled together, the rest of the batch pushed apart.
     python -m LDM_run_scripts.TextEncoderMain --EPOCHS=12 --WIDTH=96
     python -m LDM_run_scripts.TextEncoderMain --RESUME=latest --EPOCHS=12
 
-Then LDMAutoencoderMain --DATASET=scenes (stage 1) and TextToImageMain (stage 2); the whole
+Then LDMAutoencoderMain --DATASET=scenes --EPOCHS=3 (stage 1) and TextToImageMain (stage 2); the whole
 recipe is in docs/text_to_image.md. Writes saved_plots/text_encoder/<run>/: losses.png (the
 contrastive loss and image-to-text retrieval on the test split, seen and held-out compositions
 apart), config.json, metrics.jsonl; the tokenizer and weights to saved_models/text_encoder/<run>/.

@@ -3,7 +3,7 @@ the cached latents of the captioned scenes, conditioned on the captions through 
 text encoder, with caption dropout for text classifier-free guidance.
 
     python -m LDM_run_scripts.TextEncoderMain                      # stage 0: text encoder
-    python -m LDM_run_scripts.LDMAutoencoderMain --DATASET=scenes  # stage 1: autoencoder
+    python -m LDM_run_scripts.LDMAutoencoderMain --DATASET=scenes --EPOCHS=3  # stage 1
     python -m LDM_run_scripts.TextToImageMain                      # stage 2: this
     python -m LDM_run_scripts.StableDiffusion --WEIGHTS=latest --PROMPT="a red star on the left"
 

@@ -107,8 +107,10 @@ def prompt_frame(net, autoencoder, tokenizer: WordTokenizer, schedule, predictio
 def pipeline_components(weights: str, tokenizer: str | None, cleaning: str, save_root: str,
                         dtype: torch.dtype, lazy: bool) -> Components:
     """What StableDiffusion's WEIGHTS names: v1.5 files (a single file or a diffusers folder),
-    or else a TextToImageMain run under save_root (name, number or latest)."""
-    if Path(weights).exists():
+    or else a TextToImageMain run under save_root (name, number or latest). A path that does
+    not exist is the v1.5 loader's one line."""
+    path = Path(weights)
+    if path.exists() or "/" in weights or path.suffix in (".safetensors", ".ckpt"):
         parts = load_v15(weights, tokenizer, dtype=dtype, lazy=lazy)
         parts.tokenizer.convention = cleaning
         return parts
