@@ -7,10 +7,11 @@ pulled together, the rest of the batch pushed apart.
     python -m LDM_run_scripts.TextEncoderMain --EPOCHS=12 --WIDTH=96
     python -m LDM_run_scripts.TextEncoderMain --RESUME=latest --EPOCHS=12
 
-Then LDMAutoencoderMain --DATASET=scenes --EPOCHS=3 (stage 1) and TextToImageMain (stage 2); the whole
-recipe is in docs/text_to_image.md. Writes saved_plots/text_encoder/<run>/: losses.png (the
-contrastive loss and image-to-text retrieval on the test split, seen and held-out compositions
-apart), config.json, metrics.jsonl; the tokenizer and weights to saved_models/text_encoder/<run>/.
+Then LDMAutoencoderMain --DATASET=scenes --EPOCHS=3 (stage 1) and TextToImageMain (stage 2);
+the whole recipe is in docs/text_to_image.md. Writes saved_plots/text_encoder/<run>/:
+losses.png (the contrastive loss and image-to-text retrieval on the test split, seen and
+held-out compositions apart), config.json, metrics.jsonl; the tokenizer and weights to
+saved_models/text_encoder/<run>/.
 """
 import torch
 
@@ -38,7 +39,7 @@ BATCH_SIZE = 256  # image-caption pairs per step (the contrast is within a batch
 LR = 1e-3  # Adam learning rate
 SEED = 0  # seeds torch and the scenes
 DEVICE = "auto"  # auto, cpu, cuda
-PRECISION = "fp32"  # fp32 (the towers are small; kept for the shared seeding code)
+PRECISION = "auto"  # auto (bf16 autocast where fast), bf16, fp32
 RESUME = None  # None for a new run; "latest" or a run name to continue it
 MINUTES = None  # stop after the epoch in which this many minutes have passed
 SAVE_ROOT = "."  # saved_plots/ and saved_models/ are created here
@@ -51,7 +52,7 @@ def main(argv=None):
     check_positive(const, "N_TRAIN", "WIDTH", "LAYERS", "HEADS", "EMBED_DIM", "EPOCHS",
                    "BATCH_SIZE", "LR")
     deadline = Deadline(const.MINUTES)
-    device, _ = seed_and_device(const)
+    device, amp_dtype = seed_and_device(const)
     spec = DataSpec("scenes", const.IMAGE_SIZE, 3, const.SEED)
     train, test = spec.load("train", const.N_TRAIN), spec.held_out()
     tokenizer = (WordTokenizer.from_dict(state["tokenizer"]) if state
@@ -74,7 +75,7 @@ def main(argv=None):
                     run.plots / "losses.png", title=f"{run.name}: pre-training")
     record = train_text_encoder(pair.train(), opt, tokenizer, train.to(device), test.to(device),
                                 run,
-                                const, state, deadline, save)
+                                const, state, deadline, save, amp_dtype)
     write_indexes(run.plots)
     print(f"done: retrieval {record.get('retrieval', float('nan')):.3f} on the test split; "
           f"figures in {run.plots}")

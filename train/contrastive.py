@@ -10,12 +10,16 @@ import torch
 
 from models.contrastive import ContrastivePair, contrastive_loss
 from utils.data import to_float
+from utils.device import autocast
 
 
 def contrastive_step(pair: ContrastivePair, opt: torch.optim.Optimizer, images: torch.Tensor,
-                     ids: torch.Tensor) -> float:
-    """One optimiser step on a batch of uint8 images and their caption ids."""
-    loss = contrastive_loss(pair.logits(to_float(images), ids))
+                     ids: torch.Tensor, amp_dtype: torch.dtype | None = None) -> float:
+    """One optimiser step on a batch of uint8 images and their caption ids (the forward pass
+    under autocast to amp_dtype, the loss in fp32)."""
+    with autocast(images.device, amp_dtype):
+        logits = pair.logits(to_float(images), ids)
+    loss = contrastive_loss(logits.float())
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()

@@ -67,7 +67,7 @@ def retrieval(pair: ContrastivePair, tokenizer: WordTokenizer, test: ImageData, 
 
 def train_text_encoder(pair: ContrastivePair, opt, tokenizer: WordTokenizer, train: ImageData,
                        test: ImageData, run: Run, const, state: dict | None,
-                       deadline, save) -> dict:
+                       deadline, save, amp_dtype=None) -> dict:
     """Epochs of contrastive steps from the one after `state`'s, a metrics record and a
     checkpoint after each; stops early at the deadline. Returns the last record."""
     log = MetricsLog(run.metrics_path)
@@ -84,7 +84,8 @@ def train_text_encoder(pair: ContrastivePair, opt, tokenizer: WordTokenizer, tra
         for k in tqdm(range(steps), desc=f"epoch {epoch}/{const.EPOCHS}", dynamic_ncols=True,
                       leave=False):
             pick = order[k * const.BATCH_SIZE:(k + 1) * const.BATCH_SIZE]
-            losses.append(contrastive_step(pair, opt, train.images[pick], ids[pick]))
+            losses.append(contrastive_step(pair, opt, train.images[pick], ids[pick],
+                                           amp_dtype))
         record = {"epoch": epoch, "loss": float(np.mean(losses)),
                   **retrieval(pair, tokenizer, test, const.SEED + 7),
                   "temperature": float(1 / pair.logit_scale.detach().exp()),
