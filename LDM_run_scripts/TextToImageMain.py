@@ -54,7 +54,7 @@ ATTENTION_LEVELS = (0, 1)  # levels with self- and cross-attention (0: the laten
 HEADS = 4  # attention heads
 
 # training
-EPOCHS = 30  # passes over the cached latents, each with newly drawn captions
+EPOCHS = 14  # passes over the cached latents, each with newly drawn captions (35 min)
 BATCH_SIZE = 128  # latents per step
 LR = 5e-4  # AdamW peak learning rate
 LR_SCHEDULE = "cosine"  # after warm-up: constant or cosine
