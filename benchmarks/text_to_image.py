@@ -10,8 +10,9 @@ Stages (each its own script in a child process, timed): TextEncoderMain (ENCODER
 LDMAutoencoderMain on scenes (AUTOENCODER_EPOCHS), and one TextToImageMain per TEXT_ENCODERS
 entry (UNET_MINUTES each). Prompts are the captions of the first N_PROMPTS test scenes (a
 quarter of them held-out compositions); each gets one image through the Stable Diffusion
-pipeline at the run's guidance, SAMPLER and STEPS. The attribute reader (trained on the training
-scenes' ground truth; its own faithfulness on the real test scenes is the ceiling row) reads
+pipeline at the run's guidance, SAMPLER and STEPS. The attribute reader (trained on the ground
+truth of scenes of every composition, held-out ones included: it is the judge, not the model;
+its own faithfulness on the real test scenes is the ceiling row) reads
 every image against its prompt: one-object prompts, the share with all attributes right, seen
 and held-out apart; two-object prompts, the binding rate. Writes saved_plots/compare/<run>/
 (results.md, prompt_grid.png with the reader's verdict under each image, guidance_sweep.png) and
@@ -56,7 +57,7 @@ GUIDANCE = None  # text CFG scale (None: each run's own GUIDANCE)
 GUIDANCE_SWEEP = (1.0, 2.0, 3.0, 5.0, 8.0)  # scales of the sweep
 N_SWEEP = 400  # prompts per sweep point
 FIGURE_SEEDS = 4  # columns of the prompt grid
-READER_SCENES = 20000  # training scenes the attribute reader learns from
+READER_SCENES = 20000  # scenes the attribute reader learns from (every composition)
 FIGURE_PROMPTS = ("a small red star in the top left corner", "a large blue circle in the centre",
                   "a yellow triangle at the bottom right", "a large green star on the left",
                   "a small purple triangle at the top", "a pink square above a cyan circle",
@@ -210,6 +211,9 @@ def main(argv=None) -> dict:
     stages = {f"text encoder ({encoder})": encoder_minutes,
               f"autoencoder ({autoencoder})": ae_minutes}
     runs = list(const.T2I_RUNS or [])
+    for name in runs:  # given runs: their own training minutes
+        run_name, minutes = stage(const, "TextToImageMain", FAMILY, name, [])
+        stages[f"UNet ({run_name})"] = minutes
     if not runs:
         for mode in const.TEXT_ENCODERS:
             name, minutes = stage(const, "TextToImageMain", FAMILY, None, [
@@ -219,8 +223,10 @@ def main(argv=None) -> dict:
             runs.append(name)
             stages[f"UNet ({name})"] = minutes
     prompts, asked, held, test = prompt_set(const)
-    train = DataSpec("scenes", 32, 3, const.SEED).load("train", const.READER_SCENES)
-    print("training the attribute reader on the training scenes")
+    # the judge sees every composition (the model never does): scenes drawn as the test split
+    # draws them, held-out ones included, from another seed than the prompts'
+    train = DataSpec("scenes", 32, 3, const.SEED + 1).load("test", const.READER_SCENES)
+    print("training the attribute reader on rendered scenes of every composition")
     reader = train_reader(train.images, scene_targets(train.scenes), seed=const.SEED,
                           device=device)
     ceiling = {"label": "real test scenes",

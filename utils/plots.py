@@ -1,4 +1,5 @@
 """Figures every family shares: sample grids, progressions over epochs, labelled grids, curves."""
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -380,11 +381,11 @@ def save_captioned_grid(rows: torch.Tensor, captions: Sequence[Sequence[str]], p
             ax.set_xticks([])
             ax.set_yticks([])
             text = captions[r][k]
-            ax.set_xlabel(text, fontsize=6, color="green" if text == "right" else "firebrick")
+            ax.set_xlabel(textwrap.fill(text, 26), fontsize=6,
+                          color="green" if text == "right" else "firebrick")
             if r == 0 and col_labels:
                 ax.set_title(col_labels[k], fontsize=8)
         if row_labels:
-            import textwrap
             axes[r, 0].set_ylabel(textwrap.fill(row_labels[r], 28), fontsize=7, rotation=0,
                                   ha="right", va="center", labelpad=8)
     if title:
