@@ -19,7 +19,7 @@ from models.contrastive import ContrastivePair, ImageTower
 from train.contrastive import contrastive_step, retrieval_accuracy
 from utils.data import ImageData
 from utils.runs import CHECKPOINT_VERSION, MetricsLog, Run, save_checkpoint
-from utils.scenes import attribute_targets, captions, factors_of, held_out_scene
+from utils.scenes import captions, held_out_scene, scene_targets
 from utils.word_tokenizer import WordTokenizer
 
 VOCABULARY_SEEDS = 4  # caption draws whose words make the vocabulary (every synonym appears)
@@ -40,8 +40,7 @@ def text_args(tokenizer: WordTokenizer, width: int, layers: int, heads: int) -> 
 def scene_keys(scenes: dict) -> list[tuple]:
     """A hashable description of each scene (its reader targets): retrieval's notion of 'the
     same scene'."""
-    return [tuple(attribute_targets(factors_of(scenes, i)).values())
-            for i in range(len(scenes["objects"]))]
+    return list(zip(*(column.tolist() for column in scene_targets(scenes).values())))
 
 
 def build_pair(tokenizer: WordTokenizer, const) -> ContrastivePair:
