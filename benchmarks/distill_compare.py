@@ -3,7 +3,7 @@ FAMILY="diffusion", or latent, "ldm"), its progressive and reflow students
 (DiffusionDistill / LDMDistill), each sampled from the same N_SAMPLES noise images (and, for the
 class-conditional LDM, the same labels) and scored by the project's evaluator.
 
-    python -m benchmarks.distill_compare                        # shapes, a 10-minute teacher
+    python -m benchmarks.distill_compare                        # shapes, a 25-minute teacher
     python -m benchmarks.distill_compare --TEACHER=003          # distil an existing run
     python -m benchmarks.distill_compare --FAMILY=ldm           # a latent teacher, CFG baked in
 
@@ -47,7 +47,7 @@ FAMILY = "diffusion"  # diffusion (pixels) or ldm (latents, class-conditional)
 DATASET = "shapes"  # the teacher's data (when it is trained here)
 DATA_ROOT = "data"  # torchvision's downloads, or the image folder of DATASET="folder"
 TEACHER = None  # a finished diffusion run to distil; None: train one for TEACHER_MINUTES
-TEACHER_MINUTES = 10.0  # wall-clock budget of that teacher (DiffusionMain's defaults)
+TEACHER_MINUTES = 25.0  # that teacher's wall-clock budget (about what its students' rounds take)
 METHODS = ("progressive", "reflow")  # DiffusionDistill's METHOD values to run
 STEPS = (1, 2, 4)  # student steps scored
 TEACHER_SAMPLERS = ("dpmpp2m-10", "ddim-50")  # the teacher's samplers scored
