@@ -32,7 +32,7 @@ from utils.word_tokenizer import WordTokenizer
 # stages before this one
 AUTOENCODER_RUN = "latest"  # the LDMAutoencoderMain run on DATASET="scenes"
 TEXT_ENCODER_RUN = "latest"  # the TextEncoderMain run (tokenizer and text weights)
-TEXT_ENCODER = "frozen"  # frozen (as pre-trained), joint (trained on), scratch (no pre-training)
+TEXT_ENCODER = "joint"  # joint (pre-trained, trained on: measured best), frozen, scratch
 TEXT_WIDTH = 64  # scratch only: the text transformer's width, layers and heads
 TEXT_LAYERS = 2
 TEXT_HEADS = 4
@@ -54,7 +54,7 @@ ATTENTION_LEVELS = (0, 1)  # levels with self- and cross-attention (0: the laten
 HEADS = 4  # attention heads
 
 # training
-EPOCHS = 14  # passes over the cached latents, each with newly drawn captions (35 min)
+EPOCHS = 14  # passes over the cached latents, each with newly drawn captions (30 min)
 BATCH_SIZE = 128  # latents per step
 LR = 5e-4  # AdamW peak learning rate
 LR_SCHEDULE = "cosine"  # after warm-up: constant or cosine

@@ -46,7 +46,7 @@ from utils.scenes import (READER_HEADS, attribute_targets, captions, held_out_sc
 TEXT_ENCODER_RUN = None  # a finished TextEncoderMain run; None: train one
 AUTOENCODER_RUN = None  # a finished LDMAutoencoderMain run on scenes; None: train one
 T2I_RUNS = None  # finished TextToImageMain runs to score; None: train one per TEXT_ENCODERS
-TEXT_ENCODERS = ("frozen",)  # TextToImageMain's TEXT_ENCODER for each run trained here
+TEXT_ENCODERS = ("joint",)  # TextToImageMain's TEXT_ENCODER for each run trained here
 ENCODER_EPOCHS = 6  # TextEncoderMain's epochs
 AUTOENCODER_EPOCHS = 3  # LDMAutoencoderMain's epochs on the 20,000 training scenes
 UNET_MINUTES = 35.0  # TextToImageMain's budget per run (EPOCHS is its cap)

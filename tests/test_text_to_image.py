@@ -31,7 +31,7 @@ def stages(tmp_path_factory):
                                            "--TENSORBOARD=False"])
     t2i = [*where, "--BASE=8", "--HEADS=2", "--BATCH_SIZE=16", "--SAMPLE_STEPS=3",
            "--WARMUP_STEPS=2", "--TENSORBOARD=False"]
-    frozen = TextToImageMain.main([*t2i, "--EPOCHS=2"])
+    frozen = TextToImageMain.main([*t2i, "--EPOCHS=2", "--TEXT_ENCODER=frozen"])
     joint = TextToImageMain.main([*t2i, "--EPOCHS=1", "--TEXT_ENCODER=joint"])
     return root, encoder, autoencoder, frozen, joint
 
